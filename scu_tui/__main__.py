@@ -1,0 +1,7 @@
+"""Allow ``python -m scu_tui``."""
+
+import sys
+
+from scu_tui.cli import main
+
+sys.exit(main())

@@ -1,0 +1,75 @@
+"""Use a system OpenBLAS under MLX's CPU backend on Linux.
+
+The ``mlx[cpu]`` wheel for Linux links the reference BLAS it bundles; its fp32 matmul is
+about 30x slower than OpenBLAS on a 2-core x86 machine. Loading a system OpenBLAS with
+``RTLD_GLOBAL`` before ``mlx.core`` is imported makes the dynamic linker resolve MLX's
+BLAS calls to it. Set ``SCU_TUI_OPENBLAS=0`` to keep the bundled BLAS, or
+``SCU_TUI_OPENBLAS=/path/to/libopenblas.so.0`` to choose the library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+ENV = "SCU_TUI_OPENBLAS"
+CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/openblas-openmp/libopenblas.so.0",
+    "/usr/lib64/libopenblas.so.0",
+    "/usr/lib/libopenblas.so.0",
+)
+
+#: The OpenBLAS library in use, or None; and why not, for ``--version`` and the benches.
+active: str | None = None
+reason: str = "not tried"
+
+
+def _bundles_reference_blas() -> bool:
+    spec = importlib.util.find_spec("mlx")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    site = Path(next(iter(spec.submodule_search_locations))).parent
+    return any((site / "mlx_cpu.libs").glob("libblas-*.so*"))
+
+
+def _find_openblas() -> str | None:
+    for path in CANDIDATES:
+        if Path(path).is_file():
+            return path
+    return ctypes.util.find_library("openblas")
+
+
+def use_system_openblas() -> str | None:
+    """Load a system OpenBLAS for MLX if that helps and is allowed; returns its path."""
+    global active, reason
+    choice = os.environ.get(ENV, "").strip()
+    if choice == "0":
+        reason = f"disabled by {ENV}=0"
+        return None
+    if not sys.platform.startswith("linux"):
+        reason = "not Linux"
+        return None
+    if "mlx.core" in sys.modules:
+        reason = "mlx was imported first"
+        return None
+    if not choice and not _bundles_reference_blas():
+        reason = "mlx does not bundle the reference BLAS"
+        return None
+    library = choice or _find_openblas()
+    if not library:
+        reason = "no system OpenBLAS found (apt-get install libopenblas0-pthread)"
+        return None
+    try:
+        ctypes.CDLL(library, mode=ctypes.RTLD_GLOBAL)
+    except OSError as exc:
+        reason = f"cannot load {library}: {exc}"
+        return None
+    active, reason = library, "loaded"
+    return library

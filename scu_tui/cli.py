@@ -1,0 +1,150 @@
+"""Command line: flags -> validated settings -> a run (headless or in the app).
+
+Nothing heavy (MLX, Textual, datasets) is imported until the settings are valid, so
+a bad flag or preset answers at once with exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from scu_tui import __version__
+from scu_tui.config import MODES, Settings, apply_assignments, to_toml
+from scu_tui.errors import UserError
+from scu_tui.presets import list_presets, load_preset
+from scu_tui.run import load_run_settings
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+TEST_RUN_STEPS = 100
+
+
+def _version_line() -> str:
+    parts = [f"scu-tui {__version__}"]
+    for dist in ("mlx", "mlx-lm", "textual"):
+        try:
+            parts.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            parts.append(f"{dist} (not installed)")
+    return parts[0] + " (" + ", ".join(parts[1:]) + ")"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as ``scu-tui: error: ...`` with exit code 2."""
+
+    def error(self, message: str) -> Any:  # pragma: no cover - exercised via main()
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="scu-tui",
+        description="Fine-tune language models with LoRA on MLX, steered by the S-SCU.",
+        epilog="Exit codes: 0 done, 1 training failed, 2 bad input, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=_version_line())
+    train = parser.add_argument_group("training")
+    train.add_argument(
+        "--preset", metavar="NAME|FILE.toml", help="shipped or user preset, or a file"
+    )
+    train.add_argument("--model", metavar="PATH|HF_ID", help="override model.path")
+    train.add_argument(
+        "--data", "--dataset-path", dest="data", metavar="PATH|HF_ID", help="override data.path"
+    )
+    train.add_argument("--output-dir", metavar="DIR", help="where the run writes")
+    train.add_argument(
+        "--test-run", action="store_true", help=f"a quick {TEST_RUN_STEPS}-step run of the preset"
+    )
+    train.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps")
+    train.add_argument("--seed", type=int, metavar="N", help="random seed")
+    train.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="any preset key; the value is TOML (repeatable)",
+    )
+    train.add_argument(
+        "--mode", choices=MODES, help="S-SCU mode (default: ask in the app, auto headless)"
+    )
+    train.add_argument("--headless", action="store_true", help="no UI: one line per report")
+    train.add_argument("--resume", metavar="DIR", help="continue a run from its latest checkpoint")
+    train.add_argument("--theme", metavar="NAME", help="colour theme")
+
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    presets = sub.add_parser("presets", help="list presets, or show one as TOML")
+    presets_sub = presets.add_subparsers(dest="presets_command", metavar="show")
+    show = presets_sub.add_parser("show", help="print a preset's resolved settings as TOML")
+    show.add_argument("name", metavar="NAME|FILE.toml")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Merge defaults < preset < --set < dedicated flags, validating each layer."""
+    if args.resume:
+        if args.preset:
+            raise UserError("--resume continues a run with its own settings; drop --preset")
+        settings = load_run_settings(Path(args.resume))
+    else:
+        settings = load_preset(args.preset or "demo")
+    settings = apply_assignments(settings, list(args.assignments))
+    flags: dict[str, Any] = {}
+    if args.model is not None:
+        flags["model.path"] = args.model
+    if args.data is not None:
+        flags["data.path"] = args.data
+    if args.test_run:
+        t = settings.training
+        flags["training.max_steps"] = TEST_RUN_STEPS
+        flags["training.eval_every"] = min(t.eval_every, TEST_RUN_STEPS // 4)
+        flags["training.save_every"] = min(t.save_every, TEST_RUN_STEPS // 2)
+    if args.max_steps is not None:
+        flags["training.max_steps"] = args.max_steps
+    if args.seed is not None:
+        flags["training.seed"] = args.seed
+    if args.mode is not None:
+        flags["scu.mode"] = args.mode
+    elif args.headless and not any(a.startswith("scu.mode=") for a in args.assignments):
+        flags["scu.mode"] = "auto"
+    if args.theme is not None:
+        flags["ui.theme"] = args.theme
+    return settings.replace(flags, source="command line")
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    if args.presets_command == "show":
+        print(to_toml(load_preset(args.name)), end="")
+        return EXIT_OK
+    presets = list_presets()
+    width = max((len(p.name) for p in presets), default=4)
+    print(f"{'NAME':<{width}}  ORIGIN   DESCRIPTION")
+    for p in presets:
+        print(f"{p.name:<{width}}  {p.origin:<7}  {p.description}")
+    return EXIT_OK
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    from scu_tui.run import run_headless
+
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    resume = Path(args.resume) if args.resume else None
+    return run_headless(settings, output_dir=output_dir, resume=resume)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "presets":
+            return _cmd_presets(args)
+        return _cmd_train(args)
+    except UserError as exc:
+        print(f"scu-tui: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED

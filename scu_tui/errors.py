@@ -1,0 +1,5 @@
+"""The one exception type for user mistakes: caught by the CLI, exit code 2, no traceback."""
+
+
+class UserError(Exception):
+    """Bad input from the user (flag, preset, model, data); the message says where and what."""

@@ -1,0 +1,470 @@
+"""A run: loads the model and data, drives the trainer, takes commands, emits events.
+
+The run owns every file in the output directory. Commands arrive on a thread-safe
+queue and are carried out between two steps; events go to every attached sink.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import signal
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from scu_tui.config import Settings, merge
+from scu_tui.errors import UserError
+from scu_tui.events import (
+    CheckpointEvent,
+    Command,
+    DoneEvent,
+    EvalEvent,
+    Event,
+    KnobEvent,
+    MessageEvent,
+    ModeEvent,
+    PauseEvent,
+    ResumeEvent,
+    StartEvent,
+    StepEvent,
+)
+from scu_tui.sinks import ConsoleSink, JsonlSink, Sink
+from scu_tui.training.checkpoint import (
+    atomic_write,
+    atomic_write_json,
+    checkpoint_name,
+    latest_checkpoint,
+    prune_checkpoints,
+    publish_folder,
+    staging_folder,
+)
+
+CONFIG_FILE = "simple_training_config.json"
+SUMMARY_FILE = "scu_training_summary.json"
+METRICS_FILE = "scu_training_metrics.json"
+EVENTS_FILE = "events.jsonl"
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+
+def default_output_dir(settings: Settings) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{settings.name}-{stamp}"
+
+
+def load_run_settings(run_dir: Path) -> Settings:
+    """The settings a run was started with (its ``simple_training_config.json``)."""
+    path = run_dir / CONFIG_FILE
+    if not run_dir.is_dir():
+        raise UserError(f"--resume {run_dir}: no such directory")
+    if not path.is_file():
+        raise UserError(f"--resume {run_dir}: not a scu-tui run (no {CONFIG_FILE})")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: cannot be read: {exc}") from None
+    return merge(Settings(), data.get("settings", data), source=str(path))
+
+
+@dataclass
+class RunStatus:
+    """Plain numbers about the run, for summaries and watchers."""
+
+    started: float = field(default_factory=time.time)
+    losses: deque[float] = field(default_factory=lambda: deque(maxlen=50))
+    first_val_loss: float = math.nan
+    status: str = "running"
+    message: str = ""
+
+
+class Run:
+    """One training run. Create, add sinks, then :meth:`execute` on the training thread."""
+
+    def __init__(
+        self, settings: Settings, output_dir: Path | None = None, resume: Path | None = None
+    ) -> None:
+        self.settings = settings
+        self.resume_dir = resume
+        self.output_dir = resume or output_dir or default_output_dir(settings)
+        self.commands: queue.Queue[Command] = queue.Queue()
+        self.sinks: list[Sink] = []
+        self.status = RunStatus()
+        self.actions: list[dict[str, Any]] = []
+        self.mode = settings.scu.mode
+        self.paused = False
+        self._stop: str | None = None
+        self._last_saved_step = -1
+        self.trainer: Any = None
+        self.lora_info: Any = None
+        self._lock = threading.Lock()
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def add_sink(self, sink: Sink) -> None:
+        self.sinks.append(sink)
+
+    def emit(self, event: Event) -> None:
+        for sink in self.sinks:
+            sink.emit(event)
+
+    def submit(self, command: Command) -> None:
+        """Thread-safe: queue a command for the next gap between steps."""
+        self.commands.put(command)
+
+    @property
+    def step(self) -> int:
+        return int(self.trainer.step) if self.trainer is not None else 0
+
+    # --- setup ----------------------------------------------------------------------------
+
+    def _check_output_dir(self) -> None:
+        if self.resume_dir is not None:
+            return
+        if (self.output_dir / EVENTS_FILE).exists() or (self.output_dir / CONFIG_FILE).exists():
+            raise UserError(
+                f"--output-dir {self.output_dir}: already holds a run; continue it with "
+                f"--resume {self.output_dir} or choose another directory"
+            )
+
+    def _setup(self) -> None:
+        import mlx.core as mx
+
+        from scu_tui.training.data import load_data
+        from scu_tui.training.model import apply_lora, load_model
+        from scu_tui.training.trainer import Trainer
+
+        s = self.settings
+        self._check_output_dir()
+        checkpoint = None
+        if self.resume_dir is not None:
+            checkpoint = latest_checkpoint(self.resume_dir)
+            if checkpoint is None:
+                raise UserError(f"--resume {self.resume_dir}: no complete checkpoint to resume")
+        model, tokenizer = load_model(s.model.path)
+        self.tokenizer = tokenizer
+        data = load_data(s.data, tokenizer, s.training.seed)
+        mx.random.seed(s.training.seed)
+        self.lora_info = apply_lora(model, s.lora, s.model.path)
+        self.trainer = Trainer(model, data, s)
+        self.data = data
+        if checkpoint is not None:
+            self.trainer.load_state(checkpoint)
+            self._last_saved_step = self.trainer.step
+            self.actions = list(self.trainer.extra_state.get("actions", []))
+            self.status.first_val_loss = float(
+                self.trainer.extra_state.get("first_val_loss", math.nan)
+            )
+            if self.trainer.step >= s.training.max_steps:
+                raise UserError(
+                    f"--resume {self.resume_dir}: already at step {self.trainer.step} of "
+                    f"{s.training.max_steps}; raise --max-steps to train further"
+                )
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.add_sink(JsonlSink(self.output_dir / EVENTS_FILE))
+        atomic_write_json(
+            self.output_dir / CONFIG_FILE,
+            {"settings": s.to_dict(), "resolved": self._resolved_paths()},
+        )
+        if self.resume_dir is None:
+            atomic_write_json(self.output_dir / METRICS_FILE, self.actions)
+
+    def _resolved_paths(self) -> dict[str, str]:
+        from scu_tui.training.data import resolve_data_path
+        from scu_tui.training.model import resolve_model_path
+
+        return {
+            "model": resolve_model_path(self.settings.model.path),
+            "data": resolve_data_path(self.settings.data.path),
+        }
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def execute(self) -> int:
+        """Train to the end (or a stop); returns the exit code. UserError propagates."""
+        try:
+            self._setup()
+        except UserError:
+            raise
+        return self._train()
+
+    def _train(self) -> int:
+        s, t = self.settings, self.trainer
+        self.emit(
+            StartEvent(
+                t.step,
+                max_steps=s.training.max_steps,
+                preset=s.name,
+                model=s.model.path,
+                data=s.data.path,
+                output_dir=str(self.output_dir),
+                trainable_parameters=self.lora_info.trainable,
+                total_parameters=self.lora_info.total,
+                train_examples=len(self.data.train),
+                valid_examples=len(self.data.valid),
+                truncated=self.data.train.truncated,
+                resumed=self.resume_dir is not None,
+                knobs=self._knob_values(),
+                mode=self.mode,
+            )
+        )
+        for note in self.data.notes:
+            self.emit(MessageEvent(t.step, level="info", text=note))
+        try:
+            if t.step == 0:
+                self._evaluate()
+            while t.step < s.training.max_steps:
+                self._handle_commands()
+                if self._stop:
+                    break
+                self._one_step()
+            if self._stop is None:
+                self._finish_checkpoint("final")
+                return self._done("completed", EXIT_OK)
+            self._finish_checkpoint("signal" if self._stop == "signal" else "user")
+            if self._stop == "signal":
+                return self._done("interrupted", EXIT_INTERRUPTED)
+            return self._done("stopped", EXIT_OK)
+        except Exception as exc:  # a failure in training: report it, keep the last checkpoint
+            message = f"{type(exc).__name__}: {exc}"
+            self.emit(MessageEvent(self.step, level="error", text=message))
+            return self._done("failed", EXIT_FAILED, message)
+
+    def _one_step(self) -> None:
+        import mlx.core as mx
+
+        s, t = self.settings, self.trainer
+        result = t.train_step()
+        if math.isfinite(result.loss):
+            self.status.losses.append(result.loss)
+        self.emit(
+            StepEvent(
+                result.step,
+                loss=result.loss,
+                grad_norm=result.grad_norm,
+                lr=result.lr,
+                tokens=result.tokens,
+                tokens_per_second=result.tokens / max(result.seconds, 1e-9),
+                peak_memory_gb=mx.get_peak_memory() / 1e9,
+                step_seconds=result.seconds,
+                eta_seconds=t.eta_seconds(),
+                max_steps=s.training.max_steps,
+                weight_decay=t.knobs.weight_decay,
+                dropout=t.knobs.dropout,
+                batch_size=s.training.batch_size,
+                accumulation=t.knobs.accumulation,
+                skipped=result.skipped,
+            )
+        )
+        if result.skipped:
+            self.emit(
+                MessageEvent(
+                    result.step,
+                    level="warning",
+                    text="non-finite loss or gradient: the update was skipped",
+                )
+            )
+        last = result.step == s.training.max_steps
+        if result.step % s.training.eval_every == 0 or last:
+            self._evaluate()
+        if result.step % s.training.save_every == 0 and not last:
+            self.save_checkpoint("schedule")
+
+    def _evaluate(self) -> None:
+        t = self.trainer
+        tic = time.perf_counter()
+        previous_best = t.best_val_loss
+        val_loss = t.evaluate()
+        is_best = val_loss < previous_best
+        if math.isnan(self.status.first_val_loss):
+            self.status.first_val_loss = val_loss
+        self.emit(
+            EvalEvent(
+                t.step,
+                val_loss=val_loss,
+                best_val_loss=t.best_val_loss,
+                is_best=is_best,
+                seconds=time.perf_counter() - tic,
+            )
+        )
+        if is_best and t.step > 0:
+            self._save_best()
+
+    # --- commands -------------------------------------------------------------------------
+
+    def _handle_commands(self) -> None:
+        """Carry out queued commands; while paused, wait here for more."""
+        while True:
+            try:
+                command = self.commands.get(block=self.paused, timeout=0.5 if self.paused else None)
+            except queue.Empty:
+                if self.paused and not self._stop:
+                    continue
+                return
+            self._apply(command)
+            if self._stop:
+                return
+
+    def _apply(self, command: Command) -> None:
+        t = self.trainer
+        kind = command.kind
+        if kind == "pause" and not self.paused:
+            self.paused = True
+            self.emit(PauseEvent(t.step, by=command.by))
+        elif kind == "resume" and self.paused:
+            self.paused = False
+            self.emit(ResumeEvent(t.step, by=command.by))
+        elif kind == "save":
+            self.save_checkpoint("user")
+        elif kind == "eval":
+            self._evaluate()
+        elif kind == "stop":
+            self._stop = str(command.value or "user")
+            self.paused = False
+        elif kind == "mode":
+            mode = str(command.value)
+            if mode in ("auto", "ask", "observe") and mode != self.mode:
+                self.mode = mode
+                self.emit(ModeEvent(t.step, mode=mode, by=command.by))
+        elif kind == "set":
+            value = dict(command.value)
+            self.set_knob(str(value["knob"]), float(value["value"]), by=command.by)
+
+    def set_knob(self, knob: str, value: float, by: str) -> None:
+        try:
+            before, after = self.trainer.set_knob(knob, value)
+        except ValueError as exc:
+            self.emit(MessageEvent(self.step, level="warning", text=f"cannot set {knob}: {exc}"))
+            return
+        self.emit(KnobEvent(self.step, knob=knob, before=before, after=after, by=by))
+
+    def _knob_values(self) -> dict[str, float]:
+        k = self.trainer.knobs
+        return {
+            "lr": self.trainer.current_lr(),
+            "lr_multiplier": k.lr_multiplier,
+            "weight_decay": k.weight_decay,
+            "dropout": k.dropout,
+            "accumulation": k.accumulation,
+        }
+
+    def request_stop(self, reason: str = "signal") -> None:
+        """Thread- and signal-safe: stop after the current step, saving a checkpoint."""
+        self.submit(Command("stop", value=reason, by=reason))
+
+    # --- files ----------------------------------------------------------------------------
+
+    def save_checkpoint(self, reason: str) -> Path:
+        """Write ``checkpoints/step-NNNNNN`` atomically, then refresh the top-level adapters."""
+        t = self.trainer
+        t.extra_state["actions"] = self.actions
+        t.extra_state["first_val_loss"] = self.status.first_val_loss
+        final = self.output_dir / "checkpoints" / checkpoint_name(t.step)
+        tmp = staging_folder(final)
+        t.save_state(tmp)
+        self._write_adapter_config(tmp)
+        publish_folder(tmp, final)
+        self._last_saved_step = t.step
+        self._write_top_level_adapters()
+        prune_checkpoints(self.output_dir, self.settings.training.keep_checkpoints)
+        self._write_summary()
+        self.emit(CheckpointEvent(t.step, path=str(final), reason=reason))
+        return final
+
+    def _finish_checkpoint(self, reason: str) -> None:
+        if self._last_saved_step != self.trainer.step:
+            self.save_checkpoint(reason)
+        else:
+            self._write_top_level_adapters()
+
+    def _write_adapter_config(self, folder: Path) -> None:
+        atomic_write_json(folder / "adapter_config.json", self.lora_info.adapter_config)
+
+    def _write_top_level_adapters(self) -> None:
+        atomic_write(self.output_dir / "adapters.safetensors", self._save_adapters_to)
+        self._write_adapter_config(self.output_dir)
+
+    def _save_adapters_to(self, tmp: Path) -> None:
+        # mx.save_safetensors appends ".safetensors" unless the name already ends with it
+        target = tmp.with_name(tmp.name + ".safetensors")
+        self.trainer.save_adapters(target)
+        target.replace(tmp)
+
+    def _save_best(self) -> None:
+        final = self.output_dir / "best"
+        tmp = staging_folder(final)
+        self._save_adapters_to(tmp / "adapters.safetensors")
+        self._write_adapter_config(tmp)
+        atomic_write_json(
+            tmp / "best.json", {"step": self.step, "val_loss": self.trainer.best_val_loss}
+        )
+        publish_folder(tmp, final)
+        self.emit(CheckpointEvent(self.step, path=str(final), reason="best"))
+
+    def _write_summary(self) -> None:
+        t = self.trainer
+        losses = list(self.status.losses)
+        by_kind = Counter(str(a.get("knob", "unknown")) for a in self.actions if a.get("applied"))
+        summary = {
+            "status": self.status.status,
+            "message": self.status.message,
+            "steps": t.step,
+            "max_steps": self.settings.training.max_steps,
+            "tokens": t.tokens_seen,
+            "train_seconds": round(t.train_seconds, 3),
+            "wall_seconds": round(time.time() - self.status.started, 3),
+            "final_train_loss": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
+            "first_val_loss": _finite_or_none(self.status.first_val_loss),
+            "last_val_loss": _finite_or_none(t.last_val_loss),
+            "best_val_loss": _finite_or_none(t.best_val_loss),
+            "skipped_steps": t.skipped_steps,
+            "proposals": len(self.actions),
+            "actions_by_kind": dict(by_kind),
+            "knobs": self._knob_values(),
+            "world_size": 1,
+            "model": self.settings.model.path,
+            "data": self.settings.data.path,
+        }
+        atomic_write_json(self.output_dir / SUMMARY_FILE, summary)
+        atomic_write_json(self.output_dir / METRICS_FILE, self.actions)
+
+    def _done(self, status: str, code: int, message: str = "") -> int:
+        self.status.status = status
+        self.status.message = message
+        self._write_summary()
+        self.emit(DoneEvent(self.step, status=status, message=message))
+        for sink in self.sinks:
+            sink.close()
+        return code
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def install_signal_handlers(run: Run) -> None:
+    """SIGINT, SIGTERM and SIGHUP save a checkpoint and exit 130; a second one forces it."""
+    hits = {"n": 0}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        hits["n"] += 1
+        if hits["n"] > 1:
+            raise KeyboardInterrupt
+        run.request_stop("signal")
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
+def run_headless(settings: Settings, output_dir: Path | None, resume: Path | None) -> int:
+    """Train on this thread with console output; returns the exit code."""
+    run = Run(settings, output_dir=output_dir, resume=resume)
+    run.add_sink(ConsoleSink(settings.training.report_every))
+    install_signal_handlers(run)
+    return run.execute()

@@ -1,0 +1,138 @@
+"""Consumers of the event stream: ``events.jsonl`` and the headless console."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Protocol, TextIO
+
+from scu_tui.events import (
+    CheckpointEvent,
+    DecisionEvent,
+    DoneEvent,
+    EvalEvent,
+    Event,
+    KnobEvent,
+    MessageEvent,
+    ModeEvent,
+    PauseEvent,
+    ProposalEvent,
+    ResumeEvent,
+    RollbackEvent,
+    StartEvent,
+    StepEvent,
+)
+
+
+class Sink(Protocol):
+    def emit(self, event: Event) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    """Appends one JSON line per event and flushes it, so a reader (or a kill) sees whole lines."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._terminate_partial_line(path)
+        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
+
+    @staticmethod
+    def _terminate_partial_line(path: Path) -> None:
+        """A run killed mid-write may leave a partial last line: end it so the next one parses."""
+        if path.exists() and path.stat().st_size > 0:
+            with open(path, "rb+") as fh:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    fh.write(b"\n")
+
+    def emit(self, event: Event) -> None:
+        self._fh.write(event.to_json() + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "--"
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def format_event(event: Event, report_every: int = 1) -> str | None:
+    """One readable line for an event, or None when it is not worth a line."""
+    if isinstance(event, StepEvent):
+        last = event.step == event.max_steps
+        if event.step % report_every and not last and not event.skipped:
+            return None
+        flag = "  SKIPPED (non-finite)" if event.skipped else ""
+        return (
+            f"step {event.step:>6}/{event.max_steps}  loss {event.loss:.4f}  "
+            f"grad {event.grad_norm:.3g}  lr {event.lr:.3g}  "
+            f"tok/s {event.tokens_per_second:,.0f}  mem {event.peak_memory_gb:.2f} GB  "
+            f"eta {format_duration(event.eta_seconds)}{flag}"
+        )
+    if isinstance(event, EvalEvent):
+        best = "  (best)" if event.is_best else f"  (best {event.best_val_loss:.4f})"
+        return f"eval {event.step:>6}  val_loss {event.val_loss:.4f}{best}  {event.seconds:.1f}s"
+    if isinstance(event, CheckpointEvent):
+        return f"save {event.step:>6}  {event.path}  ({event.reason})"
+    if isinstance(event, ProposalEvent):
+        return (
+            f"SCU Step {event.step}: {event.reason} "
+            f"[{event.knob} {event.before:.3g} -> {event.after:.3g}, {event.id}]"
+        )
+    if isinstance(event, DecisionEvent):
+        return f"SCU Step {event.step}: {event.id} {event.outcome} (by {event.by})"
+    if isinstance(event, KnobEvent):
+        change = f"{event.knob} {event.before:.3g} -> {event.after:.3g}"
+        return f"knob {event.step:>6}  {change} ({event.by})"
+    if isinstance(event, RollbackEvent):
+        return f"rollback {event.step} -> step {event.to_step}: {event.reason}"
+    if isinstance(event, PauseEvent):
+        return f"paused at step {event.step} (by {event.by})"
+    if isinstance(event, ResumeEvent):
+        return f"resumed at step {event.step} (by {event.by})"
+    if isinstance(event, ModeEvent):
+        return f"S-SCU mode -> {event.mode} (by {event.by})"
+    if isinstance(event, MessageEvent):
+        return f"{event.level}: {event.text}"
+    if isinstance(event, StartEvent):
+        verb = "resuming" if event.resumed else "training"
+        return (
+            f"{verb} {event.preset}: {event.model} on {event.data} -> {event.output_dir}\n"
+            f"  {event.trainable_parameters:,} trainable of {event.total_parameters:,} parameters; "
+            f"{event.train_examples} train / {event.valid_examples} valid examples; "
+            f"{event.max_steps} steps; S-SCU {event.mode}"
+        )
+    if isinstance(event, DoneEvent):
+        tail = f": {event.message}" if event.message else ""
+        return f"done at step {event.step}: {event.status}{tail}"
+    return None
+
+
+class ConsoleSink:
+    """Headless output: one line per report, eval, checkpoint and S-SCU decision."""
+
+    def __init__(self, report_every: int, stream: TextIO | None = None) -> None:
+        self.report_every = report_every
+        self.stream = stream or sys.stdout
+
+    def emit(self, event: Event) -> None:
+        line = format_event(event, self.report_every)
+        if line is not None:
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        pass

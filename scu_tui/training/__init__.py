@@ -1,0 +1,4 @@
+"""MLX-side code: model loading and LoRA, data, the step loop and checkpoints.
+
+Everything here runs on the one training thread; nothing here imports Textual.
+"""

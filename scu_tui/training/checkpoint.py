@@ -1,0 +1,112 @@
+"""Atomic files and checkpoint folders: a crash or kill never leaves a half-written one.
+
+A checkpoint is written into a hidden temporary folder and renamed into place; the
+rename is atomic, so ``checkpoints/step-NNNNNN/`` either exists whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+CHECKPOINT_RE = re.compile(r"^step-(\d{6,})$")
+STATE_FILE = "trainer_state.json"
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp)`` then rename ``tmp`` over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def publish_folder(tmp: Path, final: Path) -> None:
+    """Move a fully written folder into place, replacing an older one of the same name."""
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def staging_folder(final: Path) -> Path:
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first."""
+    root = run_dir / "checkpoints"
+    found = []
+    if root.is_dir():
+        for child in root.iterdir():
+            m = CHECKPOINT_RE.match(child.name)
+            if m and (child / STATE_FILE).is_file():
+                found.append((int(m.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints (0 keeps all); remove stale temporaries."""
+    root = run_dir / "checkpoints"
+    if root.is_dir():
+        for child in root.iterdir():
+            if child.name.startswith(".") and ".tmp-" in child.name:
+                pid = child.name.rsplit("-", 1)[-1]
+                if pid != str(os.getpid()):
+                    shutil.rmtree(child, ignore_errors=True)
+    if keep > 0:
+        for _, path in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,322 @@
+"""Data through the ``datasets`` library: local folders, single files or hub ids.
+
+Rows are checked and tokenized once, up front, so a bad line is reported with its file
+and line number before training starts, and batches can be sorted by true length.
+The training stream is deterministic and resumable: its position is two integers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scu_tui.config import EMBEDDED_DEMO, DataSettings
+from scu_tui.errors import UserError
+
+SPLIT_NAMES = {"train": ("train",), "valid": ("valid", "validation", "val"), "test": ("test",)}
+FILE_TYPES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+FORMAT_KEYS = {"chat": ("messages",), "completions": ("prompt", "completion"), "text": ("text",)}
+HELD_OUT_FRACTION = 0.1
+PAD_TO = 32
+
+
+def resolve_data_path(path: str) -> str:
+    if path == EMBEDDED_DEMO:
+        from scu_tui.demo import DATA_DIR
+
+        return str(DATA_DIR)
+    return path
+
+
+@dataclass
+class Split:
+    """One tokenized split: token ids and the prompt offset (for mask_prompt) per row."""
+
+    name: str
+    source: str
+    sequences: list[tuple[list[int], int]]
+    truncated: int = 0
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+
+@dataclass
+class DataBundle:
+    train: Split
+    valid: Split
+    test: Split | None
+    format: str
+    notes: list[str] = field(default_factory=list)
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def _check_jsonl(path: Path) -> None:
+    """Report the first malformed line with its number (datasets only says 'parse error')."""
+    with open(path, encoding="utf-8", errors="strict") as fh:
+        try:
+            for number, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(
+                        f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})"
+                    ) from None
+                if not isinstance(row, dict):
+                    raise UserError(
+                        f"{path}:{number}: expected a JSON object per line, "
+                        f"got {type(row).__name__}"
+                    )
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not UTF-8 text") from None
+
+
+def _quiet_datasets() -> Any:
+    """``datasets``, with its progress bars off: the run reports progress itself."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()
+    return datasets
+
+
+def _read_file(path: Path) -> Any:
+    """One file as a ``datasets.Dataset``."""
+    datasets = _quiet_datasets()
+
+    kind = FILE_TYPES.get(path.suffix.lower())
+    if kind is None:
+        raise UserError(
+            f"data {path}: unsupported file type '{path.suffix}' (expected .jsonl, .parquet, .csv)"
+        )
+    if kind == "json":
+        _check_jsonl(path)
+    try:
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+    except Exception as exc:
+        raise UserError(f"data {path}: cannot be read as {kind}: {exc}") from None
+    return ds
+
+
+def _find_split_file(folder: Path, split: str) -> Path | None:
+    for name in SPLIT_NAMES[split]:
+        for suffix in FILE_TYPES:
+            candidate = folder / f"{name}{suffix}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _read_raw(path: str, seed: int) -> tuple[dict[str, tuple[str, Any]], list[str]]:
+    """``{split: (source label, datasets.Dataset)}`` plus notes for the user."""
+    notes: list[str] = []
+    local = Path(path).expanduser()
+    raw: dict[str, tuple[str, Any]] = {}
+    if local.is_dir():
+        for split in SPLIT_NAMES:
+            file = _find_split_file(local, split)
+            if file is not None:
+                raw[split] = (str(file), _read_file(file))
+        if "train" not in raw:
+            raise UserError(
+                f"data {path}: no train split (expected train.jsonl, train.parquet or train.csv)"
+            )
+    elif local.is_file():
+        raw["train"] = (str(local), _read_file(local))
+    elif local.suffix.lower() in FILE_TYPES or path.startswith((".", "/", "~")):
+        raise UserError(f"data {path}: no such file or directory")
+    else:
+        raw = _read_hub(path)
+    if "valid" not in raw:
+        label, ds = raw["train"]
+        if len(ds) < 2:
+            raise UserError(f"data {label}: too few rows to hold out a validation split")
+        held = max(1, int(len(ds) * HELD_OUT_FRACTION))
+        parts = ds.train_test_split(test_size=held, seed=seed, shuffle=True)
+        raw["train"] = (label, parts["train"])
+        raw["valid"] = (f"{label} (held-out {held} rows)", parts["test"])
+        notes.append(f"no validation split: held out {held} training rows for validation")
+    return raw, notes
+
+
+def _read_hub(data_id: str) -> dict[str, tuple[str, Any]]:
+    datasets = _quiet_datasets()
+
+    try:
+        loaded = datasets.load_dataset(data_id)
+    except Exception as exc:
+        raise UserError(
+            f"data {data_id}: could not load it from the Hugging Face hub ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no details'}). If this machine is "
+            "offline, download it elsewhere and pass --data with a local folder of "
+            "train/valid(/test).jsonl."
+        ) from None
+    raw: dict[str, tuple[str, Any]] = {}
+    for split, names in SPLIT_NAMES.items():
+        for name in names:
+            if name in loaded:
+                raw[split] = (f"{data_id}[{name}]", loaded[name])
+                break
+    if "train" not in raw:
+        raise UserError(f"data {data_id}: no 'train' split (found: {', '.join(loaded)})")
+    return raw
+
+
+# --- formats and tokenization --------------------------------------------------------------
+
+
+def detect_format(columns: list[str], forced: str, label: str) -> str:
+    if forced != "auto":
+        missing = [k for k in FORMAT_KEYS[forced] if k not in columns]
+        if missing:
+            raise UserError(
+                f"data {label}: format '{forced}' expects keys {list(FORMAT_KEYS[forced])}, "
+                f"found {sorted(columns)}"
+            )
+        return forced
+    for fmt in ("chat", "completions", "text"):
+        if all(k in columns for k in FORMAT_KEYS[fmt]):
+            return fmt
+    raise UserError(
+        f"data {label}: cannot tell the format from keys {sorted(columns)}; expected "
+        "'messages' (chat), 'prompt' + 'completion' (completions) or 'text' (text)"
+    )
+
+
+def _row_number(label: str, index: int) -> str:
+    return f"{label}:{index + 1}" if label.endswith(".jsonl") else f"{label} row {index + 1}"
+
+
+def tokenize_rows(
+    rows: Any, tokenizer: Any, fmt: str, mask_prompt: bool, label: str
+) -> list[tuple[list[int], int]]:
+    """Token ids and prompt offsets, through mlx-lm's dataset classes (its chat handling)."""
+    from mlx_lm.tuner.datasets import ChatDataset, CompletionsDataset, TextDataset
+
+    if fmt == "text" and mask_prompt:
+        raise UserError("data.mask_prompt = true needs chat or completions data, not text")
+    if fmt == "chat":
+        ds: Any = ChatDataset(rows, tokenizer, chat_key="messages", mask_prompt=mask_prompt)
+    elif fmt == "completions":
+        ds = CompletionsDataset(rows, tokenizer, "prompt", "completion", mask_prompt)
+    else:
+        ds = TextDataset(rows, tokenizer, text_key="text")
+    out: list[tuple[list[int], int]] = []
+    for index in range(len(ds)):
+        row = ds[index]
+        for key in FORMAT_KEYS[fmt]:
+            if row.get(key) in (None, "", []):
+                raise UserError(f"{_row_number(label, index)}: '{key}' is missing or empty")
+        try:
+            tokens, offset = ds.process(row)
+        except Exception as exc:
+            raise UserError(
+                f"{_row_number(label, index)}: cannot be tokenized as {fmt} data: {exc}"
+            ) from None
+        out.append((list(tokens), int(offset)))
+    return out
+
+
+def load_data(settings: DataSettings, tokenizer: Any, seed: int) -> DataBundle:
+    """Read, check and tokenize every split."""
+    raw, notes = _read_raw(resolve_data_path(settings.path), seed)
+    label, train_rows = raw["train"]
+    fmt = detect_format(list(train_rows.column_names), settings.format, label)
+    splits: dict[str, Split] = {}
+    for name, (source, rows) in raw.items():
+        if len(rows) == 0:
+            raise UserError(f"data {source}: the {name} split has no rows")
+        detect_format(list(rows.column_names), fmt, source)
+        sequences = tokenize_rows(rows, tokenizer, fmt, settings.mask_prompt, source)
+        truncated = sum(len(t) > settings.max_seq_length for t, _ in sequences)
+        splits[name] = Split(name, source, sequences, truncated)
+        if truncated:
+            notes.append(
+                f"{truncated} of {len(sequences)} {name} sequences are longer than "
+                f"max_seq_length={settings.max_seq_length} and will be truncated"
+            )
+    return DataBundle(splits["train"], splits["valid"], splits.get("test"), fmt, notes)
+
+
+# --- batches -------------------------------------------------------------------------------
+
+
+def make_batch(
+    sequences: list[tuple[list[int], int]], max_seq_length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pad to one plus a multiple of 32 (as mlx-lm does), truncating to max_seq_length."""
+    lengths = [min(len(t), max_seq_length) for t, _ in sequences]
+    width = min(1 + PAD_TO * ((max(lengths) + PAD_TO - 1) // PAD_TO), max_seq_length)
+    batch = np.zeros((len(sequences), width), np.int32)
+    for row, ((tokens, _), length) in enumerate(zip(sequences, lengths, strict=True)):
+        batch[row, :length] = tokens[:length]
+    offsets_lengths = np.array([[off, n] for (_, off), n in zip(sequences, lengths, strict=True)])
+    return batch, offsets_lengths.astype(np.int32)
+
+
+def length_sorted_batches(split: Split, batch_size: int) -> list[list[int]]:
+    if len(split) < batch_size:
+        raise UserError(
+            f"data {split.source}: the {split.name} split has {len(split)} rows, fewer than "
+            f"training.batch_size = {batch_size}"
+        )
+    order = sorted(range(len(split)), key=lambda i: len(split.sequences[i][0]))
+    return [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+
+
+class BatchStream:
+    """Endless shuffled batches of similar length; resumable from ``(epoch, position)``."""
+
+    def __init__(self, split: Split, batch_size: int, max_seq_length: int, seed: int) -> None:
+        self.split = split
+        self.max_seq_length = max_seq_length
+        self.seed = seed
+        self.batches = length_sorted_batches(split, batch_size)
+        self.epoch = 0
+        self.position = 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.batches))
+
+    def next(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.position >= len(self._order):
+            self.epoch += 1
+            self.position = 0
+            self._order = self._permutation(self.epoch)
+        indices = self.batches[int(self._order[self.position])]
+        self.position += 1
+        return make_batch([self.split.sequences[i] for i in indices], self.max_seq_length)
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state(self, state: dict[str, int]) -> None:
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+        self._order = self._permutation(self.epoch)
+
+
+def eval_batches(
+    split: Split, batch_size: int, max_seq_length: int, limit: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``limit`` length-sorted batches spread evenly over all lengths (all when -1).
+
+    The same set every time, so validation losses are comparable across a run.
+    """
+    size = min(batch_size, len(split))
+    batches = length_sorted_batches(split, size)
+    if limit != -1 and limit < len(batches):
+        picks = np.unique(np.linspace(0, len(batches) - 1, limit).round().astype(int))
+        batches = [batches[i] for i in picks]
+    for indices in batches:
+        yield make_batch([split.sequences[i] for i in indices], max_seq_length)

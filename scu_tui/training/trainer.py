@@ -1,0 +1,338 @@
+"""The step loop: one optimizer update over ``accumulation`` micro-batches, compiled.
+
+Knobs that change mid-run really change the computation:
+- the learning rate and weight decay live in the optimizer's state as ``mx.array``s,
+  which the compiled functions take as inputs;
+- LoRA dropout is a Python float inside ``nn.Dropout``, so changing it rebuilds the
+  compiled functions;
+- accumulation is the number of micro-batches the Python loop feeds per step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+
+from scu_tui.config import Settings, TrainingSettings
+from scu_tui.errors import UserError
+from scu_tui.training.checkpoint import STATE_FILE, atomic_write_json
+from scu_tui.training.data import BatchStream, DataBundle, eval_batches
+from scu_tui.training.model import set_lora_dropout
+
+STATE_VERSION = 1
+COSINE_FLOOR = 0.1  # cosine decays to 10 % of the base learning rate
+PLATEAU_FACTOR = 0.5  # plateau schedule: halve the rate ...
+PLATEAU_PATIENCE = 2  # ... after this many evaluations without a 0.1 % improvement
+PLATEAU_FLOOR = 0.01
+
+
+def loss_fn(model: nn.Module, batch: mx.array, lengths: mx.array) -> tuple[mx.array, mx.array]:
+    """Mean cross-entropy over the unmasked target tokens (mlx-lm's default loss)."""
+    from mlx_lm.tuner.trainer import default_loss
+
+    loss, ntoks = default_loss(model, batch, lengths)
+    return loss, ntoks
+
+
+class KnobAdamW(optim.AdamW):  # type: ignore[misc]
+    """AdamW whose weight decay is an array in the state, so a compiled step sees changes."""
+
+    def __init__(self, learning_rate: float, weight_decay: float) -> None:
+        super().__init__(learning_rate=learning_rate, weight_decay=0.0)
+        self.state["weight_decay"] = mx.array(weight_decay)
+
+    def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict[str, Any]) -> Any:
+        lr = self.learning_rate.astype(gradient.dtype)
+        decay = self.state["weight_decay"].astype(gradient.dtype)
+        return optim.Adam.apply_single(self, gradient, parameter * (1 - lr * decay), state)
+
+
+@dataclass
+class Knobs:
+    """What the S-SCU (or a person) may change between two steps."""
+
+    lr_multiplier: float
+    weight_decay: float
+    dropout: float
+    accumulation: int
+
+
+KNOB_NAMES = ("lr_multiplier", "weight_decay", "dropout", "accumulation")
+
+
+class BaseSchedule:
+    """The base learning-rate schedule; the S-SCU multiplies it, never the other way round."""
+
+    def __init__(self, training: TrainingSettings) -> None:
+        self.t = training
+        self.plateau_scale = 1.0
+        self.plateau_best = math.inf
+        self.plateau_bad = 0
+
+    def lr(self, step: int) -> float:
+        """Rate for the update that takes the run from ``step`` to ``step + 1``."""
+        base, warm = self.t.learning_rate, self.t.warmup_steps
+        if step < warm:
+            return base * (step + 1) / (warm + 1)
+        if self.t.schedule == "cosine":
+            span = max(1, self.t.max_steps - warm)
+            progress = min(1.0, (step - warm) / span)
+            return base * (
+                COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
+            )
+        if self.t.schedule == "plateau":
+            return base * self.plateau_scale
+        return base
+
+    def on_eval(self, val_loss: float) -> None:
+        if self.t.schedule != "plateau" or not math.isfinite(val_loss):
+            return
+        if val_loss < self.plateau_best * (1 - 1e-3):
+            self.plateau_best, self.plateau_bad = val_loss, 0
+            return
+        self.plateau_bad += 1
+        if self.plateau_bad >= PLATEAU_PATIENCE:
+            self.plateau_scale = max(PLATEAU_FLOOR, self.plateau_scale * PLATEAU_FACTOR)
+            self.plateau_bad = 0
+
+    def state(self) -> dict[str, float]:
+        return {"scale": self.plateau_scale, "best": self.plateau_best, "bad": self.plateau_bad}
+
+    def load_state(self, state: dict[str, float]) -> None:
+        self.plateau_scale = float(state["scale"])
+        self.plateau_best = float(state["best"])
+        self.plateau_bad = int(state["bad"])
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: int
+    loss: float
+    grad_norm: float
+    lr: float
+    tokens: int
+    seconds: float
+    skipped: bool
+
+
+class Trainer:
+    """Owns the LoRA model, optimizer, data stream and knobs; all calls on one thread."""
+
+    def __init__(self, model: nn.Module, data: DataBundle, settings: Settings) -> None:
+        t = settings.training
+        self.model = model
+        self.data = data
+        self.settings = settings
+        self.max_seq_length = settings.data.max_seq_length
+        self.batch_size = t.batch_size
+        self.schedule = BaseSchedule(t)
+        self.knobs = Knobs(
+            1.0, t.weight_decay, settings.lora.dropout, t.gradient_accumulation_steps
+        )
+        self.optimizer = KnobAdamW(learning_rate=self.schedule.lr(0), weight_decay=t.weight_decay)
+        self.stream = BatchStream(data.train, t.batch_size, self.max_seq_length, t.seed)
+        self.step = 0
+        self.tokens_seen = 0
+        self.train_seconds = 0.0
+        self.best_val_loss = math.inf
+        self.last_val_loss = math.nan
+        self.skipped_steps = 0
+        self.recent_seconds: deque[float] = deque(maxlen=20)
+        self.extra_state: dict[str, Any] = {}  # the controller's, saved alongside
+        self._compile()
+
+    # --- compiled functions ---------------------------------------------------------------
+
+    def _compile(self) -> None:
+        model, opt = self.model, self.optimizer
+        loss_and_grad = nn.value_and_grad(model, loss_fn)
+        state = [model.state, opt.state, mx.random.state]
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def grad_step(
+            batch: mx.array, lengths: mx.array, prev: Any, want_norm: bool
+        ) -> tuple[mx.array, mx.array, Any, mx.array]:
+            (loss, ntoks), grads = loss_and_grad(model, batch, lengths)
+            if prev is not None:
+                grads = tree_map(mx.add, grads, prev)
+            norm_sq = mx.array(0.0)
+            if want_norm:
+                norm_sq = sum(mx.sum(g.astype(mx.float32) ** 2) for _, g in tree_flatten(grads))
+            return loss, ntoks, grads, norm_sq
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def apply_step(grads: Any, scale: mx.array) -> None:
+            opt.update(model, tree_map(lambda g: g * scale.astype(g.dtype), grads))
+
+        self._grad_step = grad_step
+        self._apply_step = apply_step
+
+    # --- knobs ----------------------------------------------------------------------------
+
+    def current_lr(self) -> float:
+        return self.schedule.lr(self.step) * self.knobs.lr_multiplier
+
+    def set_knob(self, name: str, value: float) -> tuple[float, float]:
+        """Change a knob before the next step; returns ``(before, after)``."""
+        if name not in KNOB_NAMES:
+            raise ValueError(f"unknown knob '{name}'")
+        before = float(getattr(self.knobs, name))
+        if name == "accumulation":
+            value = int(value)
+            if value < 1:
+                raise ValueError("accumulation must be >= 1")
+        elif name == "dropout" and not 0 <= value < 1:
+            raise ValueError("dropout must be in [0, 1)")
+        elif value < 0:
+            raise ValueError(f"{name} must be >= 0")
+        setattr(self.knobs, name, value)
+        if name == "weight_decay":
+            self.optimizer.state["weight_decay"] = mx.array(float(value))
+        elif name == "dropout":
+            set_lora_dropout(self.model, float(value))
+            self._compile()
+        return before, float(value)
+
+    # --- steps ----------------------------------------------------------------------------
+
+    def train_step(self) -> StepResult:
+        """One optimizer update; a non-finite loss or gradient skips the update."""
+        tic = time.perf_counter()
+        lr = self.current_lr()
+        self.optimizer.learning_rate = mx.array(lr)
+        accumulation = self.knobs.accumulation
+        grads: Any = None
+        loss_sum = 0.0
+        tokens = 0
+        norm_sq = mx.array(0.0)
+        for micro in range(accumulation):
+            batch, lengths = self.stream.next()
+            last = micro == accumulation - 1
+            loss, ntoks, grads, norm_sq = self._grad_step(
+                mx.array(batch), mx.array(lengths), grads, last
+            )
+            mx.eval(loss, ntoks, grads, norm_sq)
+            n = int(ntoks.item())
+            loss_sum += float(loss.item()) * n
+            tokens += n
+        mean_loss = loss_sum / max(tokens, 1)
+        grad_norm = math.sqrt(max(float(norm_sq.item()), 0.0)) / accumulation
+        finite = math.isfinite(mean_loss) and math.isfinite(grad_norm)
+        if finite:
+            scale = 1.0 / accumulation
+            clip = self.settings.training.grad_clip
+            if clip > 0 and grad_norm > clip:
+                scale *= clip / grad_norm
+            # Left lazy: the next step's first evaluation computes it together with the
+            # forward pass (one synchronisation per step, as in mlx-lm's loop).
+            self._apply_step(grads, mx.array(scale))
+        else:
+            self.skipped_steps += 1
+        seconds = time.perf_counter() - tic
+        self.step += 1
+        self.tokens_seen += tokens
+        self.train_seconds += seconds
+        self.recent_seconds.append(seconds)
+        return StepResult(self.step, mean_loss, grad_norm, lr, tokens, seconds, not finite)
+
+    def evaluate(self, limit: int | None = None) -> float:
+        """Token-weighted validation loss over a fixed set of batches."""
+        limit = self.settings.training.eval_batches if limit is None else limit
+        self.model.eval()
+        total, count = 0.0, 0
+        try:
+            for batch, lengths in eval_batches(
+                self.data.valid, self.batch_size, self.max_seq_length, limit
+            ):
+                loss, ntoks = loss_fn(self.model, mx.array(batch), mx.array(lengths))
+                mx.eval(loss, ntoks)
+                n = int(ntoks.item())
+                total += float(loss.item()) * n
+                count += n
+        finally:
+            self.model.train()
+        val_loss = total / max(count, 1)
+        self.last_val_loss = val_loss
+        self.schedule.on_eval(val_loss)
+        if val_loss < self.best_val_loss:
+            self.best_val_loss = val_loss
+        return val_loss
+
+    def eta_seconds(self) -> float:
+        if not self.recent_seconds:
+            return math.nan
+        remaining = self.settings.training.max_steps - self.step
+        return max(0, remaining) * float(np.mean(self.recent_seconds))
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def adapter_weights(self) -> dict[str, mx.array]:
+        return dict(tree_flatten(self.model.trainable_parameters()))
+
+    def save_adapters(self, path: Path) -> None:
+        mx.save_safetensors(str(path), self.adapter_weights())
+
+    def save_state(self, folder: Path) -> None:
+        """Adapters, optimizer, RNG and trainer state into ``folder`` (already created)."""
+        mx.eval(self.model.trainable_parameters(), self.optimizer.state)
+        self.save_adapters(folder / "adapters.safetensors")
+        mx.save_safetensors(
+            str(folder / "optimizer.safetensors"), dict(tree_flatten(self.optimizer.state))
+        )
+        mx.save_safetensors(str(folder / "rng.safetensors"), {"key": mx.random.state[0]})
+        state = {
+            "version": STATE_VERSION,
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "train_seconds": self.train_seconds,
+            "best_val_loss": self.best_val_loss,
+            "last_val_loss": self.last_val_loss,
+            "skipped_steps": self.skipped_steps,
+            "data": self.stream.state(),
+            "schedule": self.schedule.state(),
+            "knobs": asdict(self.knobs),
+            "extra": self.extra_state,
+        }
+        atomic_write_json(folder / STATE_FILE, state)
+
+    def load_state(self, folder: Path) -> None:
+        """Restore everything :meth:`save_state` wrote; the next step continues exactly."""
+        try:
+            state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+            adapters = mx.load(str(folder / "adapters.safetensors"))
+            opt_state = mx.load(str(folder / "optimizer.safetensors"))
+            rng = mx.load(str(folder / "rng.safetensors"))
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise UserError(f"checkpoint {folder}: cannot be read: {exc}") from None
+        if state.get("version") != STATE_VERSION:
+            raise UserError(f"checkpoint {folder}: written by an incompatible version")
+        try:
+            self.model.load_weights(list(adapters.items()), strict=False)
+        except ValueError as exc:
+            raise UserError(f"checkpoint {folder}: adapters do not fit this model: {exc}") from None
+        self.optimizer.state = tree_unflatten(list(opt_state.items()))
+        mx.random.state[0] = rng["key"]
+        self.step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.train_seconds = float(state["train_seconds"])
+        self.best_val_loss = float(state["best_val_loss"])
+        self.last_val_loss = float(state["last_val_loss"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.stream.load_state(state["data"])
+        self.schedule.load_state(state["schedule"])
+        self.knobs = Knobs(**state["knobs"])
+        set_lora_dropout(self.model, self.knobs.dropout)
+        self.extra_state = dict(state.get("extra", {}))
+        self._compile()
