@@ -12,9 +12,15 @@ from typing import Any
 CLI = [sys.executable, "-m", "scu_tui"]
 
 
-def scu(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def scu(
+    *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=timeout, env=dict(os.environ)
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -45,4 +51,5 @@ def wait_for_line(proc: subprocess.Popen[str], prefix: str) -> str:
     for line in proc.stdout:
         if line.startswith(prefix):
             return line
-    raise AssertionError(f"the run ended before printing {prefix!r}: {proc.stderr.read() if proc.stderr else ''}")
+    stderr = proc.stderr.read() if proc.stderr else ""
+    raise AssertionError(f"the run ended before printing {prefix!r}: {stderr}")

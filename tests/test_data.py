@@ -113,7 +113,7 @@ def test_empty_split_and_missing_train_are_errors(tmp_path: Path, tokenizer: Any
         load_data(DataSettings(path=str(tmp_path)), tokenizer, seed=0)
     write_jsonl(tmp_path / "train.jsonl", as_format("text"))
     (tmp_path / "valid.jsonl").write_text("")
-    with pytest.raises(UserError, match="no rows|cannot be read"):
+    with pytest.raises(UserError, match=r"no rows|cannot be read"):
         load_data(DataSettings(path=str(tmp_path)), tokenizer, seed=0)
 
 

@@ -8,7 +8,6 @@ import signal
 from pathlib import Path
 
 import pytest
-
 from helpers import read_events, scu, scu_popen, step_losses, wait_for_line
 
 RUN_FILES = (
@@ -25,8 +24,17 @@ RUN_FILES = (
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("demo") / "run"
     result = scu(
-        "--headless", "--preset", "demo", "--max-steps", "60", "--output-dir", str(out),
-        "--set", "training.eval_every=20", "--set", "training.save_every=30",
+        "--headless",
+        "--preset",
+        "demo",
+        "--max-steps",
+        "60",
+        "--output-dir",
+        str(out),
+        "--set",
+        "training.eval_every=20",
+        "--set",
+        "training.save_every=30",
     )
     assert result.returncode == 0, result.stderr
     return out, result.stdout
@@ -81,9 +89,17 @@ def test_adapters_load_and_generate_with_mlx_lm(demo_run: tuple[Path, str]) -> N
 
 def test_kill_9_then_resume_matches_the_uninterrupted_run(tmp_path: Path) -> None:
     common = [
-        "--headless", "--preset", "demo", "--max-steps", "24",
-        "--set", "training.save_every=8", "--set", "training.eval_every=100",
-        "--set", "scu.enabled=false",
+        "--headless",
+        "--preset",
+        "demo",
+        "--max-steps",
+        "24",
+        "--set",
+        "training.save_every=8",
+        "--set",
+        "training.eval_every=100",
+        "--set",
+        "scu.enabled=false",
     ]
     reference = tmp_path / "reference"
     assert scu(*common, "--output-dir", str(reference)).returncode == 0
@@ -109,12 +125,19 @@ def test_kill_9_then_resume_matches_the_uninterrupted_run(tmp_path: Path) -> Non
 def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = scu_popen(
-        "--headless", "--preset", "demo", "--max-steps", "500", "--output-dir", str(out),
-        "--set", "training.report_every=1",
+        "--headless",
+        "--preset",
+        "demo",
+        "--max-steps",
+        "500",
+        "--output-dir",
+        str(out),
+        "--set",
+        "training.report_every=1",
     )
     wait_for_line(proc, "step      3/")
     proc.send_signal(signal.SIGINT)
-    stdout, _ = proc.communicate(timeout=120)
+    _stdout, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130
     events = read_events(out)
     assert events[-1]["type"] == "done" and events[-1]["status"] == "interrupted"

@@ -133,6 +133,7 @@ class Trainer:
     def __init__(self, model: nn.Module, data: DataBundle, settings: Settings) -> None:
         t = settings.training
         self.model = model
+        model.train()  # mlx_lm.load leaves the model in eval mode, which disables dropout
         self.data = data
         self.settings = settings
         self.max_seq_length = settings.data.max_seq_length
@@ -210,6 +211,9 @@ class Trainer:
     def train_step(self) -> StepResult:
         """One optimizer update; a non-finite loss or gradient skips the update."""
         tic = time.perf_counter()
+        # Dropout randomness is a function of (seed, step), so a resumed run draws exactly
+        # what the uninterrupted one would have (MLX's global key cannot be restored).
+        mx.random.seed(self.settings.training.seed * 1_000_003 + self.step)
         lr = self.current_lr()
         self.optimizer.learning_rate = mx.array(lr)
         accumulation = self.knobs.accumulation
@@ -291,7 +295,6 @@ class Trainer:
         mx.save_safetensors(
             str(folder / "optimizer.safetensors"), dict(tree_flatten(self.optimizer.state))
         )
-        mx.save_safetensors(str(folder / "rng.safetensors"), {"key": mx.random.state[0]})
         state = {
             "version": STATE_VERSION,
             "step": self.step,
@@ -313,7 +316,6 @@ class Trainer:
             state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
             adapters = mx.load(str(folder / "adapters.safetensors"))
             opt_state = mx.load(str(folder / "optimizer.safetensors"))
-            rng = mx.load(str(folder / "rng.safetensors"))
         except (OSError, ValueError, RuntimeError) as exc:
             raise UserError(f"checkpoint {folder}: cannot be read: {exc}") from None
         if state.get("version") != STATE_VERSION:
@@ -323,7 +325,6 @@ class Trainer:
         except ValueError as exc:
             raise UserError(f"checkpoint {folder}: adapters do not fit this model: {exc}") from None
         self.optimizer.state = tree_unflatten(list(opt_state.items()))
-        mx.random.state[0] = rng["key"]
         self.step = int(state["step"])
         self.tokens_seen = int(state["tokens_seen"])
         self.train_seconds = float(state["train_seconds"])

@@ -1,0 +1,443 @@
+"""The S-SCU policy: from signals and the current knobs to a diagnosis and a bounded move.
+
+Pure functions, no memory: the controller adds hysteresis, cooldowns and back-off.
+
+==================== ======================================== ============== =============
+rule                 when (diagnosis + condition)             knob           move
+==================== ======================================== ============== =============
+rollback             diverging: non-finite in the period,     rollback       lr x0.5
+                     loss > 3x window median, or sharp rise
+cut_lr_degrading     degrading: significant loss rise         lr_multiplier  x0.5
+cut_lr_unstable      unstable: >= 2 spikes in the period, or  lr_multiplier  x0.7
+                     high variability without improvement
+raise_weight_decay   overfitting, weight decay below its max  weight_decay   x2 (from 0.01)
+raise_dropout        overfitting, weight decay at its max     dropout        +0.05
+raise_accumulation   noisy: high variability, still improving accumulation   x2
+raise_lr_slow        slow: significant but slow fall, stable  lr_multiplier  x1.5
+                     gradients, no spike in the period
+explore_too_stable   too_stable: plateau, stable gradients    lr_multiplier  x1.2
+                     and low entropy or near-constant norms
+reduce_lr_plateau    plateau: no trend, noisy (not too        lr_multiplier  x0.8
+                     stable) - reduce-on-plateau
+(none)               improving, or slow with unsteady grads
+==================== ======================================== ============== =============
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from scu_tui.config import ScuSettings, TrainingSettings
+from scu_tui.control.signals import VAL_RISE_FRACTION, Signals, json_safe
+
+
+class Diagnosis(StrEnum):
+    IMPROVING = "improving"
+    SLOW = "slow"
+    PLATEAU = "plateau"
+    DEGRADING = "degrading"
+    UNSTABLE = "unstable"
+    DIVERGING = "diverging"
+    TOO_STABLE = "too_stable"
+    OVERFITTING = "overfitting"
+    NOISY = "noisy"  # improving, but with gradients too noisy to trust a bigger step
+
+
+LR = "lr_multiplier"
+WEIGHT_DECAY = "weight_decay"
+DROPOUT = "dropout"
+ACCUMULATION = "accumulation"
+ROLLBACK = "rollback"
+KNOBS = (LR, WEIGHT_DECAY, DROPOUT, ACCUMULATION)
+
+# --- diagnosis thresholds ------------------------------------------------------------------
+
+#: Gradients are stable below this robust coefficient of variation (1.4826 MAD / median).
+STABLE_VARIABILITY = 0.3
+#: ... noisy above this one (typical LoRA runs sit around 0.1-0.3).
+HIGH_VARIABILITY = 0.5
+#: ... and "too stable" below this one: the optimizer barely feels its minibatches.
+TOO_STABLE_VARIABILITY = 0.05
+#: Total wavelet entropy below this: the loss moves on one time scale only (white noise
+#: gives ~0.8 with 4 levels, a smooth drift ~0.1).
+LOW_ENTROPY = 0.5
+#: ... above this one the reasons speak of "high entropy complexity".
+HIGH_ENTROPY = 0.75
+#: Spikes within one control period that make the gradients unstable.
+UNSTABLE_SPIKES = 2
+#: Newest losses above this multiple of the window median: a blow-up.
+BLOWUP_RATIO = 3.0
+#: Mann–Kendall z and rise per period (in targets) of a sharp, diverging rise.
+DIVERGE_Z = 4.0
+DIVERGE_RISE_TARGETS = 10.0
+
+# --- what each rule asks for (before the safety limits) ----------------------------------
+
+LR_RAISE_SLOW = 1.5
+LR_RAISE_EXPLORE = 1.2
+LR_CUT_DEGRADING = 0.5
+LR_CUT_UNSTABLE = 0.7
+LR_CUT_PLATEAU = 0.8
+ROLLBACK_LR_FACTOR = 0.5
+WEIGHT_DECAY_FACTOR = 2.0
+#: First weight decay when it is 0 (AdamW's usual default), then doubled.
+WEIGHT_DECAY_START = 0.01
+DROPOUT_STEP = 0.05
+ACCUMULATION_FACTOR = 2.0
+
+# --- safety: the most one action may change a knob --------------------------------------
+
+MAX_LR_UP, MAX_LR_DOWN = 2.0, 0.5
+MAX_WEIGHT_DECAY_UP, MAX_WEIGHT_DECAY_DOWN = 2.0, 0.5
+MAX_DROPOUT_STEP = 0.1
+MAX_ACCUMULATION_UP, MAX_ACCUMULATION_DOWN = 2.0, 0.5
+#: Relative change below which a clamped move counts as no move.
+NO_OP_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One proposed change; ``to_dict()`` has exactly the fields of ``ProposalEvent``."""
+
+    id: str
+    step: int
+    rule: str
+    diagnosis: str
+    knob: str  # lr_multiplier | weight_decay | dropout | accumulation | rollback
+    before: float
+    after: float  # for rollback: the lr multiplier to resume with
+    reason: str
+    action: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(json_safe(asdict(self)))
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """The run's current knob values; ``lr`` is the effective lr (base schedule x multiplier)."""
+
+    lr: float
+    lr_multiplier: float = 1.0
+    weight_decay: float = 0.0
+    dropout: float = 0.0
+    accumulation: float = 1.0
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, float], training: TrainingSettings) -> Knobs:
+        multiplier = float(values.get(LR, 1.0))
+        return cls(
+            lr=float(values.get("lr", training.learning_rate * multiplier)),
+            lr_multiplier=multiplier,
+            weight_decay=float(values.get(WEIGHT_DECAY, training.weight_decay)),
+            dropout=float(values.get(DROPOUT, 0.0)),
+            accumulation=float(values.get(ACCUMULATION, training.gradient_accumulation_steps)),
+        )
+
+    @property
+    def base_lr(self) -> float:
+        """The base schedule's lr at this step: lr / multiplier (0 when unknown)."""
+        return self.lr / self.lr_multiplier if self.lr_multiplier > 0 else 0.0
+
+    def value(self, knob: str) -> float:
+        return float(getattr(self, LR if knob == ROLLBACK else knob))
+
+
+@dataclass(frozen=True)
+class Move:
+    """What a rule asks for, before bounds: ``direction`` is +1 (raise) or -1 (cut)."""
+
+    rule: str
+    knob: str
+    target: float
+    direction: int
+    reason: str
+    evidence: dict[str, Any]
+    effect_metric: str | None  # "loss" | "val_loss" | None (safety moves are never reverted)
+
+
+# --- diagnosis ------------------------------------------------------------------------------
+
+
+def is_diverging(s: Signals) -> bool:
+    t = s.trend
+    sharp_rise = t.z > DIVERGE_Z and -t.relative_improvement > DIVERGE_RISE_TARGETS * t.target
+    return s.recent_nonfinite > 0 or t.recent_ratio > BLOWUP_RATIO or sharp_rise
+
+
+def is_unstable(s: Signals) -> bool:
+    g = s.gradients
+    return g.recent_spikes >= UNSTABLE_SPIKES or (
+        g.variability > HIGH_VARIABILITY and not s.trend.improving
+    )
+
+
+def is_overfitting(s: Signals) -> bool:
+    """Validation rises while training falls, or the gap widens while validation stalls."""
+    v, target = s.validation, s.trend.target
+    if v.count < 2 or s.trend.slope >= 0:
+        return False
+    stalled = v.trend >= -VAL_RISE_FRACTION * target  # falling slower than this: stalled
+    return v.rising or (v.gap_growing and stalled)
+
+
+def gradients_stable(s: Signals) -> bool:
+    g = s.gradients
+    return g.variability < STABLE_VARIABILITY and g.recent_spikes == 0
+
+
+def is_too_stable(s: Signals) -> bool:
+    w, g = s.wavelet, s.gradients
+    low_entropy = w.levels > 0 and w.total_entropy < LOW_ENTROPY
+    return gradients_stable(s) and (low_entropy or g.variability < TOO_STABLE_VARIABILITY)
+
+
+def diagnose(s: Signals) -> Diagnosis:
+    """The one diagnosis for these signals, the most urgent first."""
+    t = s.trend
+    if is_diverging(s):
+        return Diagnosis.DIVERGING
+    if t.degrading:
+        return Diagnosis.DEGRADING
+    if is_unstable(s):
+        return Diagnosis.UNSTABLE
+    if is_overfitting(s):
+        return Diagnosis.OVERFITTING
+    if s.gradients.variability > HIGH_VARIABILITY:
+        return Diagnosis.NOISY
+    if t.relative_improvement >= t.target:
+        return Diagnosis.IMPROVING
+    if t.plateau:
+        return Diagnosis.TOO_STABLE if is_too_stable(s) else Diagnosis.PLATEAU
+    return Diagnosis.SLOW
+
+
+# --- rules ----------------------------------------------------------------------------------
+
+
+def choose_move(diagnosis: Diagnosis, s: Signals, knobs: Knobs, scu: ScuSettings) -> Move | None:
+    """The move a diagnosis calls for (unbounded), or None."""
+    match diagnosis:
+        case Diagnosis.DIVERGING:
+            return rollback_move(s, knobs)
+        case Diagnosis.DEGRADING:
+            return degrading_move(s, knobs)
+        case Diagnosis.UNSTABLE:
+            return unstable_move(s, knobs)
+        case Diagnosis.OVERFITTING:
+            return overfitting_move(s, knobs, scu)
+        case Diagnosis.NOISY:
+            return noisy_move(s, knobs)
+        case Diagnosis.SLOW:
+            return slow_move(s, knobs) if gradients_stable(s) else None
+        case Diagnosis.TOO_STABLE:
+            return too_stable_move(s, knobs)
+        case Diagnosis.PLATEAU:
+            return plateau_move(s, knobs)
+    return None
+
+
+def trend_evidence(s: Signals) -> dict[str, Any]:
+    t = s.trend
+    return {
+        "relative_improvement": t.relative_improvement,
+        "target": t.target,
+        "slope": t.slope,
+        "mk_z": t.z,
+        "p_value": t.p_value,
+    }
+
+
+def gradient_evidence(s: Signals) -> dict[str, Any]:
+    g = s.gradients
+    return {"grad_variability": g.variability, "spikes": g.recent_spikes, "grad_median": g.median}
+
+
+def rollback_move(s: Signals, knobs: Knobs) -> Move:
+    t = s.trend
+    if s.recent_nonfinite:
+        why = "Non-finite loss or gradients"
+    elif t.recent_ratio > BLOWUP_RATIO:
+        why = f"Loss blow-up ({t.recent_ratio:.1f}x the window median)"
+    else:
+        why = "Sharp loss rise"
+    evidence = {"nonfinite": s.recent_nonfinite, "loss_ratio": t.recent_ratio, "mk_z": t.z}
+    return Move(
+        ROLLBACK,
+        ROLLBACK,
+        knobs.lr_multiplier * ROLLBACK_LR_FACTOR,
+        -1,
+        f"{why} - rolling back with lower LR",
+        evidence,
+        None,
+    )
+
+
+def degrading_move(s: Signals, knobs: Knobs) -> Move:
+    entropy = s.wavelet.total_entropy
+    complexity = "high" if entropy > HIGH_ENTROPY else "low"
+    return Move(
+        "cut_lr_degrading",
+        LR,
+        knobs.lr_multiplier * LR_CUT_DEGRADING,
+        -1,
+        f"Loss degradation with {complexity} entropy complexity - cutting LR",
+        trend_evidence(s) | {"wavelet_entropy": entropy},
+        None,
+    )
+
+
+def unstable_move(s: Signals, knobs: Knobs) -> Move:
+    g = s.gradients
+    what = f"{g.recent_spikes} gradient spikes" if g.recent_spikes else "Highly variable gradients"
+    return Move(
+        "cut_lr_unstable",
+        LR,
+        knobs.lr_multiplier * LR_CUT_UNSTABLE,
+        -1,
+        f"{what[0].upper()}{what[1:]} (variability {g.variability:.2f}) - cutting LR",
+        gradient_evidence(s) | {"relative_improvement": s.trend.relative_improvement},
+        None,
+    )
+
+
+def overfitting_move(s: Signals, knobs: Knobs, scu: ScuSettings) -> Move | None:
+    v = s.validation
+    evidence = {"val_trend": v.trend, "gap": v.gap, "gap_trend": v.gap_trend, "val_loss": v.loss}
+    evidence |= {"train_slope": s.trend.slope}
+    what = "Validation loss rising" if v.rising else "Train/validation gap growing"
+    if knobs.weight_decay < scu.weight_decay_bounds[1]:
+        target = max(knobs.weight_decay * WEIGHT_DECAY_FACTOR, WEIGHT_DECAY_START)
+        reason = f"{what} while training loss falls - raising weight decay"
+        return Move("raise_weight_decay", WEIGHT_DECAY, target, 1, reason, evidence, "val_loss")
+    if knobs.dropout < scu.dropout_bounds[1]:
+        reason = f"{what} with weight decay at its limit - raising dropout"
+        target = knobs.dropout + DROPOUT_STEP
+        return Move("raise_dropout", DROPOUT, target, 1, reason, evidence, "val_loss")
+    return None
+
+
+def noisy_move(s: Signals, knobs: Knobs) -> Move:
+    return Move(
+        "raise_accumulation",
+        ACCUMULATION,
+        knobs.accumulation * ACCUMULATION_FACTOR,
+        1,
+        "Noisy gradients while improving - raising gradient accumulation (bigger batch)",
+        gradient_evidence(s) | {"relative_improvement": s.trend.relative_improvement},
+        "loss",
+    )
+
+
+def slow_move(s: Signals, knobs: Knobs) -> Move:
+    return Move(
+        "raise_lr_slow",
+        LR,
+        knobs.lr_multiplier * LR_RAISE_SLOW,
+        1,
+        "Slow loss improvement with stable gradients - increasing LR",
+        trend_evidence(s) | gradient_evidence(s),
+        "loss",
+    )
+
+
+def too_stable_move(s: Signals, knobs: Knobs) -> Move:
+    """A small LR raise: the knob that sets the optimizer's noise scale (lr / batch).
+
+    Lowering weight decay or dropout instead would weaken regularisation the run may need
+    and barely moves an optimizer sitting still; an LR raise acts at once, and the effect
+    check reverts it if the loss gets worse.
+    """
+    evidence = trend_evidence(s) | gradient_evidence(s)
+    evidence |= {"wavelet_entropy": s.wavelet.total_entropy}
+    return Move(
+        "explore_too_stable",
+        LR,
+        knobs.lr_multiplier * LR_RAISE_EXPLORE,
+        1,
+        "Training too stable - encouraging exploration",
+        evidence,
+        "loss",
+    )
+
+
+def plateau_move(s: Signals, knobs: Knobs) -> Move:
+    """Reduce-on-plateau: a trendless, noise-dominated loss settles lower with a smaller LR."""
+    evidence = trend_evidence(s) | {"wavelet_entropy": s.wavelet.total_entropy}
+    return Move(
+        "reduce_lr_plateau",
+        LR,
+        knobs.lr_multiplier * LR_CUT_PLATEAU,
+        -1,
+        "Loss plateau with noisy dynamics - reducing LR to settle",
+        evidence,
+        "loss",
+    )
+
+
+# --- safety limits --------------------------------------------------------------------------
+
+
+def hard_bounds(knob: str, knobs: Knobs, scu: ScuSettings) -> tuple[float, float]:
+    """The preset's limits for a knob; the lr limits apply to the effective lr."""
+    if knob in (LR, ROLLBACK):
+        base = knobs.base_lr
+        if base <= 0:
+            return knobs.lr_multiplier, knobs.lr_multiplier  # no schedule known: no LR move
+        return scu.lr_bounds[0] / base, scu.lr_bounds[1] / base
+    limits: dict[str, list[float] | list[int]] = {
+        WEIGHT_DECAY: scu.weight_decay_bounds,
+        DROPOUT: scu.dropout_bounds,
+        ACCUMULATION: scu.accumulation_bounds,
+    }
+    low, high = limits[knob]
+    return float(low), float(high)
+
+
+def step_limits(knob: str, before: float) -> tuple[float, float]:
+    """The most one action may move a knob from ``before``."""
+    if knob in (LR, ROLLBACK):
+        return before * MAX_LR_DOWN, before * MAX_LR_UP
+    if knob == WEIGHT_DECAY:
+        up = max(before * MAX_WEIGHT_DECAY_UP, WEIGHT_DECAY_START)
+        return before * MAX_WEIGHT_DECAY_DOWN, up
+    if knob == DROPOUT:
+        return before - MAX_DROPOUT_STEP, before + MAX_DROPOUT_STEP
+    return math.ceil(before * MAX_ACCUMULATION_DOWN), before * MAX_ACCUMULATION_UP
+
+
+def bounded_value(knob: str, before: float, target: float, knobs: Knobs, scu: ScuSettings) -> float:
+    """``target`` within the preset's bounds, then within one action's reach of ``before``.
+
+    The step limit wins: a knob already outside its bounds moves toward them by at most one
+    step. Accumulation is rounded to a whole number of micro-batches.
+    """
+    low, high = hard_bounds(knob, knobs, scu)
+    value = min(max(target, low), high)
+    reach_low, reach_high = step_limits(knob, before)
+    value = min(max(value, reach_low), reach_high)
+    return float(round(value)) if knob == ACCUMULATION else value
+
+
+def moves(before: float, after: float, direction: int) -> bool:
+    """True when ``after`` differs from ``before`` in the intended direction."""
+    if abs(after - before) <= NO_OP_TOLERANCE * max(abs(before), 1e-30):
+        return False
+    return (after > before) == (direction > 0)
+
+
+def action_text(knob: str, before: float, after: float) -> str:
+    """A short description: ``lr x1.5``, ``weight_decay 0 -> 0.01``, ``rollback, lr x0.5``."""
+    factor = f"x{after / before:.3g}" if before > 0 else f"-> {after:.3g}"
+    if knob == LR:
+        return f"lr {factor}"
+    if knob == ROLLBACK:
+        return f"rollback, lr {factor}"
+    if knob == ACCUMULATION:
+        return f"accumulation {before:.0f} -> {after:.0f}"
+    return f"{knob} {before:.3g} -> {after:.3g}"
