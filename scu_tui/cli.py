@@ -81,6 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     presets_sub = presets.add_subparsers(dest="presets_command", metavar="show")
     show = presets_sub.add_parser("show", help="print a preset's resolved settings as TOML")
     show.add_argument("name", metavar="NAME|FILE.toml")
+    replay = sub.add_parser(
+        "replay", help="run the S-SCU over a finished run's events and print its proposals"
+    )
+    replay.add_argument("run_dir", metavar="DIR")
+    replay.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override settings for the replay (e.g. scu.control_frequency=20)",
+    )
     return parser
 
 
@@ -128,6 +140,14 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from scu_tui.replay import print_replay
+
+    run_dir = Path(args.run_dir)
+    settings = apply_assignments(load_run_settings(run_dir), list(args.assignments))
+    return print_replay(run_dir, settings, sys.stdout)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     from scu_tui.run import run_headless
@@ -142,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "presets":
             return _cmd_presets(args)
+        if args.command == "replay":
+            return _cmd_replay(args)
         return _cmd_train(args)
     except UserError as exc:
         print(f"scu-tui: error: {exc}", file=sys.stderr)

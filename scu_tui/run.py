@@ -10,7 +10,6 @@ import json
 import math
 import queue
 import signal
-import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -19,11 +18,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from scu_tui.config import Settings, merge
+from scu_tui.config import MODES, Settings, merge
+from scu_tui.control.controller import Controller
+from scu_tui.control.policy import Proposal
 from scu_tui.errors import UserError
 from scu_tui.events import (
     CheckpointEvent,
     Command,
+    DecisionEvent,
     DoneEvent,
     EvalEvent,
     Event,
@@ -31,7 +33,9 @@ from scu_tui.events import (
     MessageEvent,
     ModeEvent,
     PauseEvent,
+    ProposalEvent,
     ResumeEvent,
+    RollbackEvent,
     StartEvent,
     StepEvent,
 )
@@ -53,6 +57,15 @@ EVENTS_FILE = "events.jsonl"
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
+#: The divergence guard: a loss above this multiple of the recent median is a blow-up ...
+BLOWUP_FACTOR = 3.0
+#: ... judged against at least this many recent finite losses.
+BLOWUP_MIN_HISTORY = 10
+#: LR multiplier factor applied with every rollback.
+ROLLBACK_LR_FACTOR = 0.5
+#: A run that needs more rollbacks than this has failed.
+MAX_ROLLBACKS = 5
+
 
 def default_output_dir(settings: Settings) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -63,9 +76,9 @@ def load_run_settings(run_dir: Path) -> Settings:
     """The settings a run was started with (its ``simple_training_config.json``)."""
     path = run_dir / CONFIG_FILE
     if not run_dir.is_dir():
-        raise UserError(f"--resume {run_dir}: no such directory")
+        raise UserError(f"{run_dir}: no such directory")
     if not path.is_file():
-        raise UserError(f"--resume {run_dir}: not a scu-tui run (no {CONFIG_FILE})")
+        raise UserError(f"{run_dir}: not a scu-tui run (no {CONFIG_FILE})")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -103,7 +116,12 @@ class Run:
         self._last_saved_step = -1
         self.trainer: Any = None
         self.lora_info: Any = None
-        self._lock = threading.Lock()
+        self.controller = (
+            Controller(settings.scu, settings.training) if settings.scu.enabled else None
+        )
+        self.pending: dict[str, tuple[Proposal, int]] = {}  # ask mode: id -> (proposal, expiry)
+        self.rollbacks = 0
+        self._guard_count = 0
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -158,6 +176,11 @@ class Run:
             self.trainer.load_state(checkpoint)
             self._last_saved_step = self.trainer.step
             self.actions = list(self.trainer.extra_state.get("actions", []))
+            for record in self.actions:  # proposals pending at the checkpoint lapse on resume
+                if record.get("outcome") is None:
+                    record.update(outcome="expired", by="resume", decided_step=self.trainer.step)
+            if self.controller is not None and "controller" in self.trainer.extra_state:
+                self.controller.load_state(self.trainer.extra_state["controller"])
             self.status.first_val_loss = float(
                 self.trainer.extra_state.get("first_val_loss", math.nan)
             )
@@ -219,6 +242,8 @@ class Run:
         try:
             if t.step == 0:
                 self._evaluate()
+                if self.controller is not None:
+                    self.save_checkpoint("start")  # the first rollback target
             while t.step < s.training.max_steps:
                 self._handle_commands()
                 if self._stop:
@@ -273,6 +298,8 @@ class Run:
         last = result.step == s.training.max_steps
         if result.step % s.training.eval_every == 0 or last:
             self._evaluate()
+        if self.controller is not None:
+            self._control(result)
         if result.step % s.training.save_every == 0 and not last:
             self.save_checkpoint("schedule")
 
@@ -295,6 +322,134 @@ class Run:
         )
         if is_best and t.step > 0:
             self._save_best()
+        if self.controller is not None and t.step > 0:
+            self.controller.observe_eval(t.step, val_loss)
+
+    # --- the S-SCU ------------------------------------------------------------------------
+
+    def _control(self, result: Any) -> None:
+        """Feed the controller, guard against divergence, expire and issue proposals."""
+        assert self.controller is not None
+        step = result.step
+        self.controller.observe(step, result.loss, result.grad_norm, result.lr)
+        if self._diverged(result):
+            self._guard(result)
+            return
+        for pid, (_, expiry) in list(self.pending.items()):
+            if step >= expiry:
+                del self.pending[pid]
+                self._decide(pid, "expired", "ttl")
+        proposal = self.controller.decide(step, self._knob_values())
+        if proposal is not None:
+            self._propose(proposal)
+
+    def _diverged(self, result: Any) -> bool:
+        if result.skipped or not math.isfinite(result.loss):
+            return True
+        recent = [x for x in list(self.status.losses)[-50:-1] if math.isfinite(x)]
+        if len(recent) < BLOWUP_MIN_HISTORY:
+            return False
+        median = sorted(recent)[len(recent) // 2]
+        return bool(result.loss > BLOWUP_FACTOR * median)
+
+    def _guard(self, result: Any) -> None:
+        """Non-finite values or a loss blow-up: roll back (auto/ask) or pause (observe)."""
+        self._guard_count += 1
+        multiplier = self.trainer.knobs.lr_multiplier
+        what = "non-finite loss or gradient" if result.skipped else "loss blow-up"
+        proposal = Proposal(
+            id=f"g{self._guard_count:04d}",
+            step=result.step,
+            rule="divergence_guard",
+            diagnosis="diverging",
+            knob="rollback",
+            before=multiplier,
+            after=multiplier * ROLLBACK_LR_FACTOR,
+            reason=f"Divergence ({what}) - rolling back to the last checkpoint with a lower LR",
+            action=f"rollback, lr x{ROLLBACK_LR_FACTOR:g}",
+            evidence={"loss": result.loss, "grad_norm": result.grad_norm},
+        )
+        self._propose(proposal, guard=True)
+
+    def _propose(self, proposal: Proposal, guard: bool = False) -> None:
+        assert self.controller is not None
+        self.emit(ProposalEvent(**proposal.to_dict()))
+        signals = self.controller.last_signals
+        record = {
+            **proposal.to_dict(),
+            "signals": signals.to_dict() if signals is not None and not guard else {},
+            "mode": self.mode,
+            "outcome": None,
+            "by": None,
+            "decided_step": None,
+        }
+        self.actions.append(record)
+        if proposal.knob == "rollback":
+            if self.mode == "observe":
+                self._decide(proposal.id, "observed", "guard")
+                self._apply(Command("pause", by="guard"))
+            else:
+                self._decide(proposal.id, "applied", "guard")
+                self._rollback(proposal)
+        elif self.mode == "auto":
+            self._apply_proposal(proposal, "applied", "controller")
+        elif self.mode == "ask":
+            self.pending[proposal.id] = (proposal, proposal.step + self.settings.scu.proposal_ttl)
+            atomic_write_json(self.output_dir / METRICS_FILE, self.actions)
+        else:
+            self._decide(proposal.id, "observed", "controller")
+
+    def _apply_proposal(self, proposal: Proposal, outcome: str, by: str) -> None:
+        self.set_knob(proposal.knob, proposal.after, by=by)
+        self._decide(proposal.id, outcome, by)
+        reverted = proposal.evidence.get("reverts")
+        if proposal.rule.startswith("revert_") and reverted:
+            self._decide(str(reverted), "reverted", "controller")
+
+    def _answer(self, proposal_id: str, accept: bool, by: str) -> None:
+        """Accept or veto a pending proposal (the oldest when no id is given)."""
+        if not self.pending:
+            self.emit(MessageEvent(self.step, level="info", text="no pending proposal"))
+            return
+        pid = proposal_id or next(iter(self.pending))
+        if pid not in self.pending:
+            self.emit(MessageEvent(self.step, level="warning", text=f"no pending proposal {pid}"))
+            return
+        proposal, _ = self.pending.pop(pid)
+        if accept:
+            self._apply_proposal(proposal, "accepted", by)
+        else:
+            self._decide(pid, "vetoed", by)
+
+    def _decide(self, proposal_id: str, outcome: str, by: str) -> None:
+        """Record what became of a proposal: controller memory, event, metrics file."""
+        if self.controller is not None:
+            self.controller.record_outcome(proposal_id, outcome)
+        for record in self.actions:
+            if record["id"] == proposal_id:
+                record.update(outcome=outcome, by=by, decided_step=self.step)
+        self.emit(DecisionEvent(self.step, id=proposal_id, outcome=outcome, by=by))
+        atomic_write_json(self.output_dir / METRICS_FILE, self.actions)
+
+    def _rollback(self, proposal: Proposal) -> None:
+        """Back to the last checkpoint, past the offending batches, with a lower LR."""
+        t = self.trainer
+        checkpoint = latest_checkpoint(self.output_dir)
+        self.rollbacks += 1
+        if checkpoint is None or self.rollbacks > MAX_ROLLBACKS:
+            raise RuntimeError(
+                f"training diverged {self.rollbacks} times; giving up (lower the learning rate)"
+            )
+        from_step = t.step
+        data_position = t.stream.state()
+        kept = (t.tokens_seen, t.train_seconds, t.skipped_steps)
+        t.load_state(checkpoint)
+        t.stream.load_state(data_position)  # skip the batches that led here
+        t.tokens_seen, t.train_seconds, t.skipped_steps = kept
+        self.set_knob("lr_multiplier", proposal.after, by="guard")
+        assert self.controller is not None
+        self.controller.notify_rollback(t.step)
+        self.emit(RollbackEvent(from_step, to_step=t.step, reason=proposal.reason))
 
     # --- commands -------------------------------------------------------------------------
 
@@ -329,9 +484,11 @@ class Run:
             self.paused = False
         elif kind == "mode":
             mode = str(command.value)
-            if mode in ("auto", "ask", "observe") and mode != self.mode:
+            if mode in MODES and mode != self.mode:
                 self.mode = mode
                 self.emit(ModeEvent(t.step, mode=mode, by=command.by))
+        elif kind in ("accept", "veto"):
+            self._answer(str(command.value or ""), kind == "accept", command.by)
         elif kind == "set":
             value = dict(command.value)
             self.set_knob(str(value["knob"]), float(value["value"]), by=command.by)
@@ -364,6 +521,8 @@ class Run:
         """Write ``checkpoints/step-NNNNNN`` atomically, then refresh the top-level adapters."""
         t = self.trainer
         t.extra_state["actions"] = self.actions
+        if self.controller is not None:
+            t.extra_state["controller"] = self.controller.state()
         t.extra_state["first_val_loss"] = self.status.first_val_loss
         final = self.output_dir / "checkpoints" / checkpoint_name(t.step)
         tmp = staging_folder(final)
@@ -410,7 +569,9 @@ class Run:
     def _write_summary(self) -> None:
         t = self.trainer
         losses = list(self.status.losses)
-        by_kind = Counter(str(a.get("knob", "unknown")) for a in self.actions if a.get("applied"))
+        by_kind = Counter(
+            str(a["knob"]) for a in self.actions if a.get("outcome") in ("applied", "accepted")
+        )
         summary = {
             "status": self.status.status,
             "message": self.status.message,

@@ -87,6 +87,8 @@ def format_event(event: Event, report_every: int = 1) -> str | None:
         best = "  (best)" if event.is_best else f"  (best {event.best_val_loss:.4f})"
         return f"eval {event.step:>6}  val_loss {event.val_loss:.4f}{best}  {event.seconds:.1f}s"
     if isinstance(event, CheckpointEvent):
+        if event.reason == "best":  # the eval line already says "(best)"
+            return None
         return f"save {event.step:>6}  {event.path}  ({event.reason})"
     if isinstance(event, ProposalEvent):
         return (

@@ -154,3 +154,29 @@ def test_existing_run_dir_is_refused_and_resume_of_non_run_is_refused(
     assert again.returncode == 2 and "--resume" in again.stderr
     not_a_run = scu("--headless", "--resume", str(tmp_path))
     assert not_a_run.returncode == 2 and "not a scu-tui run" in not_a_run.stderr
+
+
+def test_replay_reproduces_the_proposals_of_an_observed_run(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    hot = ["--set", "training.learning_rate=3e-2", "--set", "scu.lr_bounds=[1e-5, 1e-1]"]
+    result = scu(
+        "--headless",
+        "--preset",
+        "demo",
+        "--max-steps",
+        "80",
+        "--mode",
+        "observe",
+        "--output-dir",
+        str(out),
+        *hot,
+    )
+    assert result.returncode == 0, result.stderr
+    proposed = [e for e in read_events(out) if e["type"] == "proposal"]
+    assert proposed, "the hot demo should draw at least one proposal"
+    replayed = scu("replay", str(out))
+    assert replayed.returncode == 0, replayed.stderr
+    lines = [line for line in replayed.stdout.splitlines() if line.startswith("SCU Step")]
+    assert [int(line.split()[2].rstrip(":")) for line in lines] == [p["step"] for p in proposed]
+    assert all(p["reason"] in line for p, line in zip(proposed, lines, strict=True))
+    assert scu("replay", str(tmp_path)).returncode == 2
