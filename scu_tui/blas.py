@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import importlib.util
 import os
 import sys
+from importlib import metadata
 from pathlib import Path
 
 ENV = "SCU_TUI_OPENBLAS"
@@ -32,11 +32,16 @@ reason: str = "not tried"
 
 
 def _bundles_reference_blas() -> bool:
-    spec = importlib.util.find_spec("mlx")
-    if spec is None or not spec.submodule_search_locations:
+    """Whether the installed ``mlx-cpu`` wheel carries its own reference ``libblas``.
+
+    Asks the installed distribution rather than the import path, which a stray ``mlx``
+    folder in the working directory could shadow.
+    """
+    try:
+        files = metadata.distribution("mlx-cpu").files or []
+    except metadata.PackageNotFoundError:
         return False
-    site = Path(next(iter(spec.submodule_search_locations))).parent
-    return any((site / "mlx_cpu.libs").glob("libblas-*.so*"))
+    return any(f.parts[0] == "mlx_cpu.libs" and f.name.startswith("libblas") for f in files)
 
 
 def _find_openblas() -> str | None:

@@ -29,6 +29,9 @@ def _version_line() -> str:
             parts.append(f"{dist} {version(dist)}")
         except PackageNotFoundError:
             parts.append(f"{dist} (not installed)")
+    from scu_tui import blas
+
+    parts.append(f"BLAS: {blas.active or 'bundled (' + blas.reason + ')'}")
     return parts[0] + " (" + ", ".join(parts[1:]) + ")"
 
 
@@ -45,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="scu-tui",
         description="Fine-tune language models with LoRA on MLX, steered by the S-SCU.",
         epilog="Exit codes: 0 done, 1 training failed, 2 bad input, 130 interrupted.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps --version on one line
     )
     parser.add_argument("--version", action="version", version=_version_line())
     train = parser.add_argument_group("training")

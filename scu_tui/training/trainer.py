@@ -46,6 +46,20 @@ def loss_fn(model: nn.Module, batch: mx.array, lengths: mx.array) -> tuple[mx.ar
     return loss, ntoks
 
 
+def _select_in_place(new: Any, old: Any, keep_new: mx.array) -> None:
+    """``new[k] = where(keep_new, new[k], old[k])`` through nested dicts and lists, in place
+    (a compiled function's state containers must be updated, not replaced)."""
+    keys = range(min(len(new), len(old))) if isinstance(new, list) else list(new.keys())
+    for key in keys:
+        if isinstance(new, dict) and key not in old:
+            continue  # created by this very update (empty containers): nothing to restore
+        value = new[key]
+        if isinstance(value, dict | list):
+            _select_in_place(value, old[key], keep_new)
+        elif isinstance(value, mx.array):
+            new[key] = mx.where(keep_new, value, old[key])
+
+
 class KnobAdamW(optim.AdamW):  # type: ignore[misc]
     """AdamW whose weight decay is an array in the state, so a compiled step sees changes."""
 
@@ -143,6 +157,8 @@ class Trainer:
             1.0, t.weight_decay, settings.lora.dropout, t.gradient_accumulation_steps
         )
         self.optimizer = KnobAdamW(learning_rate=self.schedule.lr(0), weight_decay=t.weight_decay)
+        # Initialised up front so the guarded update always sees the same state structure.
+        self.optimizer.init(model.trainable_parameters())
         self.stream = BatchStream(data.train, t.batch_size, self.max_seq_length, t.seed)
         self.step = 0
         self.tokens_seen = 0
@@ -162,23 +178,47 @@ class Trainer:
         state = [model.state, opt.state, mx.random.state]
 
         @partial(mx.compile, inputs=state, outputs=state)
-        def grad_step(
-            batch: mx.array, lengths: mx.array, prev: Any, want_norm: bool
-        ) -> tuple[mx.array, mx.array, Any, mx.array]:
+        def accumulate(batch: mx.array, lengths: mx.array, prev: Any) -> tuple[Any, ...]:
+            """A micro-batch that is not the last of its step: add its gradient."""
             (loss, ntoks), grads = loss_and_grad(model, batch, lengths)
             if prev is not None:
                 grads = tree_map(mx.add, grads, prev)
-            norm_sq = mx.array(0.0)
-            if want_norm:
-                norm_sq = sum(mx.sum(g.astype(mx.float32) ** 2) for _, g in tree_flatten(grads))
-            return loss, ntoks, grads, norm_sq
+            return loss, ntoks, grads
 
         @partial(mx.compile, inputs=state, outputs=state)
-        def apply_step(grads: Any, scale: mx.array) -> None:
-            opt.update(model, tree_map(lambda g: g * scale.astype(g.dtype), grads))
+        def update(
+            batch: mx.array, lengths: mx.array, prev: Any, inv_accum: mx.array, clip: mx.array
+        ) -> tuple[mx.array, ...]:
+            """The last micro-batch: gradient norm, clipping and a guarded optimizer update.
 
-        self._grad_step = grad_step
-        self._apply_step = apply_step
+            The update is computed, then kept only where the loss and gradient norm are
+            finite (``mx.where``), so a bad batch leaves weights and optimizer state as they
+            were without a second synchronisation per step.
+            """
+            (loss, ntoks), grads = loss_and_grad(model, batch, lengths)
+            if prev is not None:
+                grads = tree_map(mx.add, grads, prev)
+            norm = mx.sqrt(sum(mx.sum(g.astype(mx.float32) ** 2) for _, g in tree_flatten(grads)))
+            norm = norm * inv_accum
+            finite = mx.logical_and(mx.isfinite(loss), mx.isfinite(norm))
+            scale = inv_accum * mx.where(
+                mx.logical_and(clip > 0, norm > clip), clip / mx.maximum(norm, 1e-12), 1.0
+            )
+            old_params = model.trainable_parameters()
+            old_state = tree_map(lambda x: x, opt.state)
+            opt.update(model, tree_map(lambda g: g * scale.astype(g.dtype), grads))
+            model.update(
+                tree_map(
+                    lambda new, old: mx.where(finite, new, old),
+                    model.trainable_parameters(),
+                    old_params,
+                )
+            )
+            _select_in_place(opt.state, old_state, finite)
+            return loss, ntoks, norm, finite
+
+        self._accumulate = accumulate
+        self._update = update
 
     # --- knobs ----------------------------------------------------------------------------
 
@@ -211,38 +251,39 @@ class Trainer:
     def train_step(self) -> StepResult:
         """One optimizer update; a non-finite loss or gradient skips the update."""
         tic = time.perf_counter()
-        # Dropout randomness is a function of (seed, step), so a resumed run draws exactly
-        # what the uninterrupted one would have (MLX's global key cannot be restored).
-        mx.random.seed(self.settings.training.seed * 1_000_003 + self.step)
+        if self.knobs.dropout > 0:
+            # Dropout randomness is a function of (seed, step), so a resumed run draws exactly
+            # what the uninterrupted one would have (MLX's global key cannot be restored).
+            mx.random.seed(self.settings.training.seed * 1_000_003 + self.step)
         lr = self.current_lr()
         self.optimizer.learning_rate = mx.array(lr)
         accumulation = self.knobs.accumulation
         grads: Any = None
         loss_sum = 0.0
         tokens = 0
-        norm_sq = mx.array(0.0)
-        for micro in range(accumulation):
+        for _ in range(accumulation - 1):
             batch, lengths = self.stream.next()
-            last = micro == accumulation - 1
-            loss, ntoks, grads, norm_sq = self._grad_step(
-                mx.array(batch), mx.array(lengths), grads, last
-            )
-            mx.eval(loss, ntoks, grads, norm_sq)
+            loss, ntoks, grads = self._accumulate(mx.array(batch), mx.array(lengths), grads)
+            mx.eval(loss, ntoks, grads)
             n = int(ntoks.item())
             loss_sum += float(loss.item()) * n
             tokens += n
+        batch, lengths = self.stream.next()
+        clip = self.settings.training.grad_clip
+        loss, ntoks, norm, finite_arr = self._update(
+            mx.array(batch), mx.array(lengths), grads, mx.array(1.0 / accumulation), mx.array(clip)
+        )
+        # One synchronisation per step, as in mlx-lm's loop. The whole state is evaluated:
+        # anything left lazy (the optimizer's step counter, say) would chain a longer graph
+        # onto every following step.
+        mx.eval(loss, ntoks, norm, finite_arr, self.model.state, self.optimizer.state)
+        n = int(ntoks.item())
+        loss_sum += float(loss.item()) * n
+        tokens += n
         mean_loss = loss_sum / max(tokens, 1)
-        grad_norm = math.sqrt(max(float(norm_sq.item()), 0.0)) / accumulation
-        finite = math.isfinite(mean_loss) and math.isfinite(grad_norm)
-        if finite:
-            scale = 1.0 / accumulation
-            clip = self.settings.training.grad_clip
-            if clip > 0 and grad_norm > clip:
-                scale *= clip / grad_norm
-            # Left lazy: the next step's first evaluation computes it together with the
-            # forward pass (one synchronisation per step, as in mlx-lm's loop).
-            self._apply_step(grads, mx.array(scale))
-        else:
+        grad_norm = float(norm.item())
+        finite = bool(finite_arr.item()) and math.isfinite(mean_loss)
+        if not finite:
             self.skipped_steps += 1
         seconds = time.perf_counter() - tic
         self.step += 1
