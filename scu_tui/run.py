@@ -10,6 +10,7 @@ import json
 import math
 import queue
 import signal
+import statistics
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -57,10 +58,12 @@ EVENTS_FILE = "events.jsonl"
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
-#: The divergence guard: a loss above this multiple of the recent median is a blow-up ...
-BLOWUP_FACTOR = 3.0
-#: ... judged against at least this many recent finite losses.
-BLOWUP_MIN_HISTORY = 10
+#: The divergence guard: a blow-up is the median of the last BLOWUP_RECENT losses above
+#: BLOWUP_FACTOR x the median of the BLOWUP_HISTORY before them. Medians, not single
+#: losses: batches of different content differ several-fold in loss on their own.
+BLOWUP_FACTOR = 4.0
+BLOWUP_RECENT = 5
+BLOWUP_HISTORY = 50
 #: LR multiplier factor applied with every rollback.
 ROLLBACK_LR_FACTOR = 0.5
 #: A run that needs more rollbacks than this has failed.
@@ -91,7 +94,7 @@ class RunStatus:
     """Plain numbers about the run, for summaries and watchers."""
 
     started: float = field(default_factory=time.time)
-    losses: deque[float] = field(default_factory=lambda: deque(maxlen=50))
+    losses: deque[float] = field(default_factory=lambda: deque(maxlen=BLOWUP_HISTORY * 2))
     first_val_loss: float = math.nan
     status: str = "running"
     message: str = ""
@@ -346,11 +349,14 @@ class Run:
     def _diverged(self, result: Any) -> bool:
         if result.skipped or not math.isfinite(result.loss):
             return True
-        recent = [x for x in list(self.status.losses)[-50:-1] if math.isfinite(x)]
-        if len(recent) < BLOWUP_MIN_HISTORY:
+        losses = list(self.status.losses)
+        recent, before = (
+            losses[-BLOWUP_RECENT:],
+            losses[-BLOWUP_RECENT - BLOWUP_HISTORY : -BLOWUP_RECENT],
+        )
+        if len(before) < BLOWUP_HISTORY // 2:
             return False
-        median = sorted(recent)[len(recent) // 2]
-        return bool(result.loss > BLOWUP_FACTOR * median)
+        return bool(statistics.median(recent) > BLOWUP_FACTOR * statistics.median(before))
 
     def _guard(self, result: Any) -> None:
         """Non-finite values or a loss blow-up: roll back (auto/ask) or pause (observe)."""
@@ -446,6 +452,7 @@ class Run:
         t.load_state(checkpoint)
         t.stream.load_state(data_position)  # skip the batches that led here
         t.tokens_seen, t.train_seconds, t.skipped_steps = kept
+        self.status.losses.clear()  # the abandoned steps are no baseline for the guard
         self.set_knob("lr_multiplier", proposal.after, by="guard")
         assert self.controller is not None
         self.controller.notify_rollback(t.step)
