@@ -104,7 +104,11 @@ class Run:
     """One training run. Create, add sinks, then :meth:`execute` on the training thread."""
 
     def __init__(
-        self, settings: Settings, output_dir: Path | None = None, resume: Path | None = None
+        self,
+        settings: Settings,
+        output_dir: Path | None = None,
+        resume: Path | None = None,
+        listen: bool = True,
     ) -> None:
         self.settings = settings
         self.resume_dir = resume
@@ -125,6 +129,8 @@ class Run:
         self.pending: dict[str, tuple[Proposal, int]] = {}  # ask mode: id -> (proposal, expiry)
         self.rollbacks = 0
         self._guard_count = 0
+        self.listen = listen
+        self.control: Any = None
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -138,6 +144,23 @@ class Run:
     def submit(self, command: Command) -> None:
         """Thread-safe: queue a command for the next gap between steps."""
         self.commands.put(command)
+
+    def status_snapshot(self) -> dict[str, Any]:
+        """Plain values for watchers on other threads (the control socket)."""
+        t = self.trainer
+        return {
+            "step": self.step,
+            "max_steps": self.settings.training.max_steps,
+            "paused": self.paused,
+            "mode": self.mode,
+            "status": self.status.status,
+            "pending": [
+                {"id": p.id, "reason": p.reason, "action": p.action}
+                for p, _ in list(self.pending.values())
+            ]
+            if t is not None
+            else [],
+        }
 
     @property
     def step(self) -> int:
@@ -200,6 +223,17 @@ class Run:
         )
         if self.resume_dir is None:
             atomic_write_json(self.output_dir / METRICS_FILE, self.actions)
+        if self.listen:
+            from scu_tui.remote.control import ControlServer
+
+            self.control = ControlServer(self, self.output_dir)
+            try:
+                self.control.start()
+            except OSError as exc:
+                self.control = None
+                self.emit(
+                    MessageEvent(0, level="warning", text=f"no control socket (attach off): {exc}")
+                )
 
     def _resolved_paths(self) -> dict[str, str]:
         from scu_tui.training.data import resolve_data_path
@@ -379,6 +413,9 @@ class Run:
 
     def _propose(self, proposal: Proposal, guard: bool = False) -> None:
         assert self.controller is not None
+        asking = proposal.knob != "rollback" and self.mode == "ask"
+        if asking:  # pending before anyone hears of it, so an instant answer finds it
+            self.pending[proposal.id] = (proposal, proposal.step + self.settings.scu.proposal_ttl)
         self.emit(ProposalEvent(**proposal.to_dict()))
         signals = self.controller.last_signals
         record = {
@@ -399,8 +436,7 @@ class Run:
                 self._rollback(proposal)
         elif self.mode == "auto":
             self._apply_proposal(proposal, "applied", "controller")
-        elif self.mode == "ask":
-            self.pending[proposal.id] = (proposal, proposal.step + self.settings.scu.proposal_ttl)
+        elif asking:
             atomic_write_json(self.output_dir / METRICS_FILE, self.actions)
         else:
             self._decide(proposal.id, "observed", "controller")
@@ -607,6 +643,8 @@ class Run:
         self.status.message = message
         self._write_summary()
         self.emit(DoneEvent(self.step, status=status, message=message))
+        if self.control is not None:
+            self.control.close()
         for sink in self.sinks:
             sink.close()
         return code

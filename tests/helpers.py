@@ -45,11 +45,11 @@ def step_losses(run_dir: Path) -> dict[int, float]:
     return {e["step"]: e["loss"] for e in read_events(run_dir) if e["type"] == "step"}
 
 
-def wait_for_line(proc: subprocess.Popen[str], prefix: str) -> str:
+def wait_for_line(proc: subprocess.Popen[str], prefix: str, contains: str = "") -> str:
     """Read the child's stdout until a line starts with ``prefix`` (no sleeping)."""
     assert proc.stdout is not None
     for line in proc.stdout:
-        if line.startswith(prefix):
+        if line.startswith(prefix) and contains in line:
             return line
     stderr = proc.stderr.read() if proc.stderr else ""
     raise AssertionError(f"the run ended before printing {prefix!r}: {stderr}")
