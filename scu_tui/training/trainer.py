@@ -276,7 +276,9 @@ class Trainer:
         # One synchronisation per step, as in mlx-lm's loop. The whole state is evaluated:
         # anything left lazy (the optimizer's step counter, say) would chain a longer graph
         # onto every following step.
-        mx.eval(loss, ntoks, norm, finite_arr, self.model.state, self.optimizer.state)
+        mx.eval(
+            loss, ntoks, norm, finite_arr, self.model.trainable_parameters(), self.optimizer.state
+        )
         n = int(ntoks.item())
         loss_sum += float(loss.item()) * n
         tokens += n
