@@ -154,11 +154,35 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    from scu_tui.run import run_headless
-
     output_dir = Path(args.output_dir) if args.output_dir else None
     resume = Path(args.resume) if args.resume else None
-    return run_headless(settings, output_dir=output_dir, resume=resume)
+    if args.headless:
+        from scu_tui.run import run_headless
+
+        return run_headless(settings, output_dir=output_dir, resume=resume)
+
+    from scu_tui.themes import find_theme
+
+    find_theme(settings.ui.theme)  # an unknown theme is bad input, before Textual loads
+
+    def load(name: str) -> Settings:
+        """A preset picked in the app, with this command line's overrides on top."""
+        return settings_from_args(argparse.Namespace(**{**vars(args), "preset": name}))
+
+    from scu_tui.app import make_app
+
+    pick = not (args.preset or args.resume or args.model or args.data)
+    app = make_app(
+        None if pick else settings,
+        output_dir=output_dir,
+        resume=resume,
+        load=load,
+        theme=settings.ui.theme,
+    )
+    app.run()
+    if app.signalled or app.return_code is None:
+        return app.exit_code
+    return app.return_code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,602 @@
+"""The live dashboard: a Textual app that drives one :class:`~scu_tui.run.Run`.
+
+How the two sides meet:
+
+- the app constructs the run (cheap, no MLX) and executes it in one Textual thread
+  worker, so every MLX call happens on that one thread;
+- the run emits events into an :class:`~scu_tui.app.feed.EventFeed` (a sink that only
+  appends to bounded buffers); a timer at ``ui.refresh_hz`` drains it, folds the events
+  into a :class:`~scu_tui.app.feed.RunState` and redraws the panels once per tick;
+- keys become :class:`~scu_tui.events.Command` objects put on the run's queue (never
+  blocking) and show their effect at once ("pausing…") until the run confirms it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any, ClassVar
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal
+from textual.events import Resize
+from textual.notifications import SeverityLevel
+from textual.screen import Screen
+from textual.widgets import Footer
+from textual.worker import Worker, WorkerState
+
+from scu_tui.app.feed import (
+    DECISION_LINES,
+    Analysis,
+    EventFeed,
+    RunState,
+    analyse,
+)
+from scu_tui.app.screens import ConfirmScreen, HelpScreen, PlotsScreen, PresetPicker
+from scu_tui.app.widgets import (
+    DecisionLog,
+    EntropyPanel,
+    GradientPanel,
+    LossPanel,
+    ProposalBanner,
+    StatusPanel,
+)
+from scu_tui.config import Settings
+from scu_tui.errors import UserError
+from scu_tui.events import (
+    CheckpointEvent,
+    Command,
+    DecisionEvent,
+    DoneEvent,
+    EvalEvent,
+    Event,
+    MessageEvent,
+    ModeEvent,
+    PauseEvent,
+    ResumeEvent,
+    RollbackEvent,
+)
+from scu_tui.presets import load_preset
+from scu_tui.run import Run
+from scu_tui.themes import DEFAULT_THEME, find_theme, textual_themes, theme_names
+
+#: A run's message levels as notification severities.
+SEVERITY: dict[str, SeverityLevel] = {"error": "error", "warning": "warning"}
+#: ``m`` cycles the S-SCU through these modes.
+MODE_CYCLE = ("ask", "auto", "observe")
+#: Terminals at least this tall get taller panels.
+TALL_HEIGHT = 34
+#: After a hang-up and the run's end, how long the app may take to exit on its own.
+HANGUP_GRACE_SECONDS = 3.0
+#: Exit codes, as the command line documents them.
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+RunFactory = Callable[..., Run]
+Matcher = Callable[[Event], bool]
+
+HELP_NOTES = (
+    "Proposals wait in [b]ask[/b] mode until you answer them (or they expire); "
+    "[b]auto[/b] applies them; [b]observe[/b] only logs them.\n"
+    "Quitting stops after the current step and saves a checkpoint; "
+    "continue later with --resume DIR."
+)
+
+
+class Dashboard(Screen[None]):
+    """The training view: status, pending proposal, three panels and the S-SCU log."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("p", "app.toggle_pause", "Pause", id="pause", tooltip="Pause or resume training"),
+        Binding("a", "app.accept", "Accept", id="accept", tooltip="Accept the pending proposal"),
+        Binding("v", "app.veto", "Veto", id="veto", tooltip="Veto the pending proposal"),
+        Binding("s", "app.save", "Save", id="save", tooltip="Save a checkpoint now"),
+        Binding("e", "app.evaluate", "Eval", id="eval", tooltip="Evaluate on validation now"),
+        Binding("m", "app.cycle_mode", "Mode", id="mode", tooltip="S-SCU mode: ask→auto→observe"),
+        Binding("g", "app.plots", "Plots", id="plots", tooltip="Full-size loss, lr, grad curves"),
+        Binding("t", "app.cycle_theme", "Theme", id="theme", tooltip="Next colour theme"),
+        Binding("question_mark", "app.help", "Help", key_display="?", id="help", tooltip="Keys"),
+        Binding("q", "app.request_quit", "Quit", id="quit", tooltip="Save a checkpoint and quit"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield StatusPanel(id="status")
+        yield ProposalBanner("", id="banner")
+        with Horizontal(id="panels"):
+            yield LossPanel(id="loss", classes="panel")
+            yield GradientPanel(id="gradients", classes="panel")
+            yield EntropyPanel("", id="entropy", classes="panel")
+        yield DecisionLog(DECISION_LINES, id="decisions")
+        yield Footer(compact=True, show_command_palette=False)
+
+    def on_resize(self, event: Resize) -> None:
+        self.set_class(event.size.height >= TALL_HEIGHT, "-tall")
+
+
+class ScuApp(App[int]):
+    """Trains one run and shows it live; see the module docstring for the wiring."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "scu-tui"
+    ENABLE_COMMAND_PALETTE = False
+
+    def __init__(
+        self,
+        settings: Settings | None,
+        output_dir: Path | None = None,
+        resume: Path | None = None,
+        run_factory: RunFactory = Run,
+        load: Callable[[str], Settings] = load_preset,
+        theme: str = DEFAULT_THEME,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.output_dir = output_dir
+        self.resume = resume
+        self.run_factory = run_factory
+        self.load = load
+        self.feed = EventFeed()
+        self.state = RunState()
+        self.analysis = Analysis()
+        self.training_run: Run | None = None
+        self.worker: Worker[int] | None = None
+        self.quitting = False  # the user confirmed quit: exit when the run is done
+        self.signalled = False  # SIGHUP / SIGTERM / SIGINT: stop, checkpoint, exit 130
+        self.setup_error_code: int | None = None
+        self._effects: dict[str, str] = {}  # key effects the run has not confirmed yet
+        self._pause_target: bool | None = None
+        self._mode_target: str | None = None
+        self._answering: dict[str, str] = {}  # proposal id -> "accepting…" / "vetoing…"
+        self._drawn = (-1, -1)
+        self._waiters: list[tuple[str, Matcher | None, asyncio.Future[Event]]] = []
+        self._drain_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.drain_count = 0
+        self._signals: list[signal.Signals] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._previous_hup: Any = None
+        self._hangup_thread: threading.Thread | None = None
+        self._training_thread: threading.Thread | None = None
+        self._codes: list[int] = []  # the training thread's exit code, once it has one
+        for textual_theme in textual_themes():
+            self.register_theme(textual_theme)
+        self.theme = theme
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def get_default_screen(self) -> Screen[Any]:
+        return Dashboard()
+
+    @property
+    def dashboard(self) -> Dashboard:
+        screen = self.screen_stack[0]
+        assert isinstance(screen, Dashboard)
+        return screen
+
+    def on_ready(self) -> None:
+        """The dashboard is composed: install the signal handlers and start (or pick)."""
+        self._install_signal_handlers()
+        if self.settings is not None:
+            self.start(self.settings)
+        else:
+            self.push_screen(PresetPicker(self.load), self._picked)
+
+    def _picked(self, settings: Settings | None) -> None:
+        if settings is not None:
+            self.start(settings)
+
+    def start(self, settings: Settings) -> None:
+        """Build the run here (cheap), train it on a worker thread, drain it on a timer."""
+        self.settings = settings
+        self.state = RunState(window=settings.scu.window)
+        self.dashboard.query_one(StatusPanel).show_settings(
+            settings.name, settings.model.path, settings.training.max_steps
+        )
+        run = self.run_factory(settings, output_dir=self.output_dir, resume=self.resume)
+        run.add_sink(self.feed)
+        self.training_run = run
+        self.worker = self.train()
+        self.set_interval(1 / settings.ui.refresh_hz, self.drain, name="drain")
+        self.sub_title = settings.name
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="training")
+    def train(self) -> int:
+        """Wait for the run on its own thread and hand back its exit code.
+
+        The run gets a fresh thread rather than this pooled one: MLX keeps per-thread
+        streams that must be released before the process exits (or it aborts at exit), and
+        a released thread can never run MLX again, so it must not go back to a pool.
+        """
+        codes = self._codes
+        thread = threading.Thread(target=self._execute, args=(codes,), name="scu-training")
+        self._training_thread = thread
+        thread.start()
+        thread.join()
+        return codes[0] if codes else EXIT_FAILED
+
+    def _execute(self, codes: list[int]) -> None:
+        """The training thread: all MLX work happens inside ``execute``, here."""
+        run = self.training_run
+        assert run is not None
+        try:
+            codes.append(run.execute())
+        except UserError as exc:  # bad model or data path, output dir in use, ...
+            codes.append(self._setup_failed(str(exc), EXIT_BAD_INPUT))
+        except Exception as exc:  # the run reports training failures itself; this is setup
+            codes.append(self._setup_failed(f"{type(exc).__name__}: {exc}", EXIT_FAILED))
+        finally:
+            release_mlx_thread()
+
+    def _setup_failed(self, message: str, code: int) -> int:
+        """The run never started: tell the dashboard the way the run would have."""
+        self.setup_error_code = code
+        self.feed.emit(MessageEvent(0, level="error", text=message))
+        self.feed.emit(DoneEvent(0, status="failed", message=message))
+        return code
+
+    @property
+    def exit_code(self) -> int:
+        """0 done or stopped, 130 interrupted by a signal, 1 failed, 2 bad input."""
+        if self.setup_error_code is not None:
+            return self.setup_error_code
+        if self.worker is not None and self.worker.state == WorkerState.SUCCESS:
+            result = self.worker.result
+            if isinstance(result, int):
+                return result
+        code = self.state.exit_code
+        if code is None:
+            return EXIT_INTERRUPTED if self.signalled else EXIT_OK
+        return code
+
+    async def finish(self) -> None:
+        """Exit once the training thread has returned its code."""
+        if self.worker is not None:
+            with contextlib.suppress(Exception):  # its failure is already on screen
+                await self.worker.wait()
+        code = self.exit_code
+        self.exit(code, return_code=code)
+
+    def on_unmount(self) -> None:
+        """Leaving for any reason: never leave the training thread running unattended."""
+        run = self.training_run
+        if run is not None and not self.feed.done.is_set():
+            run.request_stop("signal" if self.signalled else "user")
+        self._restore_signal_handlers()
+        gone = RuntimeError("the app exited before this happened")
+        for *_, future in self._waiters:
+            if not future.done():
+                future.set_exception(gone)
+        for _, tick in self._drain_waiters:
+            if not tick.done():
+                tick.set_exception(gone)
+        self._waiters.clear()
+        self._drain_waiters.clear()
+
+    # --- signals (SSH drop, kill) -----------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        """Stop with a checkpoint on SIGHUP (SSH drop), SIGTERM and SIGINT; exit 130.
+
+        Textual leaves SIGHUP alone, so an SSH drop would kill training without a
+        checkpoint. SIGHUP gets a plain ``signal.signal`` handler: its terminal is gone, and
+        the event loop may soon hang writing to it, so nothing may depend on the loop.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._loop = asyncio.get_running_loop()
+        self._previous_hup = signal.signal(signal.SIGHUP, self._on_hangup)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._loop.add_signal_handler(sig, self.on_signal, sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue
+            self._signals.append(sig)
+
+    def _restore_signal_handlers(self) -> None:
+        if self._loop is not None:
+            for sig in self._signals:
+                self._loop.remove_signal_handler(sig)
+        self._signals.clear()
+        if self._previous_hup is not None:
+            signal.signal(signal.SIGHUP, self._previous_hup)
+            self._previous_hup = None
+
+    def _on_hangup(self, signum: int, frame: FrameType | None) -> None:
+        """SIGHUP, between two bytecodes of the main thread: hand the work to a thread."""
+        if self._hangup_thread is not None:
+            return
+        self.signalled = True
+        self._hangup_thread = threading.Thread(
+            target=self._after_hangup, name="scu-hangup", daemon=True
+        )
+        self._hangup_thread.start()
+
+    def _after_hangup(self) -> None:
+        """Stop the run (it saves a checkpoint), then make sure the process ends.
+
+        The normal path (the loop sees the DoneEvent and exits) works while the terminal
+        does; once it is gone Textual's writes can block the loop forever, so after the run
+        has finished and a grace period has passed, the process exits with the run's code.
+        """
+        run = self.training_run
+        if run is not None and not self.feed.done.is_set():
+            run.request_stop("signal")
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                self._loop.call_soon_threadsafe(self.on_signal, signal.SIGHUP)
+        thread = self._training_thread
+        if thread is not None:
+            thread.join()
+        if self.is_headless:  # tests: the loop is fine, and the process is pytest's
+            return
+        time.sleep(HANGUP_GRACE_SECONDS)
+        os._exit(self._codes[0] if self._codes else EXIT_INTERRUPTED)
+
+    def on_signal(self, sig: signal.Signals) -> None:
+        """Stop after this step with a checkpoint, then exit 130; a second signal hurries."""
+        already = self.quitting and self.signalled
+        self.signalled = True
+        run = self.training_run
+        if run is None or self.feed.done.is_set():
+            self.exit(EXIT_INTERRUPTED, return_code=EXIT_INTERRUPTED)
+            return
+        if already:
+            self.notify("Still saving the checkpoint…", severity="warning")
+            return
+        run.request_stop("signal")
+        self.quitting = True
+        self._effect("stop", "stopping…")
+
+    # --- the drain ------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Fold what the run emitted since the last tick, then redraw once."""
+        events = self.feed.drain()
+        for event in events:
+            self.state.fold(event)
+            self._react(event)
+        if events:
+            self.analysis = analyse(self.state, self._scu_settings())
+            self.redraw()
+        self.drain_count += 1
+        self._resolve(events)
+        if self.state.done is not None and self.quitting:
+            self.quitting = False
+            self.call_later(self.finish)
+
+    def _scu_settings(self) -> Any:
+        assert self.settings is not None
+        return self.settings.scu
+
+    def redraw(self) -> None:
+        """Push the state into the panels; the log and banner only when they changed."""
+        if self.settings is None:
+            return
+        dash = self.dashboard
+        state = self.state
+        dash.query_one(StatusPanel).show(state, self._effect_text())
+        dash.query_one(LossPanel).show(state, self.analysis, self.settings.scu.control_frequency)
+        dash.query_one(GradientPanel).show(state, self.analysis)
+        dash.query_one(EntropyPanel).show(self.analysis)
+        key = (state.decisions_version, len(self._answering))
+        if key != self._drawn:
+            self._drawn = key
+            dash.query_one(DecisionLog).show(list(state.decisions))
+            self._show_banner()
+
+    def _show_banner(self) -> None:
+        proposal = self.state.oldest_pending
+        answering = self._answering.get(proposal.id, "") if proposal else ""
+        self.dashboard.query_one(ProposalBanner).show(self.state, answering)
+
+    def _react(self, event: Event) -> None:
+        """What an event means for the person watching, beyond the panels' numbers."""
+        if isinstance(event, PauseEvent | ResumeEvent):
+            self._pause_target = None
+            self._effects.pop("pause", None)
+            if event.by == "guard":
+                self.notify("Training paused by the divergence guard", severity="warning")
+        elif isinstance(event, ModeEvent):
+            if event.mode == self._mode_target or self._mode_target is None:
+                self._mode_target = None
+                self._effects.pop("mode", None)
+            self.notify(f"S-SCU mode: {event.mode}")
+        elif isinstance(event, DecisionEvent):
+            self._answering.pop(event.id, None)
+        elif isinstance(event, CheckpointEvent) and event.reason in ("user", "signal"):
+            self._effects.pop("save", None)
+            self.notify(event.path, title=f"Checkpoint at step {event.step}")
+        elif isinstance(event, EvalEvent) and "eval" in self._effects:
+            self._effects.pop("eval", None)
+            self.notify(f"val loss {event.val_loss:.4f}", title=f"Evaluation at step {event.step}")
+        elif isinstance(event, MessageEvent):
+            severity = SEVERITY.get(event.level, "information")
+            timeout = 30.0 if event.level == "error" else 5.0
+            self.notify(event.text, severity=severity, timeout=timeout)
+        elif isinstance(event, RollbackEvent):
+            self.notify(
+                event.reason, title=f"Rolled back to step {event.to_step}", severity="warning"
+            )
+        elif isinstance(event, DoneEvent):
+            self._effects.clear()
+            self._answering.clear()
+            self._pause_target = None
+            if event.status == "failed":
+                self.notify(
+                    f"{event.message}\nThe last checkpoint is kept. Press q to quit.",
+                    title="Training failed",
+                    severity="error",
+                    timeout=60,
+                )
+            elif not self.quitting:
+                self.notify(f"Training {event.status} at step {event.step}. Press q to quit.")
+
+    # --- waiting on events (tests, scripted use) ---------------------------------------------
+
+    def expect(self, kind: str, match: Matcher | None = None) -> asyncio.Future[Event]:
+        """A future for the next event of type ``kind`` (and ``match``), once drained.
+
+        Register it before the key press that should cause the event: no race, no sleep.
+        """
+        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._waiters.append((kind, match, future))
+        return future
+
+    async def drains(self, count: int = 1) -> None:
+        """Wait for ``count`` more refresh ticks."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._drain_waiters.append((self.drain_count + count, future))
+        await future
+
+    def _resolve(self, events: list[Event]) -> None:
+        for event in events:
+            for waiter in list(self._waiters):
+                kind, match, future = waiter
+                if event.type == kind and (match is None or match(event)):
+                    self._waiters.remove(waiter)
+                    if not future.done():
+                        future.set_result(event)
+        for waiter_ in list(self._drain_waiters):
+            target, tick = waiter_
+            if self.drain_count >= target:
+                self._drain_waiters.remove(waiter_)
+                if not tick.done():
+                    tick.set_result(None)
+
+    # --- keys -----------------------------------------------------------------------------
+
+    def _submit(self, command: Command) -> bool:
+        """Queue a command if a run is going; say so when it is not."""
+        run = self.training_run
+        if run is None or self.state.done is not None:
+            self.notify("No training is running", severity="warning")
+            return False
+        run.submit(command)
+        return True
+
+    def _effect(self, kind: str, text: str) -> None:
+        """Show a key's effect now; the matching event clears it."""
+        self._effects[kind] = text
+        if self.settings is not None:
+            self.dashboard.query_one(StatusPanel).show_word(self.state, self._effect_text())
+
+    def _effect_text(self) -> str:
+        return " ".join(self._effects.values())
+
+    def action_toggle_pause(self) -> None:
+        paused = self._pause_target if self._pause_target is not None else self.state.paused
+        target = not paused
+        if self._submit(Command("pause" if target else "resume")):
+            self._pause_target = target
+            self._effect("pause", "pausing…" if target else "resuming…")
+
+    def action_accept(self) -> None:
+        self._answer("accept", "accepting…")
+
+    def action_veto(self) -> None:
+        self._answer("veto", "vetoing…")
+
+    def _answer(self, kind: str, text: str) -> None:
+        waiting = [pid for pid in self.state.pending if pid not in self._answering]
+        if not waiting:
+            self.notify("No pending proposal", severity="warning")
+            return
+        if self._submit(Command(kind, value=waiting[0])):
+            self._answering[waiting[0]] = text
+            self._show_banner()
+
+    def action_save(self) -> None:
+        if self._submit(Command("save")):
+            self._effect("save", "saving…")
+
+    def action_evaluate(self) -> None:
+        if self._submit(Command("eval")):
+            self._effect("eval", "evaluating…")
+
+    def action_cycle_mode(self) -> None:
+        current = self._mode_target or self.state.mode
+        index = MODE_CYCLE.index(current) if current in MODE_CYCLE else -1
+        target = MODE_CYCLE[(index + 1) % len(MODE_CYCLE)]
+        if not self._submit(Command("mode", value=target)):
+            return
+        if target == self.state.mode:  # back where the run is: it will say nothing
+            self._mode_target = None
+            self._effects.pop("mode", None)
+            self.dashboard.query_one(StatusPanel).show_word(self.state, self._effect_text())
+        else:
+            self._mode_target = target
+            self._effect("mode", f"mode→{target}…")
+
+    def action_plots(self) -> None:
+        self.push_screen(PlotsScreen(lambda: self.state))
+
+    def action_cycle_theme(self) -> None:
+        names = theme_names()
+        index = names.index(self.theme) if self.theme in names else -1
+        self.theme = names[(index + 1) % len(names)]
+        self.notify(f"Theme {self.theme}", timeout=2)
+
+    def action_help(self) -> None:
+        bindings = [b for b in Dashboard.BINDINGS if isinstance(b, Binding)]
+        self.push_screen(HelpScreen(bindings, HELP_NOTES))
+
+    async def action_quit(self) -> None:
+        """Textual's own quit keys (ctrl+q) go through the same confirmation."""
+        self.action_request_quit()
+
+    def action_request_quit(self) -> None:
+        if self.training_run is None or self.state.done is not None or self.feed.done.is_set():
+            self.call_later(self.finish)
+            return
+        if self.quitting:
+            self.notify("Saving a checkpoint before quitting…")
+            return
+        self.push_screen(
+            ConfirmScreen(
+                "Stop training and quit?\nA checkpoint is saved first.", yes="Quit", no="Keep"
+            ),
+            self._confirmed_quit,
+        )
+
+    def _confirmed_quit(self, yes: bool | None) -> None:
+        if not yes or self.training_run is None:
+            return
+        if self.feed.done.is_set():
+            self.call_later(self.finish)
+            return
+        self.quitting = True
+        self.training_run.request_stop("user")
+        self._effect("stop", "stopping…")
+
+
+def release_mlx_thread() -> None:
+    """Free this thread's MLX streams; without it the process may abort when it exits."""
+    mx: Any = sys.modules.get("mlx.core")
+    if mx is not None and hasattr(mx, "clear_streams"):
+        mx.clear_streams()
+
+
+def make_app(
+    settings: Settings | None,
+    output_dir: Path | None = None,
+    resume: Path | None = None,
+    run_factory: RunFactory = Run,
+    load: Callable[[str], Settings] = load_preset,
+    theme: str | None = None,
+) -> ScuApp:
+    """The app, ready to ``run()``; ``settings=None`` opens the preset picker first.
+
+    The theme is checked here, so an unknown name is a :class:`UserError` (exit 2) before
+    the terminal is taken over.
+    """
+    name = theme or (settings.ui.theme if settings is not None else DEFAULT_THEME)
+    find_theme(name)
+    return ScuApp(settings, output_dir, resume, run_factory, load, name)

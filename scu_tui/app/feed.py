@@ -1,0 +1,386 @@
+"""Between the training thread and the dashboard: a bounded buffer and a plain-numbers model.
+
+The run calls :meth:`EventFeed.emit` on its own thread; the app calls
+:meth:`EventFeed.drain` on a timer and folds what it gets into a :class:`RunState`.
+Nothing here imports Textual or MLX, so it is testable on its own and reusable by an
+attach client that reads ``events.jsonl`` instead.
+
+Per-step metrics may be coalesced when the app falls behind (only the newest
+``max_buffered_steps`` are kept); every other event (proposals, decisions, evals,
+checkpoints, messages, done) is kept, in order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scu_tui.config import ScuSettings
+from scu_tui.control.policy import HIGH_VARIABILITY
+from scu_tui.control.signals import (
+    GradientStability,
+    LossTrend,
+    WaveletEntropy,
+    gradient_stability,
+    loss_trend,
+    wavelet_entropy,
+)
+from scu_tui.events import (
+    CheckpointEvent,
+    DecisionEvent,
+    DoneEvent,
+    EvalEvent,
+    Event,
+    KnobEvent,
+    MessageEvent,
+    ModeEvent,
+    PauseEvent,
+    ProposalEvent,
+    ResumeEvent,
+    RollbackEvent,
+    StartEvent,
+    StepEvent,
+)
+
+#: Points shown by a sparkline: it rescans its whole data on every render.
+SPARK_POINTS = 120
+#: Points kept per curve for the plot screen; older ones are thinned, never the whole run lost.
+HISTORY_POINTS = 4096
+#: Decisions kept in the log.
+DECISION_LINES = 200
+#: Steps averaged for the tokens/s figure (one step's rate jitters too much to read).
+THROUGHPUT_STEPS = 20
+#: Fewest finite losses before the trend and entropy are worth showing.
+MIN_ANALYSIS_POINTS = 8
+
+DONE_EXIT_CODES = {"completed": 0, "stopped": 0, "interrupted": 130, "failed": 1}
+
+
+class EventFeed:
+    """A :class:`~scu_tui.sinks.Sink` the app drains: thread-safe, bounded, never blocks.
+
+    Why two buffers: a run can emit tens of steps a second while the app draws a few
+    frames, and a stalled terminal must not grow memory without bound, but a proposal or
+    a decision must never be lost. Events carry a sequence number so a drain returns them
+    in the order they were emitted.
+    """
+
+    def __init__(self, max_buffered_steps: int = 2048) -> None:
+        self._lock = threading.Lock()
+        self._steps: deque[tuple[int, Event]] = deque(maxlen=max_buffered_steps)
+        self._others: deque[tuple[int, Event]] = deque()
+        self._seq = 0
+        self.coalesced_steps = 0
+        #: Set on the training thread when the run's DoneEvent passes, for code that has
+        #: no event loop to wait with (the CLI after the app has gone).
+        self.done = threading.Event()
+        self.done_event: DoneEvent | None = None
+
+    def emit(self, event: Event) -> None:
+        with self._lock:
+            self._seq += 1
+            if isinstance(event, StepEvent):
+                if len(self._steps) == self._steps.maxlen:
+                    self.coalesced_steps += 1
+                self._steps.append((self._seq, event))
+            else:
+                self._others.append((self._seq, event))
+        if isinstance(event, DoneEvent):
+            self.done_event = event
+            self.done.set()
+
+    def close(self) -> None:
+        """The run closes its sinks after the DoneEvent; what is buffered stays to drain."""
+
+    def drain(self) -> list[Event]:
+        """Everything emitted since the last drain, oldest first."""
+        with self._lock:
+            steps, others = list(self._steps), list(self._others)
+            self._steps.clear()
+            self._others.clear()
+        return [event for _, event in heapq.merge(steps, others, key=lambda item: item[0])]
+
+
+class History:
+    """A bounded ``(step, value)`` series that keeps the whole run by thinning it.
+
+    When full, every other point is dropped and only every ``stride``-th new point is
+    kept, so a 100k-step run still plots from start to end in ``capacity`` points.
+    """
+
+    def __init__(self, capacity: int = HISTORY_POINTS) -> None:
+        self.capacity = max(2, capacity)
+        self.stride = 1
+        self._count = 0
+        self.steps: list[int] = []
+        self.values: list[float] = []
+
+    def append(self, step: int, value: float) -> None:
+        self._count += 1
+        if (self._count - 1) % self.stride:
+            return
+        self.steps.append(step)
+        self.values.append(value)
+        if len(self.steps) >= self.capacity:
+            self.steps = self.steps[::2]
+            self.values = self.values[::2]
+            self.stride *= 2
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __iter__(self) -> Iterator[tuple[int, float]]:
+        return iter(zip(self.steps, self.values, strict=True))
+
+
+@dataclass
+class DecisionRecord:
+    """One line of the S-SCU log: a proposal and what became of it."""
+
+    id: str
+    step: int
+    reason: str
+    action: str
+    knob: str
+    outcome: str = "pending"
+    by: str = ""
+    decided_step: int | None = None
+
+
+@dataclass
+class RunState:
+    """The run as plain numbers, folded from events; the widgets draw from this only."""
+
+    window: int = 256
+    preset: str = ""
+    model: str = ""
+    data: str = ""
+    output_dir: str = ""
+    trainable_parameters: int = 0
+    step: int = 0
+    max_steps: int = 0
+    loss: float = math.nan
+    val_loss: float = math.nan
+    best_val_loss: float = math.nan
+    best_train_loss: float = math.nan
+    grad_norm: float = math.nan
+    lr: float = math.nan
+    knobs: dict[str, float] = field(default_factory=dict)
+    batch_size: int = 0
+    tokens_per_second: float = math.nan
+    peak_memory_gb: float = math.nan
+    eta_seconds: float = math.nan
+    mode: str = ""
+    paused: bool = False
+    status: str = "starting"  # starting | running | paused | <DoneEvent status>
+    message: str = ""  # the failure, for the status panel
+    last_checkpoint: str = ""
+    skipped_steps: int = 0
+    rollbacks: int = 0
+    done: DoneEvent | None = None
+    version: int = 0  # bumped by every fold: widgets redraw only when it moved
+    decisions_version: int = 0  # bumped when the S-SCU log or the pending set changes
+    losses: deque[float] = field(init=False)
+    grad_norms: deque[float] = field(init=False)
+    val_losses: deque[float] = field(default_factory=lambda: deque(maxlen=SPARK_POINTS))
+    loss_history: History = field(default_factory=History)
+    val_history: History = field(default_factory=History)
+    lr_history: History = field(default_factory=History)
+    grad_history: History = field(default_factory=History)
+    pending: dict[str, ProposalEvent] = field(default_factory=dict)
+    decisions: deque[DecisionRecord] = field(default_factory=lambda: deque(maxlen=DECISION_LINES))
+    _throughput: deque[tuple[int, float]] = field(
+        default_factory=lambda: deque(maxlen=THROUGHPUT_STEPS)
+    )
+
+    def __post_init__(self) -> None:
+        self.losses = deque(maxlen=max(self.window, SPARK_POINTS))
+        self.grad_norms = deque(maxlen=max(self.window, SPARK_POINTS))
+
+    # --- reading ------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.done is None and self.status != "starting"
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit code the run ended with (None while it runs)."""
+        if self.done is None:
+            return None
+        return DONE_EXIT_CODES.get(self.done.status, 1)
+
+    @property
+    def oldest_pending(self) -> ProposalEvent | None:
+        return next(iter(self.pending.values()), None)
+
+    def recent(self, series: deque[float], points: int = SPARK_POINTS) -> list[float]:
+        """The newest finite values of a series, as a fresh list (a sparkline keeps it)."""
+        tail = list(series)[-points:]
+        return [v for v in tail if math.isfinite(v)]
+
+    def record(self, proposal_id: str) -> DecisionRecord | None:
+        for record in reversed(self.decisions):
+            if record.id == proposal_id:
+                return record
+        return None
+
+    # --- folding ------------------------------------------------------------------------
+
+    def fold(self, event: Event) -> None:
+        """Take one event into the state."""
+        self.version += 1
+        handler = getattr(self, f"_on_{event.type}", None)
+        if handler is not None:
+            handler(event)
+
+    def _on_start(self, e: StartEvent) -> None:
+        self.preset, self.model, self.data = e.preset, e.model, e.data
+        self.output_dir = e.output_dir
+        self.trainable_parameters = e.trainable_parameters
+        self.step, self.max_steps = e.step, e.max_steps
+        self.knobs.update(e.knobs)
+        self.lr = float(e.knobs.get("lr", math.nan))
+        self.mode = e.mode
+        self.status = "running"
+
+    def _on_step(self, e: StepEvent) -> None:
+        self.step, self.max_steps = e.step, e.max_steps
+        self.loss, self.grad_norm, self.lr = e.loss, e.grad_norm, e.lr
+        self.losses.append(e.loss)
+        self.grad_norms.append(e.grad_norm)
+        if math.isfinite(e.loss):
+            self.loss_history.append(e.step, e.loss)
+            if not e.loss >= self.best_train_loss:  # also true while best is nan
+                self.best_train_loss = e.loss
+        if math.isfinite(e.grad_norm):
+            self.grad_history.append(e.step, e.grad_norm)
+        self.lr_history.append(e.step, e.lr)
+        self.knobs.update(
+            lr=e.lr, weight_decay=e.weight_decay, dropout=e.dropout, accumulation=e.accumulation
+        )
+        self.batch_size = e.batch_size
+        self.peak_memory_gb, self.eta_seconds = e.peak_memory_gb, e.eta_seconds
+        self._throughput.append((e.tokens, e.step_seconds))
+        seconds = sum(s for _, s in self._throughput)
+        if seconds > 0:
+            self.tokens_per_second = sum(t for t, _ in self._throughput) / seconds
+        self.skipped_steps += int(e.skipped)
+
+    def _on_eval(self, e: EvalEvent) -> None:
+        self.val_loss, self.best_val_loss = e.val_loss, e.best_val_loss
+        self.val_losses.append(e.val_loss)
+        if math.isfinite(e.val_loss):
+            self.val_history.append(e.step, e.val_loss)
+
+    def _on_checkpoint(self, e: CheckpointEvent) -> None:
+        if e.reason != "best":
+            self.last_checkpoint = e.path
+
+    def _on_knob(self, e: KnobEvent) -> None:
+        self.knobs[e.knob] = e.after
+
+    def _on_pause(self, e: PauseEvent) -> None:
+        self.paused, self.status = True, "paused"
+
+    def _on_resume(self, e: ResumeEvent) -> None:
+        self.paused, self.status = False, "running"
+
+    def _on_mode(self, e: ModeEvent) -> None:
+        self.mode = e.mode
+
+    def _on_proposal(self, e: ProposalEvent) -> None:
+        self.decisions_version += 1
+        self.pending[e.id] = e
+        self.decisions.append(DecisionRecord(e.id, e.step, e.reason, e.action, e.knob))
+
+    def _on_decision(self, e: DecisionEvent) -> None:
+        self.decisions_version += 1
+        self.pending.pop(e.id, None)
+        record = self.record(e.id)
+        if record is None:  # proposed before we were watching
+            record = DecisionRecord(e.id, e.step, "", "", "")
+            self.decisions.append(record)
+        record.outcome, record.by, record.decided_step = e.outcome, e.by, e.step
+
+    def _on_rollback(self, e: RollbackEvent) -> None:
+        self.rollbacks += 1
+        self.step = e.to_step
+
+    def _on_message(self, e: MessageEvent) -> None:
+        if e.level == "error":
+            self.message = e.text
+
+    def _on_done(self, e: DoneEvent) -> None:
+        self.done = e
+        self.status = e.status
+        self.paused = False
+        if e.message:
+            self.message = e.message
+        self.decisions_version += 1
+        self.pending.clear()  # nobody can answer them any more
+        for record in self.decisions:
+            if record.outcome == "pending":
+                record.outcome = "unanswered"
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What the panels show beyond raw numbers: trend, gradient health, wavelet entropy."""
+
+    trend: LossTrend | None = None
+    gradients: GradientStability | None = None
+    entropy: WaveletEntropy | None = None
+    grad_status: str = "waiting"
+
+
+def gradient_status(g: GradientStability | None) -> str:
+    """One word for the gradients: stable, noisy, spiky or non-finite."""
+    if g is None or (g.points == 0 and g.nonfinite == 0):
+        return "waiting"
+    if g.nonfinite:
+        return "non-finite"
+    if g.recent_spikes:
+        return "spiky"
+    if g.variability > HIGH_VARIABILITY:
+        return "noisy"
+    return "stable"
+
+
+def analyse(state: RunState, scu: ScuSettings) -> Analysis:
+    """The controller's signals over the same window, from the app's own copy of the history.
+
+    Pure numpy on at most ``scu.window`` points: a couple of milliseconds.
+    """
+    losses = np.asarray(list(state.losses)[-scu.window :], dtype=np.float64)
+    grads = np.asarray(list(state.grad_norms)[-scu.window :], dtype=np.float64)
+    finite = int(np.isfinite(losses).sum())
+    gradients = gradient_stability(grads, scu.control_frequency) if grads.size else None
+    if finite < MIN_ANALYSIS_POINTS:
+        return Analysis(gradients=gradients, grad_status=gradient_status(gradients))
+    trend = loss_trend(losses, scu.control_frequency, scu.target_loss_improvement)
+    entropy = wavelet_entropy(losses, scu.wavelet, scu.levels)
+    return Analysis(trend, gradients, entropy, gradient_status(gradients))
+
+
+def trend_words(trend: LossTrend | None, period: int) -> str:
+    """``falling 3.1%/50 steps`` — the direction in words and the rate per control period."""
+    if trend is None:
+        return "trend --"
+    if trend.improving:
+        word = "falling"
+    elif trend.degrading:
+        word = "rising"
+    elif trend.plateau:
+        word = "flat"
+    else:
+        word = "unclear"
+    change = max(min(-trend.relative_improvement * 100, 999.0), -999.0)
+    spec = "+.1f" if abs(change) < 10 else "+.0f"
+    return f"{word} {change:{spec}}%/{period} steps"
