@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="override settings for the replay (e.g. scu.control_frequency=20)",
     )
+    attach = sub.add_parser(
+        "attach",
+        help="watch and steer a run that is going in another process (or see a finished one)",
+    )
+    attach.add_argument("run_dir", metavar="DIR")
+    attach.add_argument("--theme", dest="attach_theme", metavar="NAME", help="colour theme")
     return parser
 
 
@@ -152,6 +158,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return print_replay(run_dir, settings, sys.stdout)
 
 
+def _cmd_attach(args: argparse.Namespace) -> int:
+    """The dashboard, fed from a run's folder and steering it over its control socket."""
+    from scu_tui.remote.attach import attach_app
+
+    app = attach_app(Path(args.run_dir), theme=args.attach_theme or args.theme)
+    app.run()
+    return EXIT_OK
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     output_dir = Path(args.output_dir) if args.output_dir else None
@@ -192,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_presets(args)
         if args.command == "replay":
             return _cmd_replay(args)
+        if args.command == "attach":
+            return _cmd_attach(args)
         return _cmd_train(args)
     except UserError as exc:
         print(f"scu-tui: error: {exc}", file=sys.stderr)

@@ -103,6 +103,8 @@ class RunStatus:
 class Run:
     """One training run. Create, add sinks, then :meth:`execute` on the training thread."""
 
+    attached = False  # it runs in this process (see scu_tui.remote.attach.RemoteRun)
+
     def __init__(
         self,
         settings: Settings,

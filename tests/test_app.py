@@ -78,6 +78,8 @@ async def test_panels_fill_and_render_at_80x24_in_two_themes(tmp_path: Path) -> 
         await wait(app.drains(2))
         assert done.status == "completed"
         assert app.state.step == 40 and app.state.max_steps == 40
+        keys = app.screen.active_bindings  # in-process: q quits, nothing to detach from
+        assert keys["q"].binding.description == "Quit" and "x" not in keys
         assert len(app.query_one("#loss-spark", Sparkline).data or []) >= 20
         assert app.query_one("#val-spark", Sparkline).data
         assert app.analysis.entropy is not None and app.analysis.entropy.levels > 0

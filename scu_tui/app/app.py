@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from textual import work
 from textual.app import App, ComposeResult
@@ -68,6 +68,7 @@ from scu_tui.events import (
 )
 from scu_tui.presets import load_preset
 from scu_tui.run import Run
+from scu_tui.sinks import Sink
 from scu_tui.themes import DEFAULT_THEME, find_theme, textual_themes, theme_names
 
 #: A run's message levels as notification severities.
@@ -81,7 +82,20 @@ HANGUP_GRACE_SECONDS = 3.0
 #: Exit codes, as the command line documents them.
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-RunFactory = Callable[..., Run]
+
+class TrainingRun(Protocol):
+    """What the app needs of a run: a :class:`~scu_tui.run.Run` in this process, or a
+    :class:`~scu_tui.remote.attach.RemoteRun` that follows one in another (``attached``)."""
+
+    attached: bool
+
+    def add_sink(self, sink: Sink) -> None: ...
+    def execute(self) -> int: ...
+    def submit(self, command: Command) -> None: ...
+    def request_stop(self, reason: str = ...) -> None: ...
+
+
+RunFactory = Callable[..., TrainingRun]
 Matcher = Callable[[Event], bool]
 
 HELP_NOTES = (
@@ -89,6 +103,10 @@ HELP_NOTES = (
     "[b]auto[/b] applies them; [b]observe[/b] only logs them.\n"
     "Quitting stops after the current step and saves a checkpoint; "
     "continue later with --resume DIR."
+)
+ATTACHED_NOTES = (
+    "Attached: [b]q[/b] only leaves, the run goes on; [b]x[/b] stops the run itself "
+    "with a checkpoint. Proposals wait in [b]ask[/b] mode for an answer."
 )
 
 
@@ -106,6 +124,18 @@ class Dashboard(Screen[None]):
         Binding("t", "app.cycle_theme", "Theme", id="theme", tooltip="Next colour theme"),
         Binding("question_mark", "app.help", "Help", key_display="?", id="help", tooltip="Keys"),
         Binding("q", "app.request_quit", "Quit", id="quit", tooltip="Save a checkpoint and quit"),
+        # attached to a run in another process: q leaves it running, x stops it
+        Binding("q", "app.detach", "Detach", id="detach", tooltip="Leave; the run goes on"),
+        Binding("x", "app.stop_run", "Stop", id="stop", tooltip="Stop the run (checkpoint)"),
+        # attached, the footer needs room for q and x at 80 columns: t works but is not shown
+        Binding(
+            "t",
+            "app.cycle_theme_unlisted",
+            "Theme",
+            id="theme.unlisted",
+            tooltip="Next colour theme",
+            show=False,
+        ),
     ]
 
     def compose(self) -> ComposeResult:
@@ -147,7 +177,7 @@ class ScuApp(App[int]):
         self.feed = EventFeed()
         self.state = RunState()
         self.analysis = Analysis()
-        self.training_run: Run | None = None
+        self.training_run: TrainingRun | None = None
         self.worker: Worker[int] | None = None
         self.quitting = False  # the user confirmed quit: exit when the run is done
         self.signalled = False  # SIGHUP / SIGTERM / SIGINT: stop, checkpoint, exit 130
@@ -166,6 +196,7 @@ class ScuApp(App[int]):
         self._hangup_thread: threading.Thread | None = None
         self._training_thread: threading.Thread | None = None
         self._codes: list[int] = []  # the training thread's exit code, once it has one
+        self._history_until = 0.0  # attached: events before this are replayed history
         for textual_theme in textual_themes():
             self.register_theme(textual_theme)
         self.theme = theme
@@ -201,6 +232,8 @@ class ScuApp(App[int]):
             settings.name, settings.model.path, settings.training.max_steps
         )
         run = self.run_factory(settings, output_dir=self.output_dir, resume=self.resume)
+        if run.attached:
+            self._history_until = time.time()
         run.add_sink(self.feed)
         self.training_run = run
         self.worker = self.train()
@@ -399,6 +432,8 @@ class ScuApp(App[int]):
 
     def _react(self, event: Event) -> None:
         """What an event means for the person watching, beyond the panels' numbers."""
+        if event.time < self._history_until and not isinstance(event, DoneEvent):
+            return  # replayed on attach: the panels show it, a pop-up would be old news
         if isinstance(event, PauseEvent | ResumeEvent):
             self._pause_target = None
             self._effects.pop("pause", None)
@@ -544,13 +579,64 @@ class ScuApp(App[int]):
         self.theme = names[(index + 1) % len(names)]
         self.notify(f"Theme {self.theme}", timeout=2)
 
+    def action_cycle_theme_unlisted(self) -> None:
+        self.action_cycle_theme()
+
     def action_help(self) -> None:
-        bindings = [b for b in Dashboard.BINDINGS if isinstance(b, Binding)]
-        self.push_screen(HelpScreen(bindings, HELP_NOTES))
+        bindings = [
+            b
+            for b in Dashboard.BINDINGS
+            if isinstance(b, Binding) and self.check_action(b.action.removeprefix("app."), ())
+        ]
+        self.push_screen(HelpScreen(bindings, ATTACHED_NOTES if self.attached else HELP_NOTES))
+
+    @property
+    def attached(self) -> bool:
+        """Following a run that lives in another process (``scu-tui attach``)."""
+        return self.training_run is not None and self.training_run.attached
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Attached, ``q`` detaches and ``x`` stops the run; in-process, ``q`` quits."""
+        if action == "detach":
+            return self.attached
+        if action == "stop_run":
+            return self.attached
+        if action in ("request_quit", "cycle_theme"):
+            return not self.attached
+        if action == "cycle_theme_unlisted":
+            return self.attached
+        return True
+
+    def action_detach(self) -> None:
+        """Stop following the run and leave; the run itself never notices."""
+        if self.training_run is not None:
+            self.training_run.request_stop("user")
+        self.call_later(self.finish)
+
+    def action_stop_run(self) -> None:
+        if self.state.done is not None or self.training_run is None:
+            self.notify("The run has already ended", severity="warning")
+            return
+        self.push_screen(
+            ConfirmScreen(
+                "Stop the run itself?\nIt saves a checkpoint and ends; resume it later with "
+                "--resume.",
+                yes="Stop",
+                no="Keep",
+            ),
+            self._confirmed_stop,
+        )
+
+    def _confirmed_stop(self, yes: bool | None) -> None:
+        if yes and self._submit(Command("stop")):
+            self._effect("stop", "stopping…")
 
     async def action_quit(self) -> None:
         """Textual's own quit keys (ctrl+q) go through the same confirmation."""
-        self.action_request_quit()
+        if self.attached:
+            self.action_detach()
+        else:
+            self.action_request_quit()
 
     def action_request_quit(self) -> None:
         if self.training_run is None or self.state.done is not None or self.feed.done.is_set():

@@ -14,12 +14,16 @@ import queue
 import threading
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from scu_tui.errors import UserError
 from scu_tui.events import Command, DoneEvent, Event, MessageEvent, ModeEvent, event_from_dict
 from scu_tui.remote.control import ControlClient, is_live
 from scu_tui.run import CONFIG_FILE, EVENTS_FILE, load_run_settings
 from scu_tui.sinks import Sink
+
+if TYPE_CHECKING:
+    from scu_tui.app import ScuApp
 
 HISTORY_LINES = 5000  # events replayed on attach; older ones are skipped
 POLL_SECONDS = 0.1
@@ -138,3 +142,19 @@ class RemoteRun:
                 continue
             if not reply.get("ok"):
                 self.emit(MessageEvent(0, level="error", text=str(reply.get("error"))))
+
+
+def attach_app(run_dir: Path, theme: str | None = None) -> ScuApp:
+    """The dashboard on a run in its folder; raises :class:`UserError` if it is not a run."""
+    remote = RemoteRun(run_dir)
+    from scu_tui.app import make_app
+
+    def follow(settings: Any, output_dir: Any = None, resume: Any = None) -> RemoteRun:
+        return remote
+
+    return make_app(
+        remote.settings,
+        output_dir=run_dir,
+        run_factory=follow,
+        theme=theme or remote.settings.ui.theme,
+    )

@@ -73,6 +73,8 @@ def parse_request(line: bytes) -> Command | None:
         raise BadRequest('a proposal id is a string like "p0003"')
     if cmd == "status":
         return None
+    if cmd == "stop":
+        value = None  # a remote stop is always the user's: it saves and exits normally
     return Command(cmd, value=value, by="remote")
 
 
