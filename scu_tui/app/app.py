@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -79,6 +80,10 @@ MODE_CYCLE = ("ask", "auto", "observe")
 TALL_HEIGHT = 34
 #: After a hang-up and the run's end, how long the app may take to exit on its own.
 HANGUP_GRACE_SECONDS = 3.0
+#: The charts (sparklines, wavelet bars) and the analysis behind them redraw at most this
+#: often; numbers, progress and decisions follow ``ui.refresh_hz``. Drawing the charts is
+#: most of a frame's cost, and on a small model a frame competes with training for the CPU.
+CHART_HZ = 2.0
 #: Exit codes, as the command line documents them.
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -197,6 +202,8 @@ class ScuApp(App[int]):
         self._training_thread: threading.Thread | None = None
         self._codes: list[int] = []  # the training thread's exit code, once it has one
         self._history_until = 0.0  # attached: events before this are replayed history
+        self._charts_stale = False  # events arrived that the charts do not show yet
+        self._charts_at = -math.inf  # monotonic time of the last chart redraw
         for textual_theme in textual_themes():
             self.register_theme(textual_theme)
         self.theme = theme
@@ -397,8 +404,16 @@ class ScuApp(App[int]):
             self.state.fold(event)
             self._react(event)
         if events:
-            self.analysis = analyse(self.state, self._scu_settings())
-            self.redraw()
+            self._charts_stale = True
+            self.redraw(charts=False)
+        if self._charts_stale:
+            now = time.monotonic()
+            # catch up at once when the run goes quiet (paused, done), else at CHART_HZ
+            if not events or now - self._charts_at >= 1 / CHART_HZ:
+                self._charts_at = now
+                self._charts_stale = False
+                self.analysis = analyse(self.state, self._scu_settings())
+                self.redraw_charts()
         self.drain_count += 1
         self._resolve(events)
         if self.state.done is not None and self.quitting:
@@ -409,21 +424,30 @@ class ScuApp(App[int]):
         assert self.settings is not None
         return self.settings.scu
 
-    def redraw(self) -> None:
+    def redraw(self, charts: bool = True) -> None:
         """Push the state into the panels; the log and banner only when they changed."""
         if self.settings is None:
             return
         dash = self.dashboard
         state = self.state
         dash.query_one(StatusPanel).show(state, self._effect_text())
-        dash.query_one(LossPanel).show(state, self.analysis, self.settings.scu.control_frequency)
-        dash.query_one(GradientPanel).show(state, self.analysis)
-        dash.query_one(EntropyPanel).show(self.analysis)
+        if charts:
+            self.redraw_charts()
         key = (state.decisions_version, len(self._answering))
         if key != self._drawn:
             self._drawn = key
             dash.query_one(DecisionLog).show(list(state.decisions))
             self._show_banner()
+
+    def redraw_charts(self) -> None:
+        """The loss, gradient and wavelet panels, from the state and the last analysis."""
+        if self.settings is None:
+            return
+        dash = self.dashboard
+        period = self.settings.scu.control_frequency
+        dash.query_one(LossPanel).show(self.state, self.analysis, period)
+        dash.query_one(GradientPanel).show(self.state, self.analysis)
+        dash.query_one(EntropyPanel).show(self.analysis)
 
     def _show_banner(self) -> None:
         proposal = self.state.oldest_pending
