@@ -180,3 +180,18 @@ def test_replay_reproduces_the_proposals_of_an_observed_run(tmp_path: Path) -> N
     assert [int(line.split()[2].rstrip(":")) for line in lines] == [p["step"] for p in proposed]
     assert all(p["reason"] in line for p, line in zip(proposed, lines, strict=True))
     assert scu("replay", str(tmp_path)).returncode == 2
+
+
+@pytest.mark.slow
+def test_the_shipped_demo_learns_and_the_scu_acts(tmp_path: Path) -> None:
+    """The README's first command, as shipped: real learning and real S-SCU decisions."""
+    out = tmp_path / "run"
+    result = scu("--headless", "--preset", "demo", "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    events = read_events(out)
+    evals = [e["val_loss"] for e in events if e["type"] == "eval"]
+    assert evals[-1] < evals[0] / 5
+    proposals = [e for e in events if e["type"] == "proposal"]
+    assert proposals, "the shipped demo should show the S-SCU at work"
+    assert f"SCU Step {proposals[0]['step']}: {proposals[0]['reason']}" in result.stdout
+    assert events[-1]["type"] == "done" and events[-1]["status"] == "completed"
