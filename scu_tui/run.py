@@ -415,7 +415,7 @@ class Run:
 
     def _propose(self, proposal: Proposal, guard: bool = False) -> None:
         assert self.controller is not None
-        asking = proposal.knob != "rollback" and self.mode == "ask"
+        asking = not guard and self.mode == "ask"
         if asking:  # pending before anyone hears of it, so an instant answer finds it
             self.pending[proposal.id] = (proposal, proposal.step + self.settings.scu.proposal_ttl)
         self.emit(ProposalEvent(**proposal.to_dict()))
@@ -429,13 +429,13 @@ class Run:
             "decided_step": None,
         }
         self.actions.append(record)
-        if proposal.knob == "rollback":
+        if guard:  # the divergence guard acts at once; only observe mode stops short
             if self.mode == "observe":
                 self._decide(proposal.id, "observed", "guard")
                 self._apply(Command("pause", by="guard"))
             else:
                 self._decide(proposal.id, "applied", "guard")
-                self._rollback(proposal)
+                self._rollback(proposal, by="guard")
         elif self.mode == "auto":
             self._apply_proposal(proposal, "applied", "controller")
         elif asking:
@@ -444,6 +444,10 @@ class Run:
             self._decide(proposal.id, "observed", "controller")
 
     def _apply_proposal(self, proposal: Proposal, outcome: str, by: str) -> None:
+        if proposal.knob == "rollback":  # the controller's own, in auto or once accepted
+            self._decide(proposal.id, outcome, by)
+            self._rollback(proposal, by=by)
+            return
         self.set_knob(proposal.knob, proposal.after, by=by)
         self._decide(proposal.id, outcome, by)
         reverted = proposal.evidence.get("reverts")
@@ -475,7 +479,7 @@ class Run:
         self.emit(DecisionEvent(self.step, id=proposal_id, outcome=outcome, by=by))
         atomic_write_json(self.output_dir / METRICS_FILE, self.actions)
 
-    def _rollback(self, proposal: Proposal) -> None:
+    def _rollback(self, proposal: Proposal, by: str) -> None:
         """Back to the last checkpoint, past the offending batches, with a lower LR."""
         t = self.trainer
         checkpoint = latest_checkpoint(self.output_dir)
@@ -491,7 +495,7 @@ class Run:
         t.stream.load_state(data_position)  # skip the batches that led here
         t.tokens_seen, t.train_seconds, t.skipped_steps = kept
         self.status.losses.clear()  # the abandoned steps are no baseline for the guard
-        self.set_knob("lr_multiplier", proposal.after, by="guard")
+        self.set_knob("lr_multiplier", proposal.after, by=by)
         assert self.controller is not None
         self.controller.notify_rollback(t.step)
         self.emit(RollbackEvent(from_step, to_step=t.step, reason=proposal.reason))

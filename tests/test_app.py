@@ -147,8 +147,8 @@ async def test_save_and_evaluate_keys(tmp_path: Path) -> None:
 
 
 def askable(event: Event) -> bool:
-    """A proposal that waits for an answer (guard rollbacks are applied at once)."""
-    return isinstance(event, ProposalEvent) and event.knob != "rollback"
+    """A proposal that waits for an answer (the divergence guard's are applied at once)."""
+    return isinstance(event, ProposalEvent) and event.rule != "divergence_guard"
 
 
 async def answer(
@@ -199,7 +199,8 @@ async def test_accepting_a_real_proposal_on_a_hot_run(tmp_path: Path) -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         first = app.expect("proposal", askable)
         proposal, _ = await answer(app, pilot, first, "a", "accepted", timeout=300)
-        assert app.state.knobs[proposal.knob] == pytest.approx(proposal.after)  # KnobEvent
+        moved = "lr_multiplier" if proposal.knob == "rollback" else proposal.knob
+        assert app.state.knobs[moved] == pytest.approx(proposal.after)  # KnobEvent
         await quit_with_confirm(app, pilot)
     record = metrics(out)[proposal.id]
     assert record["outcome"] == "accepted" and record["by"] == "user"

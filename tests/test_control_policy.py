@@ -38,6 +38,7 @@ TRAINING = TrainingSettings(learning_rate=1e-3, warmup_steps=0, eval_every=20)
 NOISE: list[float] = np.random.default_rng(0).standard_normal(4000).tolist()
 NOISE2: list[float] = np.random.default_rng(1).standard_normal(4000).tolist()
 UNIFORM: list[float] = np.random.default_rng(2).uniform(0.1, 1.9, 4000).tolist()
+LOG_UNIFORM: list[float] = np.exp(np.random.default_rng(3).uniform(-2.5, 2.5, 4000)).tolist()
 
 Curve = Callable[[int], float]
 
@@ -130,6 +131,11 @@ def noisy_grad(step: int) -> float:
     return UNIFORM[step]
 
 
+def erratic_grad(step: int) -> float:
+    """Norms spread over two orders of magnitude: robust variability far above 0.8."""
+    return LOG_UNIFORM[step]
+
+
 def spiky_grad(step: int) -> float:
     return 10.0 if step % 20 in (5, 12) else steady_grad(step)
 
@@ -213,6 +219,24 @@ def test_loss_blow_up_proposes_a_rollback() -> None:
     loss = lambda step: 10.0 if step > 55 else slow_loss(step)  # noqa: E731
     p = Run(loss, steady_grad).until(60)[-1]
     assert p.rule == "rollback" and "blow-up" in p.reason and p.after < p.before
+
+
+def test_erratic_gradients_roll_back_at_once_with_a_deep_lr_cut() -> None:
+    p = Run(decaying_loss, erratic_grad, outcome=None).until(20)[0]
+    assert (p.rule, p.knob, p.diagnosis, p.step) == ("rollback", "rollback", "diverging", 20)
+    assert p.reason.startswith("Erratic gradients (variability ")
+    assert p.evidence["grad_variability"] > 0.8
+    assert p.action == "rollback, lr x0.25"
+
+
+def test_noisy_but_not_erratic_gradients_do_not_roll_back() -> None:
+    assert all(p.rule != "rollback" for p in Run(decaying_loss, noisy_grad).until(200))
+
+
+def test_erratic_gradients_at_the_lr_floor_do_not_roll_back() -> None:
+    run = Run(decaying_loss, erratic_grad, current=knobs(lr=1e-5))  # lr_bounds[0] = 1e-5
+    assert all(p.rule != "rollback" for p in run.until(100))
+    assert run.controller.last_diagnosis is Diagnosis.DIVERGING
 
 
 def test_improving_run_is_left_alone() -> None:

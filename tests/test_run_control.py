@@ -18,7 +18,8 @@ from scu_tui.events import Command, Event
 from scu_tui.presets import load_preset
 from scu_tui.run import Run
 
-# On the demo, a 30x learning rate gives noisy, spiky gradients: the S-SCU proposes early.
+# On the demo, a 30x learning rate gives erratic, spiky gradients: the S-SCU proposes early,
+# first a rollback with the LR x0.25, then ordinary changes.
 HOT = {
     "training.learning_rate": 3e-2,
     "scu.lr_bounds": [1e-5, 1e-1],
@@ -97,7 +98,11 @@ def test_ask_mode_accept_applies_and_veto_does_not(tmp_path: Path) -> None:
     assert outcomes[0] == ("accepted", "user")
     assert ("vetoed", "user") in outcomes
     accepted = rec.of("proposal")[0]
-    knob = next(e for e in rec.of("knob") if e["knob"] == accepted["knob"])
+    knob = next(e for e in rec.of("knob") if e["by"] == "user")
+    if accepted["knob"] == "rollback":  # a rule's rollback waits for the answer like any other
+        assert knob["knob"] == "lr_multiplier" and rec.of("rollback")
+    else:
+        assert knob["knob"] == accepted["knob"]
     assert knob["after"] == pytest.approx(accepted["after"])
     vetoed_ids = {d["id"] for d in rec.of("decision") if d["outcome"] == "vetoed"}
     changed = {e["step"] for e in rec.of("knob")}
@@ -120,8 +125,21 @@ def test_ask_mode_unanswered_proposal_expires_after_ttl(tmp_path: Path) -> None:
 def test_observe_mode_only_logs(tmp_path: Path) -> None:
     _run, rec, code = start(tmp_path, "observe")
     assert code == 0 and rec.of("proposal")
+    assert rec.of("proposal")[0]["rule"] == "rollback"  # a rule's rollback is logged too
     assert {d["outcome"] for d in rec.of("decision")} == {"observed"}
-    assert not rec.of("knob")
+    assert not rec.of("knob") and not rec.of("rollback") and not rec.of("pause")
+
+
+def test_erratic_gradients_roll_back_in_auto_mode(tmp_path: Path) -> None:
+    _run, rec, code = start(tmp_path, "auto")
+    assert code == 0
+    first = rec.of("proposal")[0]
+    assert first["rule"] == "rollback" and first["reason"].startswith("Erratic gradients")
+    rollback = rec.of("rollback")[0]
+    assert rollback["step"] == first["step"] and rollback["to_step"] < first["step"]
+    knob = next(e for e in rec.of("knob") if e["knob"] == "lr_multiplier")
+    assert knob["after"] == pytest.approx(0.25) and knob["by"] == "controller"
+    assert rec.of("done")[0]["status"] == "completed"
 
 
 def test_mode_switch_mid_run(tmp_path: Path) -> None:

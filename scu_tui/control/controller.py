@@ -51,6 +51,7 @@ from scu_tui.control.policy import (
     bounded_value,
     choose_move,
     diagnose,
+    is_blowing_up,
     moves,
     rollback_move,
 )
@@ -247,6 +248,8 @@ class Controller:
         move = rollback_move(signals, knobs)
         before = knobs.lr_multiplier
         after = min(before, bounded_value(ROLLBACK, before, move.target, knobs, self.scu))
+        if not is_blowing_up(signals) and not moves(before, after, -1):
+            return None  # erratic at the LR floor: going back with the same LR changes nothing
         return self._issue(step, move, Diagnosis.DIVERGING, before, after, signals)
 
     def _propose(

@@ -69,6 +69,12 @@ LOW_ENTROPY = 0.5
 HIGH_ENTROPY = 0.75
 #: Spikes within one control period that make the gradients unstable.
 UNSTABLE_SPIKES = 2
+#: Robust gradient-norm variability above this over the window: erratic steps, the mark of
+#: an LR far too high (healthy runs stay below 0.3 up to 3x a tuned LR; at 10x the first
+#: period shows 0.9-1.05 and, left alone, the network is damaged for good, which no later
+#: LR cut undoes; see docs/benchmarks.md). Needs this many gradient norms to judge.
+ERRATIC_VARIABILITY = 0.8
+ERRATIC_MIN_POINTS = 10
 #: Newest losses above this multiple of the window median: a blow-up.
 BLOWUP_RATIO = 3.0
 #: Mann–Kendall z and rise per period (in targets) of a sharp, diverging rise.
@@ -83,6 +89,9 @@ LR_CUT_DEGRADING = 0.5
 LR_CUT_UNSTABLE = 0.7
 LR_CUT_PLATEAU = 0.8
 ROLLBACK_LR_FACTOR = 0.5
+#: An erratic run rolls back further: x0.5 leaves a run that looks healthy but trains far
+#: worse than one rolled back with x0.25.
+ERRATIC_LR_FACTOR = 0.25
 WEIGHT_DECAY_FACTOR = 2.0
 #: First weight decay when it is 0 (AdamW's usual default), then doubled.
 WEIGHT_DECAY_START = 0.01
@@ -164,10 +173,21 @@ class Move:
 # --- diagnosis ------------------------------------------------------------------------------
 
 
-def is_diverging(s: Signals) -> bool:
+def is_blowing_up(s: Signals) -> bool:
+    """Non-finite values, a loss far above the window's median, or a sharp rise."""
     t = s.trend
     sharp_rise = t.z > DIVERGE_Z and -t.relative_improvement > DIVERGE_RISE_TARGETS * t.target
     return s.recent_nonfinite > 0 or t.recent_ratio > BLOWUP_RATIO or sharp_rise
+
+
+def is_erratic(s: Signals) -> bool:
+    g = s.gradients
+    return g.points >= ERRATIC_MIN_POINTS and g.variability > ERRATIC_VARIABILITY
+
+
+def is_diverging(s: Signals) -> bool:
+    """Only going back to before the damage helps: a blow-up, or erratic gradients."""
+    return is_blowing_up(s) or is_erratic(s)
 
 
 def is_unstable(s: Signals) -> bool:
@@ -259,18 +279,26 @@ def gradient_evidence(s: Signals) -> dict[str, Any]:
 
 
 def rollback_move(s: Signals, knobs: Knobs) -> Move:
-    t = s.trend
+    t, g = s.trend, s.gradients
+    factor = ERRATIC_LR_FACTOR if is_erratic(s) else ROLLBACK_LR_FACTOR
     if s.recent_nonfinite:
         why = "Non-finite loss or gradients"
     elif t.recent_ratio > BLOWUP_RATIO:
         why = f"Loss blow-up ({t.recent_ratio:.1f}x the window median)"
-    else:
+    elif is_blowing_up(s):
         why = "Sharp loss rise"
-    evidence = {"nonfinite": s.recent_nonfinite, "loss_ratio": t.recent_ratio, "mk_z": t.z}
+    else:
+        why = f"Erratic gradients (variability {g.variability:.2f})"
+    evidence = {
+        "nonfinite": s.recent_nonfinite,
+        "loss_ratio": t.recent_ratio,
+        "mk_z": t.z,
+        "grad_variability": g.variability,
+    }
     return Move(
         ROLLBACK,
         ROLLBACK,
-        knobs.lr_multiplier * ROLLBACK_LR_FACTOR,
+        knobs.lr_multiplier * factor,
         -1,
         f"{why} - rolling back with lower LR",
         evidence,
@@ -401,7 +429,9 @@ def hard_bounds(knob: str, knobs: Knobs, scu: ScuSettings) -> tuple[float, float
 
 def step_limits(knob: str, before: float) -> tuple[float, float]:
     """The most one action may move a knob from ``before``."""
-    if knob in (LR, ROLLBACK):
+    if knob == ROLLBACK:
+        return before * ERRATIC_LR_FACTOR, before
+    if knob == LR:
         return before * MAX_LR_DOWN, before * MAX_LR_UP
     if knob == WEIGHT_DECAY:
         up = max(before * MAX_WEIGHT_DECAY_UP, WEIGHT_DECAY_START)
