@@ -380,7 +380,9 @@ class Run:
                 self._decide(pid, "expired", "ttl")
         proposal = self.controller.decide(step, self._knob_values())
         if proposal is not None:
-            self._propose(proposal)
+            # the controller's own blow-up rollback is as urgent as the guard's; every other
+            # proposal, an erratic-gradient rollback included, follows the mode
+            self._propose(proposal, guard=proposal.rule == "rollback")
 
     def _diverged(self, result: Any) -> bool:
         if result.skipped or not math.isfinite(result.loss):
@@ -414,6 +416,9 @@ class Run:
         self._propose(proposal, guard=True)
 
     def _propose(self, proposal: Proposal, guard: bool = False) -> None:
+        """Apply, queue or log a proposal by the mode; ``guard``: a divergence rollback
+        (the guard's, or the controller's on a blow-up), applied at once in auto and ask
+        modes and a pause in observe mode."""
         assert self.controller is not None
         asking = not guard and self.mode == "ask"
         if asking:  # pending before anyone hears of it, so an instant answer finds it
@@ -422,7 +427,11 @@ class Run:
         signals = self.controller.last_signals
         record = {
             **proposal.to_dict(),
-            "signals": signals.to_dict() if signals is not None and not guard else {},
+            "signals": (
+                signals.to_dict()
+                if signals is not None and proposal.rule != "divergence_guard"
+                else {}
+            ),
             "mode": self.mode,
             "outcome": None,
             "by": None,

@@ -147,8 +147,8 @@ async def test_save_and_evaluate_keys(tmp_path: Path) -> None:
 
 
 def askable(event: Event) -> bool:
-    """A proposal that waits for an answer (the divergence guard's are applied at once)."""
-    return isinstance(event, ProposalEvent) and event.rule != "divergence_guard"
+    """A proposal that waits for an answer (blow-up rollbacks are applied at once)."""
+    return isinstance(event, ProposalEvent) and event.rule not in ("divergence_guard", "rollback")
 
 
 async def answer(

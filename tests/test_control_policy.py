@@ -223,19 +223,20 @@ def test_loss_blow_up_proposes_a_rollback() -> None:
 
 def test_erratic_gradients_roll_back_at_once_with_a_deep_lr_cut() -> None:
     p = Run(decaying_loss, erratic_grad, outcome=None).until(20)[0]
-    assert (p.rule, p.knob, p.diagnosis, p.step) == ("rollback", "rollback", "diverging", 20)
+    assert (p.rule, p.knob, p.diagnosis) == ("rollback_erratic", "rollback", "diverging")
+    assert p.step == 20
     assert p.reason.startswith("Erratic gradients (variability ")
     assert p.evidence["grad_variability"] > 0.8
     assert p.action == "rollback, lr x0.25"
 
 
 def test_noisy_but_not_erratic_gradients_do_not_roll_back() -> None:
-    assert all(p.rule != "rollback" for p in Run(decaying_loss, noisy_grad).until(200))
+    assert all(p.knob != "rollback" for p in Run(decaying_loss, noisy_grad).until(200))
 
 
 def test_erratic_gradients_at_the_lr_floor_do_not_roll_back() -> None:
     run = Run(decaying_loss, erratic_grad, current=knobs(lr=1e-5))  # lr_bounds[0] = 1e-5
-    assert all(p.rule != "rollback" for p in run.until(100))
+    assert all(p.knob != "rollback" for p in run.until(100))
     assert run.controller.last_diagnosis is Diagnosis.DIVERGING
 
 

@@ -99,7 +99,7 @@ def test_ask_mode_accept_applies_and_veto_does_not(tmp_path: Path) -> None:
     assert ("vetoed", "user") in outcomes
     accepted = rec.of("proposal")[0]
     knob = next(e for e in rec.of("knob") if e["by"] == "user")
-    if accepted["knob"] == "rollback":  # a rule's rollback waits for the answer like any other
+    if accepted["knob"] == "rollback":  # an erratic-gradient rollback waits for the answer
         assert knob["knob"] == "lr_multiplier" and rec.of("rollback")
     else:
         assert knob["knob"] == accepted["knob"]
@@ -125,7 +125,7 @@ def test_ask_mode_unanswered_proposal_expires_after_ttl(tmp_path: Path) -> None:
 def test_observe_mode_only_logs(tmp_path: Path) -> None:
     _run, rec, code = start(tmp_path, "observe")
     assert code == 0 and rec.of("proposal")
-    assert rec.of("proposal")[0]["rule"] == "rollback"  # a rule's rollback is logged too
+    assert rec.of("proposal")[0]["rule"] == "rollback_erratic"  # logged like any other
     assert {d["outcome"] for d in rec.of("decision")} == {"observed"}
     assert not rec.of("knob") and not rec.of("rollback") and not rec.of("pause")
 
@@ -134,7 +134,7 @@ def test_erratic_gradients_roll_back_in_auto_mode(tmp_path: Path) -> None:
     _run, rec, code = start(tmp_path, "auto")
     assert code == 0
     first = rec.of("proposal")[0]
-    assert first["rule"] == "rollback" and first["reason"].startswith("Erratic gradients")
+    assert first["rule"] == "rollback_erratic" and first["reason"].startswith("Erratic gradients")
     rollback = rec.of("rollback")[0]
     assert rollback["step"] == first["step"] and rollback["to_step"] < first["step"]
     knob = next(e for e in rec.of("knob") if e["knob"] == "lr_multiplier")

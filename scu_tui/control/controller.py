@@ -243,9 +243,9 @@ class Controller:
     # --- proposals ----------------------------------------------------------------------
 
     def _rollback(self, step: int, signals: Signals, knobs: Knobs) -> Proposal | None:
-        if not self._rule_free(ROLLBACK, step):
-            return None
         move = rollback_move(signals, knobs)
+        if not self._rule_free(move.rule, step):
+            return None
         before = knobs.lr_multiplier
         after = min(before, bounded_value(ROLLBACK, before, move.target, knobs, self.scu))
         if not is_blowing_up(signals) and not moves(before, after, -1):

@@ -52,6 +52,9 @@ WEIGHT_DECAY = "weight_decay"
 DROPOUT = "dropout"
 ACCUMULATION = "accumulation"
 ROLLBACK = "rollback"
+#: The rule of a rollback for erratic gradients alone: unlike a blow-up's, it follows the
+#: mode (waits for an answer in ask mode, is only logged in observe mode).
+ERRATIC_ROLLBACK = "rollback_erratic"
 KNOBS = (LR, WEIGHT_DECAY, DROPOUT, ACCUMULATION)
 
 # --- diagnosis thresholds ------------------------------------------------------------------
@@ -281,6 +284,7 @@ def gradient_evidence(s: Signals) -> dict[str, Any]:
 def rollback_move(s: Signals, knobs: Knobs) -> Move:
     t, g = s.trend, s.gradients
     factor = ERRATIC_LR_FACTOR if is_erratic(s) else ROLLBACK_LR_FACTOR
+    rule = ROLLBACK if is_blowing_up(s) else ERRATIC_ROLLBACK
     if s.recent_nonfinite:
         why = "Non-finite loss or gradients"
     elif t.recent_ratio > BLOWUP_RATIO:
@@ -296,7 +300,7 @@ def rollback_move(s: Signals, knobs: Knobs) -> Move:
         "grad_variability": g.variability,
     }
     return Move(
-        ROLLBACK,
+        rule,
         ROLLBACK,
         knobs.lr_multiplier * factor,
         -1,
