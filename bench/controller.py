@@ -819,7 +819,7 @@ def regret_plot(a: Analysis, task: str) -> str:
     fig: Any = plt.figure
     fig.clear()
     fig.plot_size(78, 20)
-    fig.title(f"{task}: mean regret ({a.metric[task]}) by initial LR, standard arms")
+    fig.title(f"{task}: mean regret ({a.metric[task]}) by initial LR")
     xs = [math.log10(f) for f in a.factors]
     order = ("constant", "plateau", "cosine", "placebo", "scu")  # the S-SCU drawn on top
     for arm in [x for x in order if x in a.arms]:
