@@ -101,7 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         "attach",
         help="watch and steer a run that is going in another process (or see a finished one)",
     )
-    attach.add_argument("run_dir", metavar="DIR")
+    attach.add_argument(
+        "run_dir",
+        metavar="DIR",
+        nargs="?",
+        help="the run's folder (default: the live one in runs/)",
+    )
     attach.add_argument("--theme", dest="attach_theme", metavar="NAME", help="colour theme")
     return parser
 
@@ -160,9 +165,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 def _cmd_attach(args: argparse.Namespace) -> int:
     """The dashboard, fed from a run's folder and steering it over its control socket."""
-    from scu_tui.remote.attach import attach_app
+    from scu_tui.remote.attach import attach_app, find_live_run
 
-    app = attach_app(Path(args.run_dir), theme=args.attach_theme or args.theme)
+    run_dir = Path(args.run_dir) if args.run_dir else find_live_run(Path("runs"))
+    app = attach_app(run_dir, theme=args.attach_theme or args.theme)
     app.run()
     return EXIT_OK
 

@@ -16,7 +16,7 @@ from scu_tui.app import ScuApp
 from scu_tui.app.screens import ConfirmScreen
 from scu_tui.errors import UserError
 from scu_tui.events import Command, Event
-from scu_tui.remote.attach import RemoteRun, attach_app
+from scu_tui.remote.attach import RemoteRun, attach_app, find_live_run
 
 
 class Inbox:
@@ -240,3 +240,25 @@ def test_attach_command_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> No
     assert "not a scu-tui run" in result.stderr and "Traceback" not in result.stderr
     result = scu("attach", str(tmp_path / "missing"))
     assert result.returncode == 2 and "no such directory" in result.stderr
+
+
+def test_attach_without_dir_finds_the_one_live_run(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    with pytest.raises(UserError, match="no live run"):
+        find_live_run(runs)
+    first = start_headless(runs / "first")
+    try:
+        assert find_live_run(runs) == runs / "first"
+        second = start_headless(runs / "second")
+        try:
+            with pytest.raises(UserError, match=r"2 runs are live .*first.*second"):
+                find_live_run(runs)
+        finally:
+            second.kill()
+            second.wait()
+        assert find_live_run(runs) == runs / "first"  # a killed run is no longer live
+    finally:
+        first.kill()
+        first.wait()
+    with pytest.raises(UserError, match="no live run"):
+        find_live_run(runs)

@@ -144,6 +144,21 @@ class RemoteRun:
                 self.emit(MessageEvent(0, level="error", text=str(reply.get("error"))))
 
 
+def find_live_run(parent: Path) -> Path:
+    """The one run under ``parent`` that is listening (``scu-tui attach`` with no DIR)."""
+    candidates = sorted(p.parent for p in parent.glob(f"*/{CONFIG_FILE}"))
+    live = [run for run in candidates if (run / "control.json").is_file() and is_live(run)]
+    if len(live) == 1:
+        return live[0]
+    if live:
+        names = ", ".join(str(run) for run in live)
+        raise UserError(f"{len(live)} runs are live ({names}); say which: scu-tui attach DIR")
+    raise UserError(
+        f"no live run under {parent}/ (started there with the default --output-dir); "
+        "say which: scu-tui attach DIR"
+    )
+
+
 def attach_app(run_dir: Path, theme: str | None = None) -> ScuApp:
     """The dashboard on a run in its folder; raises :class:`UserError` if it is not a run."""
     remote = RemoteRun(run_dir)
