@@ -147,6 +147,20 @@ def rules(ps: list[Proposal]) -> list[str]:
 # --- every rule is reachable and moves its knob the right way --------------------------------
 
 
+def test_slow_improvement_with_validation_still_falling_raises_lr() -> None:
+    val = lambda step: 2.1 - 0.0002 * step  # noqa: E731  (follows the training loss)
+    p = Run(slow_loss, steady_grad, val=val).until(60)[0]
+    assert (p.rule, p.diagnosis) == ("raise_lr_slow", "slow")
+
+
+def test_slow_improvement_with_flat_validation_leaves_the_lr_alone() -> None:
+    """A converged run: a faster descent of the training loss would only fit noise."""
+    val = lambda step: 2.1 + 0.0001 * NOISE2[step]  # noqa: E731
+    run = Run(slow_loss, steady_grad, val=val)
+    assert all(p.rule != "raise_lr_slow" for p in run.until(200))
+    assert run.controller.last_diagnosis is not None
+
+
 def test_slow_improvement_raises_lr() -> None:
     run = Run(slow_loss, steady_grad)
     p = run.until(60)[0]

@@ -78,6 +78,9 @@ UNSTABLE_SPIKES = 2
 #: LR cut undoes; see docs/benchmarks.md). Needs this many gradient norms to judge.
 ERRATIC_VARIABILITY = 0.8
 ERRATIC_MIN_POINTS = 10
+#: A slow run's LR is raised only while validation falls at least this fraction as fast
+#: as the training loss: once it stops following, a faster descent only fits noise.
+VAL_FOLLOW_FRACTION = 0.5
 #: Newest losses above this multiple of the window median: a blow-up.
 BLOWUP_RATIO = 3.0
 #: Mann–Kendall z and rise per period (in targets) of a sharp, diverging rise.
@@ -209,6 +212,13 @@ def is_overfitting(s: Signals) -> bool:
     return v.rising or (v.gap_growing and stalled)
 
 
+def validation_stalled(s: Signals) -> bool:
+    """Validation falls at less than VAL_FOLLOW_FRACTION of the training loss's pace (too
+    few passes to tell: not stalled)."""
+    v, t = s.validation, s.trend
+    return v.count >= 2 and -v.trend < VAL_FOLLOW_FRACTION * max(t.relative_improvement, 0.0)
+
+
 def gradients_stable(s: Signals) -> bool:
     g = s.gradients
     return g.variability < STABLE_VARIABILITY and g.recent_spikes == 0
@@ -257,7 +267,9 @@ def choose_move(diagnosis: Diagnosis, s: Signals, knobs: Knobs, scu: ScuSettings
         case Diagnosis.NOISY:
             return noisy_move(s, knobs)
         case Diagnosis.SLOW:
-            return slow_move(s, knobs) if gradients_stable(s) else None
+            # a faster descent helps only while validation still follows the training loss
+            helps = gradients_stable(s) and not validation_stalled(s)
+            return slow_move(s, knobs) if helps else None
         case Diagnosis.TOO_STABLE:
             return too_stable_move(s, knobs)
         case Diagnosis.PLATEAU:
