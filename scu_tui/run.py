@@ -21,7 +21,7 @@ from typing import Any
 
 from scu_tui.config import MODES, Settings, merge
 from scu_tui.control.controller import Controller
-from scu_tui.control.policy import Proposal
+from scu_tui.control.policy import ROLLBACK, Proposal
 from scu_tui.errors import UserError
 from scu_tui.events import (
     CheckpointEvent,
@@ -382,7 +382,7 @@ class Run:
         if proposal is not None:
             # the controller's own blow-up rollback is as urgent as the guard's; every other
             # proposal, an erratic-gradient rollback included, follows the mode
-            self._propose(proposal, guard=proposal.rule == "rollback")
+            self._propose(proposal, guard=proposal.rule == ROLLBACK)
 
     def _diverged(self, result: Any) -> bool:
         if result.skipped or not math.isfinite(result.loss):

@@ -405,7 +405,7 @@ class ScuApp(App[int]):
             self._react(event)
         if events:
             self._charts_stale = True
-            self.redraw(charts=False)
+            self.redraw()
         if self._charts_stale:
             now = time.monotonic()
             # catch up at once when the run goes quiet (paused, done), else at CHART_HZ
@@ -424,15 +424,14 @@ class ScuApp(App[int]):
         assert self.settings is not None
         return self.settings.scu
 
-    def redraw(self, charts: bool = True) -> None:
-        """Push the state into the panels; the log and banner only when they changed."""
+    def redraw(self) -> None:
+        """Status, log and banner (the last two only when they changed); the charts follow
+        at CHART_HZ in :meth:`redraw_charts`."""
         if self.settings is None:
             return
         dash = self.dashboard
         state = self.state
         dash.query_one(StatusPanel).show(state, self._effect_text())
-        if charts:
-            self.redraw_charts()
         key = (state.decisions_version, len(self._answering))
         if key != self._drawn:
             self._drawn = key
@@ -621,14 +620,10 @@ class ScuApp(App[int]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Attached, ``q`` detaches and ``x`` stops the run; in-process, ``q`` quits."""
-        if action == "detach":
-            return self.attached
-        if action == "stop_run":
+        if action in ("detach", "stop_run", "cycle_theme_unlisted"):
             return self.attached
         if action in ("request_quit", "cycle_theme"):
             return not self.attached
-        if action == "cycle_theme_unlisted":
-            return self.attached
         return True
 
     def action_detach(self) -> None:

@@ -41,6 +41,7 @@ import numpy as np
 
 from scu_tui.config import ScuSettings, TrainingSettings
 from scu_tui.control.policy import (
+    ERRATIC_ROLLBACK,
     LR,
     ROLLBACK,
     Diagnosis,
@@ -51,7 +52,6 @@ from scu_tui.control.policy import (
     bounded_value,
     choose_move,
     diagnose,
-    is_blowing_up,
     moves,
     rollback_move,
 )
@@ -248,7 +248,7 @@ class Controller:
             return None
         before = knobs.lr_multiplier
         after = min(before, bounded_value(ROLLBACK, before, move.target, knobs, self.scu))
-        if not is_blowing_up(signals) and not moves(before, after, -1):
+        if move.rule == ERRATIC_ROLLBACK and not moves(before, after, -1):
             return None  # erratic at the LR floor: going back with the same LR changes nothing
         return self._issue(step, move, Diagnosis.DIVERGING, before, after, signals)
 

@@ -295,13 +295,14 @@ def gradient_evidence(s: Signals) -> dict[str, Any]:
 
 def rollback_move(s: Signals, knobs: Knobs) -> Move:
     t, g = s.trend, s.gradients
+    blowing_up = is_blowing_up(s)
     factor = ERRATIC_LR_FACTOR if is_erratic(s) else ROLLBACK_LR_FACTOR
-    rule = ROLLBACK if is_blowing_up(s) else ERRATIC_ROLLBACK
+    rule = ROLLBACK if blowing_up else ERRATIC_ROLLBACK
     if s.recent_nonfinite:
         why = "Non-finite loss or gradients"
     elif t.recent_ratio > BLOWUP_RATIO:
         why = f"Loss blow-up ({t.recent_ratio:.1f}x the window median)"
-    elif is_blowing_up(s):
+    elif blowing_up:
         why = "Sharp loss rise"
     else:
         why = f"Erratic gradients (variability {g.variability:.2f})"

@@ -147,7 +147,7 @@ class RemoteRun:
 def find_live_run(parent: Path) -> Path:
     """The one run under ``parent`` that is listening (``scu-tui attach`` with no DIR)."""
     candidates = sorted(p.parent for p in parent.glob(f"*/{CONFIG_FILE}"))
-    live = [run for run in candidates if (run / "control.json").is_file() and is_live(run)]
+    live = [run for run in candidates if is_live(run)]
     if len(live) == 1:
         return live[0]
     if live:
