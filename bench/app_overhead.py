@@ -17,7 +17,6 @@ Needs tmux on the PATH.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -28,22 +27,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from scu_tui import replay
+from scu_tui.run import EVENTS_FILE
+
 WARMUP_STEPS = 10  # compile and first evaluation: left out of the measured span
 POLL_SECONDS = 0.2
 
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "events.jsonl"
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    events = []
-    for line in lines:
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:  # the last line may still be being written
-            break
-    return events
+    """The run's events so far (none before it starts; a half-written last line waits)."""
+    path = run_dir / EVENTS_FILE
+    return list(replay.read_events(path)) if path.exists() else []
 
 
 def throughput(run_dir: Path) -> float:
