@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from scu_tui.app import ScuApp
 
 CLI = [sys.executable, "-m", "scu_tui"]
 
@@ -53,3 +58,13 @@ def wait_for_line(proc: subprocess.Popen[str], prefix: str, contains: str = "") 
             return line
     stderr = proc.stderr.read() if proc.stderr else ""
     raise AssertionError(f"the run ended before printing {prefix!r}: {stderr}")
+
+
+async def until(app: ScuApp, ready: Callable[[], bool], timeout: float = 120.0) -> None:
+    """Wait, refresh tick by refresh tick, until the app's drained state satisfies ``ready``."""
+
+    async def ticks() -> None:
+        while not ready():
+            await app.drains(1)
+
+    await asyncio.wait_for(ticks(), timeout)

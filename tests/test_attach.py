@@ -6,13 +6,11 @@ import asyncio
 import queue
 import subprocess
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import read_events, scu, scu_popen, wait_for_line
+from helpers import read_events, scu, scu_popen, until, wait_for_line
 
-from scu_tui.app import ScuApp
 from scu_tui.app.screens import ConfirmScreen
 from scu_tui.errors import UserError
 from scu_tui.events import Command, Event
@@ -136,16 +134,6 @@ def start_headless(out: Path, *extra: str) -> subprocess.Popen[str]:
     assert proc.stdout is not None
     threading.Thread(target=proc.stdout.read, daemon=True).start()
     return proc
-
-
-async def until(app: ScuApp, ready: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    """Wait, tick by tick, until the drained state satisfies ``ready``."""
-
-    async def ticks() -> None:
-        while not ready():
-            await app.drains(1)
-
-    await asyncio.wait_for(ticks(), timeout)
 
 
 async def test_attached_dashboard_steers_the_run_and_detaching_leaves_it_going(

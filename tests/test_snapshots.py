@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import until
 
 from scu_tui.app import ScuApp, make_app
 from scu_tui.events import event_from_dict
@@ -70,13 +71,8 @@ def recorded_app(theme: str) -> ScuApp:
 async def all_drawn(pilot: Any) -> None:
     """Wait until the last recorded step is on screen and the pop-ups are gone."""
     app: ScuApp = pilot.app
-
-    async def ticks() -> None:
-        while app.state.step < 120:
-            await app.drains(1)
-        await app.drains(2)
-
-    await asyncio.wait_for(ticks(), 60)
+    await until(app, lambda: app.state.step >= 120, timeout=60)
+    await asyncio.wait_for(app.drains(2), 60)
     app.clear_notifications()
     await pilot.pause()
 
