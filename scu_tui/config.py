@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import tomllib
 import types
+import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,22 +48,47 @@ def setting(default: Any, doc: str, check: Check | None = None) -> Any:
 
 # --- value checks: each returns None when fine, else what is allowed ------------------------
 
+#: Step counts above this are typos (a billion optimizer steps is years of training).
+MAX_COUNT = 10**9
+#: ``training.seed`` feeds ``mx.random.seed`` (which takes 0 <= s < 2**64) as
+#: ``seed * 1_000_003 + step`` and numpy's ``default_rng``: below 2**32 every use is safe.
+SEED_LIMIT = 2**32
+#: A run folder is ``<name>-YYYYmmdd-HHMMSS``: file names are at most 255 bytes.
+NAME_BYTES = 200
+
+
+def _finite(v: Any) -> bool:
+    """True for ints (of any size) and finite floats: nan and inf are never a setting."""
+    return isinstance(v, int) or math.isfinite(v)
+
 
 def one_of(*choices: str) -> Check:
     return lambda v: None if v in choices else "one of " + ", ".join(repr(c) for c in choices)
 
 
-def at_least(low: float) -> Check:
-    return lambda v: None if v >= low else f">= {low}"
+def at_least(low: float, high: float | None = None) -> Check:
+    """``low <= v`` (and ``v <= high`` when given)."""
+
+    def check(v: Any) -> str | None:
+        ok = _finite(v) and v >= low and (high is None or v <= high)
+        return None if ok else (f">= {low}" if high is None else f"between {low} and {high}")
+
+    return check
 
 
-def above(low: float) -> Check:
-    return lambda v: None if v > low else f"> {low}"
+def above(low: float, high: float | None = None) -> Check:
+    """``low < v`` (and ``v <= high`` when given)."""
+
+    def check(v: Any) -> str | None:
+        ok = _finite(v) and v > low and (high is None or v <= high)
+        return None if ok else (f"> {low}" if high is None else f"> {low} and <= {high}")
+
+    return check
 
 
 def in_range(low: float, high: float, *, high_open: bool = False) -> Check:
     def check(v: Any) -> str | None:
-        ok = low <= v < high if high_open else low <= v <= high
+        ok = _finite(v) and (low <= v < high if high_open else low <= v <= high)
         return None if ok else f"between {low} and {high}" + (" (exclusive)" if high_open else "")
 
     return check
@@ -71,16 +98,20 @@ def bounds(low: float, high: float | None = None, *, low_open: bool = False) -> 
     """``[lo, hi]`` with ``lo <= hi`` and both within ``(low|[low, high]``."""
 
     def check(v: Any) -> str | None:
-        lo, hi = v
-        lo_ok = lo > low if low_open else lo >= low
-        hi_ok = high is None or hi <= high
-        if not (lo_ok and hi_ok and lo <= hi):
-            lower = f"> {low}" if low_open else f">= {low}"
-            upper = f" and <= {high}" if high is not None else ""
-            return f"[low, high] with low <= high, both {lower}{upper}"
-        return None
+        if len(v) == 2 and all(_finite(x) for x in v):
+            lo, hi = v
+            lo_ok = lo > low if low_open else lo >= low
+            if lo_ok and (high is None or hi <= high) and lo <= hi:
+                return None
+        lower = f"> {low}" if low_open else f">= {low}"
+        upper = f" and <= {high}" if high is not None else ""
+        return f"[low, high] with low <= high, both {lower}{upper}"
 
     return check
+
+
+def seed_range(v: Any) -> str | None:
+    return None if 0 <= v < SEED_LIMIT else f"an integer from 0 to {SEED_LIMIT - 1}"
 
 
 def daubechies(v: Any) -> str | None:
@@ -88,16 +119,44 @@ def daubechies(v: Any) -> str | None:
     return None if m and 1 <= int(m.group(1)) <= 38 else "a Daubechies wavelet 'db1' … 'db38'"
 
 
+def _has_control(v: str) -> bool:
+    return any(unicodedata.category(c) == "Cc" for c in v)
+
+
 def nonempty(v: Any) -> str | None:
-    return None if v.strip() else "a non-empty string"
+    """A path or name: not blank, no NUL or other control characters (never in a real path)."""
+    ok = v.strip() and not _has_control(v)
+    return None if ok else "a non-empty string, no control characters"
+
+
+def file_name(v: Any) -> str | None:
+    """One plain file-name component: the run folder is ``runs/<name>-<timestamp>``."""
+    ok = (
+        v.strip()
+        and not _has_control(v)
+        and not any(c in v for c in "/\\")
+        and not v.startswith(".")
+        and len(v.encode("utf-8", "surrogatepass")) <= NAME_BYTES
+    )
+    return (
+        None
+        if ok
+        else "a plain file name: not empty, no '/' or '\\', not starting with '.', "
+        f"no control characters, at most {NAME_BYTES} bytes"
+    )
 
 
 def layers(v: Any) -> str | None:
-    return None if v == -1 or v >= 1 else "-1 (all blocks) or a count >= 1"
+    return None if v == -1 or 1 <= v <= MAX_COUNT else f"-1 (all blocks) or 1 to {MAX_COUNT}"
 
 
 def batches(v: Any) -> str | None:
-    return None if v == -1 or v >= 1 else "-1 (the whole split) or a count >= 1"
+    return None if v == -1 or 1 <= v <= MAX_COUNT else f"-1 (the whole split) or 1 to {MAX_COUNT}"
+
+
+def count(low: int) -> Check:
+    """A step count or period: from ``low`` to :data:`MAX_COUNT`."""
+    return at_least(low, MAX_COUNT)
 
 
 # --- the schema --------------------------------------------------------------------------
@@ -112,8 +171,8 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class LoraSettings:
-    rank: int = setting(8, "LoRA rank r", at_least(1))
-    alpha: float = setting(16.0, "LoRA alpha; mlx-lm scale = alpha / rank", above(0))
+    rank: int = setting(8, "LoRA rank r", at_least(1, 65536))
+    alpha: float = setting(16.0, "LoRA alpha; mlx-lm scale = alpha / rank", above(0, 1e6))
     dropout: float = setting(0.0, "dropout on the LoRA input", in_range(0, 1, high_open=True))
     num_layers: int = setting(-1, "transformer blocks to adapt, from the top; -1 = all", layers)
     keys: list[str] = setting([], "module keys to adapt (e.g. 'self_attn.q_proj'); [] = defaults")
@@ -127,47 +186,51 @@ class DataSettings:
         nonempty,
     )
     format: str = setting("auto", "auto | text | completions | chat", one_of(*FORMATS))
-    max_seq_length: int = setting(2048, "longer sequences are truncated", at_least(8))
+    max_seq_length: int = setting(2048, "longer sequences are truncated", at_least(8, 2**20))
     mask_prompt: bool = setting(False, "train on completions only (no loss on the prompt)")
 
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    batch_size: int = setting(4, "sequences per micro-batch", at_least(1))
-    gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step", at_least(1))
-    learning_rate: float = setting(1e-4, "base learning rate", above(0))
+    batch_size: int = setting(4, "sequences per micro-batch", at_least(1, 65536))
+    gradient_accumulation_steps: int = setting(
+        1, "micro-batches per optimizer step", at_least(1, 65536)
+    )
+    learning_rate: float = setting(1e-4, "base learning rate", above(0, 10))
     schedule: str = setting("cosine", "base schedule the S-SCU multiplies", one_of(*SCHEDULES))
-    weight_decay: float = setting(0.0, "AdamW decoupled weight decay", at_least(0))
-    max_steps: int = setting(1000, "optimizer steps to train", at_least(1))
-    warmup_steps: int = setting(0, "linear warm-up steps before the schedule", at_least(0))
-    eval_every: int = setting(200, "steps between validation passes", at_least(1))
+    weight_decay: float = setting(0.0, "AdamW decoupled weight decay", at_least(0, 10))
+    max_steps: int = setting(1000, "optimizer steps to train", count(1))
+    warmup_steps: int = setting(0, "linear warm-up steps before the schedule", count(0))
+    eval_every: int = setting(200, "steps between validation passes", count(1))
     eval_batches: int = setting(25, "validation batches per pass; -1 = the whole split", batches)
-    save_every: int = setting(500, "steps between checkpoints", at_least(1))
-    keep_checkpoints: int = setting(3, "newest checkpoints kept on disk; 0 = keep all", at_least(0))
-    report_every: int = setting(10, "steps between headless report lines", at_least(1))
+    save_every: int = setting(500, "steps between checkpoints", count(1))
+    keep_checkpoints: int = setting(3, "newest checkpoints kept on disk; 0 = keep all", count(0))
+    report_every: int = setting(10, "steps between headless report lines", count(1))
     grad_clip: float = setting(0.0, "clip the global gradient norm to this; 0 = off", at_least(0))
-    seed: int = setting(0, "seed for data order, LoRA init and dropout", at_least(0))
+    seed: int = setting(0, "seed for data order, LoRA init and dropout", seed_range)
 
 
 @dataclass(frozen=True)
 class ScuSettings:
     enabled: bool = setting(True, "run the S-SCU controller")
     mode: str = setting("ask", "auto | ask | observe", one_of(*MODES))
-    control_frequency: int = setting(50, "analyse every N steps", at_least(1))
+    control_frequency: int = setting(50, "analyse every N steps", count(1))
     target_loss_improvement: float = setting(
-        0.01, "relative loss improvement expected per period", above(0)
+        0.01, "relative loss improvement expected per period", above(0, 1)
     )
-    window: int = setting(256, "steps of history analysed", at_least(8))
+    window: int = setting(256, "steps of history analysed", at_least(8, 2**20))
     wavelet: str = setting("db4", "Daubechies wavelet for the entropy analysis", daubechies)
     levels: int = setting(4, "wavelet decomposition levels (capped by the window)", in_range(1, 12))
-    lr_bounds: list[float] = setting([1e-6, 1e-3], "learning-rate limits", bounds(0, low_open=True))
-    weight_decay_bounds: list[float] = setting([0.0, 0.1], "weight-decay limits", bounds(0))
+    lr_bounds: list[float] = setting(
+        [1e-6, 1e-3], "learning-rate limits", bounds(0, 10, low_open=True)
+    )
+    weight_decay_bounds: list[float] = setting([0.0, 0.1], "weight-decay limits", bounds(0, 10))
     dropout_bounds: list[float] = setting([0.0, 0.3], "LoRA-dropout limits", bounds(0, 0.99))
     accumulation_bounds: list[int] = setting(
-        [1, 32], "gradient-accumulation limits", bounds(1, low_open=False)
+        [1, 32], "gradient-accumulation limits", bounds(1, 65536)
     )
-    cooldown: int = setting(100, "steps before the same knob moves again", at_least(0))
-    proposal_ttl: int = setting(100, "steps an unanswered proposal waits in ask mode", at_least(1))
+    cooldown: int = setting(100, "steps before the same knob moves again", count(0))
+    proposal_ttl: int = setting(100, "steps an unanswered proposal waits in ask mode", count(1))
 
 
 @dataclass(frozen=True)
@@ -178,7 +241,7 @@ class UiSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    name: str = setting("custom", "preset name")
+    name: str = setting("custom", "preset name", file_name)
     description: str = setting("", "one line shown in preset lists")
     model: ModelSettings = field(default_factory=ModelSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -273,6 +336,8 @@ def parse_toml(text: str, label: str) -> dict[str, Any]:
     """Parse TOML, turning a syntax error into ``label:line:column: message``."""
     try:
         return tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{label}: invalid TOML: nested too deeply") from None
     except tomllib.TOMLDecodeError as exc:
         msg = str(exc)
         m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
@@ -299,6 +364,8 @@ def load_file(path: Path, base: Settings | None = None) -> Settings:
 def merge(base: Settings, data: Mapping[str, Any], source: Source | str) -> Settings:
     """Overlay a nested mapping on ``base``, validating every key and value."""
     src = Source(source) if isinstance(source, str) else source
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{src.where()}: expected a table of settings, got {_type_name(data)}")
     top: dict[str, Any] = {}
     for key, value in data.items():
         if key in SECTIONS:
@@ -334,7 +401,10 @@ def _checked(cls: type, name: str, dotted: str, value: Any, src: Source) -> Any:
     check: Check | None = f.metadata.get("check")
     problem = check(coerced) if check else None
     if problem:
-        raise ConfigError(f"{where}: {dotted} = {_show(value)}: must be {problem}")
+        numbers = coerced if isinstance(coerced, list) else [coerced]
+        finite = all(_finite(v) for v in numbers if isinstance(v, int | float))
+        must = "must be" if finite else "must be finite and"
+        raise ConfigError(f"{where}: {dotted} = {_show(value)}: {must} {problem}")
     return coerced
 
 
@@ -434,7 +504,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     raw = raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         if re.fullmatch(r"[\w./:@~+-]+", raw) and not re.fullmatch(r"[-+]?[\d.eE_+-]+", raw):
             value = raw  # a bare word or path, e.g. --set model.path=models/tiny
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from scu_tui.config import ConfigError, Settings, load_file, parse_toml, save_toml
+from scu_tui.config import ConfigError, Settings, file_name, load_file, parse_toml, save_toml
 from scu_tui.resources import shipped_dir, user_dir
 
 
@@ -58,14 +58,15 @@ def load_preset(name_or_file: str) -> Settings:
     path = find_preset(name_or_file)
     settings = load_file(path)
     if settings.name == Settings().name:
-        settings = settings.replace({"name": path.stem})
+        settings = settings.replace({"name": path.stem}, source=f"{path} (its file name)")
     return settings
 
 
 def save_user_preset(settings: Settings, name: str) -> Path:
     """Save settings as a user preset called ``name``; returns its path."""
-    if not name or any(c in name for c in "/\\") or name.startswith("."):
-        raise ConfigError(f"'{name}' is not a valid preset name (letters, digits, - and _)")
+    problem = file_name(name)
+    if problem:
+        raise ConfigError(f"'{name}' is not a valid preset name: it must be {problem}")
     path = user_dir("presets") / f"{name}.toml"
     save_toml(settings.replace({"name": name}), path)
     return path

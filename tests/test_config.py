@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def test_unknown_section_is_refused(tmp_path: Path) -> None:
     ("text", "fragment"),
     [
         ("[training]\nlearning_rate = -0.1\n", "training.learning_rate = -0.1: must be > 0"),
-        ("[training]\nbatch_size = 0\n", "training.batch_size = 0: must be >= 1"),
+        ("[training]\nbatch_size = 0\n", "training.batch_size = 0: must be between 1 and 65536"),
         (
             "[scu]\nlr_bounds = [1e-3, 1e-6]\n",
             "scu.lr_bounds = [0.001, 1e-06]: must be [low, high]",
@@ -154,3 +155,69 @@ def test_resolved_toml_loads_back_to_the_same_settings(tmp_path: Path) -> None:
     assert merge(Settings(), tomllib.loads(text), source="x") == s
     path = write(tmp_path, text)
     assert load_file(path) == s
+
+
+@pytest.mark.parametrize(
+    ("assignment", "fragment"),
+    [
+        ("training.learning_rate=nan", "training.learning_rate = nan: must be finite and > 0"),
+        ("training.grad_clip=inf", "training.grad_clip = inf: must be finite and >= 0"),
+        ("ui.refresh_hz=-inf", "ui.refresh_hz = -inf: must be finite and between 0.5 and 60"),
+        ("scu.lr_bounds=[1e-6, inf]", "scu.lr_bounds = [1e-06, inf]: must be finite and [low"),
+        ("scu.lr_bounds=[1e-6]", "scu.lr_bounds = [1e-06]: must be [low, high]"),
+        ("scu.dropout_bounds=[0.0, 0.1, 0.2]", "must be [low, high] with low <= high"),
+        ("training.seed=-1", "training.seed = -1: must be an integer from 0 to 4294967295"),
+        ("training.seed=4294967296", "must be an integer from 0 to 4294967295"),
+        ("training.max_steps=10000000000", "must be between 1 and 1000000000"),
+        ("lora.rank=1000000", "lora.rank = 1000000: must be between 1 and 65536"),
+        ("scu.target_loss_improvement=2.0", "must be > 0 and <= 1"),
+    ],
+)
+def test_numbers_must_be_finite_and_in_range(assignment: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        apply_assignments(Settings(), [assignment])
+    assert fragment in str(err.value)
+
+
+def test_the_largest_seed_every_random_generator_takes_is_accepted() -> None:
+    import mlx.core as mx
+    import numpy as np
+
+    s = apply_assignments(Settings(), ["training.seed=4294967295"])
+    seed, steps = s.training.seed, 10**9  # the trainer seeds dropout with seed * 1_000_003 + step
+    mx.random.seed(seed)
+    mx.random.seed(seed * 1_000_003 + steps)
+    assert np.random.default_rng([seed, 3]).integers(10) >= 0
+
+
+@pytest.mark.parametrize(
+    "name", ["../escape", "a/b", "a\\b", ".hidden", "..", "", "   ", "tab\there", "x" * 201]
+)
+def test_a_name_that_is_not_a_plain_file_name_is_refused(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path, f"name = {json.dumps(name)}\n")
+    with pytest.raises(ConfigError) as err:
+        load_file(path)
+    assert str(err.value).startswith(f"{path}:1: name = ")
+    assert "must be a plain file name" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["demo", "my run 2", "qwen3-4b_v1.2", "ünïcode"])
+def test_plain_names_are_accepted(tmp_path: Path, name: str) -> None:
+    assert load_file(write(tmp_path, f"name = {json.dumps(name)}\n")).name == name
+
+
+def test_paths_with_a_nul_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"model\.path = .*no control characters"):
+        apply_assignments(Settings(), ['model.path="a\\u0000b"'])
+
+
+def test_deeply_nested_toml_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="invalid TOML: nested too deeply"):
+        load_file(write(tmp_path, "name = " + "[" * 5000 + "\n"))
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        apply_assignments(Settings(), ["scu.lr_bounds=" + "[" * 5000])
+
+
+def test_merge_refuses_a_value_that_is_not_a_table() -> None:
+    with pytest.raises(ConfigError, match="expected a table of settings, got a list"):
+        merge(Settings(), [1, 2], source="run.json")  # type: ignore[arg-type]
