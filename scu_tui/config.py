@@ -207,6 +207,9 @@ class TrainingSettings:
     keep_checkpoints: int = setting(3, "newest checkpoints kept on disk; 0 = keep all", count(0))
     report_every: int = setting(10, "steps between headless report lines", count(1))
     grad_clip: float = setting(0.0, "clip the global gradient norm to this; 0 = off", at_least(0))
+    grad_checkpoint: bool = setting(
+        False, "recompute each block's activations in the backward pass: less memory, slower"
+    )
     seed: int = setting(0, "seed for data order, LoRA init and dropout", seed_range)
 
 
