@@ -128,3 +128,66 @@ def test_batch_stream_resumes_exactly(tmp_path: Path, tokenizer: Any) -> None:
         xa, la = a.next()
         xb, lb = b.next()
         assert (xa == xb).all() and (la == lb).all()
+
+
+def test_a_bad_row_is_named_by_its_line_when_validation_is_held_out(
+    tmp_path: Path, tokenizer: Any
+) -> None:
+    rows: list[dict[str, Any]] = as_format("text")
+    for bad in (0, 17, 59):
+        rows_now = [dict(r) for r in rows]
+        rows_now[bad] = {"text": ""}
+        path = tmp_path / "all.jsonl"
+        write_jsonl(path, rows_now)
+        with pytest.raises(UserError) as err:  # held out (row 0 with seed 3) or shuffled
+            load_data(DataSettings(path=str(path)), tokenizer, seed=3)
+        assert str(err.value) == f"{path}:{bad + 1}: 'text' is missing or empty"
+
+
+def test_blank_lines_do_not_shift_line_numbers(tmp_path: Path, tokenizer: Any) -> None:
+    folder(tmp_path, "completions")
+    train = tmp_path / "train.jsonl"
+    lines = train.read_text().splitlines()
+    lines[4] = json.dumps({"prompt": "What?", "completion": ""})
+    train.write_text("\n\n".join(lines) + "\n")  # a blank line after every row
+    with pytest.raises(UserError) as err:
+        load_data(DataSettings(path=str(tmp_path)), tokenizer, seed=0)
+    assert str(err.value) == f"{train}:9: 'completion' is missing or empty"
+
+
+def test_non_utf8_line_is_named(tmp_path: Path, tokenizer: Any) -> None:
+    folder(tmp_path, "text")
+    train = tmp_path / "train.jsonl"
+    train.write_bytes(train.read_bytes().replace(b"plus", b"pl\xffus", 1))
+    with pytest.raises(UserError, match=rf"{train}:1: not UTF-8 text"):
+        load_data(DataSettings(path=str(tmp_path)), tokenizer, seed=0)
+
+
+def test_a_forced_format_that_does_not_fit_names_the_one_that_does(
+    tmp_path: Path, tokenizer: Any
+) -> None:
+    with pytest.raises(UserError) as err:
+        load_data(DataSettings(path=str(folder(tmp_path, "text")), format="chat"), tokenizer, 0)
+    assert str(err.value).endswith(
+        "format 'chat' expects keys ['messages'], found ['text']; "
+        "they fit format 'text' (data.format = \"auto\" detects it)"
+    )
+
+
+def test_when_no_format_fits_every_format_and_its_keys_are_listed(
+    tmp_path: Path, tokenizer: Any
+) -> None:
+    write_jsonl(tmp_path / "train.jsonl", [{"question": "a", "answer": "b"}] * 8)
+    with pytest.raises(UserError) as err:
+        load_data(DataSettings(path=str(tmp_path)), tokenizer, seed=0)
+    assert "cannot tell the format from keys ['answer', 'question']" in str(err.value)
+    assert str(err.value).endswith(
+        "chat: ['messages']; completions: ['prompt', 'completion']; text: ['text']"
+    )
+
+
+def test_a_json_array_file_loads(tmp_path: Path, tokenizer: Any) -> None:
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(as_format("completions"), indent=2), encoding="utf-8")
+    bundle = load_data(DataSettings(path=str(path)), tokenizer, seed=0)
+    assert bundle.format == "completions" and len(bundle.train) + len(bundle.valid) == len(ROWS)

@@ -8,7 +8,7 @@ The training stream is deterministic and resumable: its position is two integers
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,26 +58,66 @@ class DataBundle:
 # --- reading -------------------------------------------------------------------------------
 
 
-def _check_jsonl(path: Path) -> None:
-    """Report the first malformed line with its number (datasets only says 'parse error')."""
-    with open(path, encoding="utf-8", errors="strict") as fh:
+@dataclass
+class RawSplit:
+    """One split as read, before tokenization, and where each of its rows came from."""
+
+    label: str  # the split as a whole, in messages
+    rows: Any  # a datasets.Dataset
+    file: str | None = None  # the file its rows were read from (None: the hub)
+    lines: list[int] | None = None  # jsonl: the file's 1-based line of each original row
+    order: list[int] | None = None  # a held-out part: the original row of each of its rows
+
+    def where(self, index: int) -> str:
+        """``file:line`` (or ``file row N``) of row ``index``, in the file as the user has it."""
+        original = self.order[index] if self.order is not None else index
+        if self.lines is not None:
+            return f"{self.file}:{self.lines[original]}"
+        return f"{self.file or self.label} row {original + 1}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_jsonl(path: Path) -> list[int]:
+    """The 1-based line number of each row; the first malformed line is an error with its
+    number (datasets only says 'parse error'). Blank lines hold no row, as in datasets."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"data {path}: cannot be read: {exc.strerror or exc}") from None
+    numbers: list[int] = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
         try:
-            for number, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(
-                        f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})"
-                    ) from None
-                if not isinstance(row, dict):
-                    raise UserError(
-                        f"{path}:{number}: expected a JSON object per line, "
-                        f"got {type(row).__name__}"
-                    )
-        except UnicodeDecodeError:
-            raise UserError(f"{path}: not UTF-8 text") from None
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(
+                f"{path}:{number}: not UTF-8 text (byte {exc.start + 1} of the line)"
+            ) from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(
+                f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})"
+            ) from None
+        except (ValueError, RecursionError) as exc:
+            raise UserError(f"{path}:{number}: not valid JSON ({_first_line(exc)})") from None
+        if not isinstance(row, dict):
+            raise UserError(
+                f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}"
+            )
+        numbers.append(number)
+    return numbers
+
+
+def _is_json_array(path: Path) -> bool:
+    """A ``.json`` file holding one array of rows (not JSON lines)."""
+    with open(path, "rb") as fh:
+        return fh.read(4096).lstrip().startswith(b"[")
 
 
 def _quiet_datasets() -> Any:
@@ -89,8 +129,8 @@ def _quiet_datasets() -> Any:
     return datasets
 
 
-def _read_file(path: Path) -> Any:
-    """One file as a ``datasets.Dataset``."""
+def _read_file(path: Path) -> RawSplit:
+    """One file as a ``datasets.Dataset``, with the line of each row for messages."""
     datasets = _quiet_datasets()
 
     kind = FILE_TYPES.get(path.suffix.lower())
@@ -98,13 +138,16 @@ def _read_file(path: Path) -> Any:
         raise UserError(
             f"data {path}: unsupported file type '{path.suffix}' (expected .jsonl, .parquet, .csv)"
         )
-    if kind == "json":
-        _check_jsonl(path)
+    lines = None
+    if kind == "json" and not (path.suffix.lower() == ".json" and _is_json_array(path)):
+        lines = _check_jsonl(path)
     try:
         ds = datasets.load_dataset(kind, data_files=str(path), split="train")
     except Exception as exc:
-        raise UserError(f"data {path}: cannot be read as {kind}: {exc}") from None
-    return ds
+        raise UserError(f"data {path}: cannot be read as {kind}: {_first_line(exc)}") from None
+    if lines is not None and len(lines) != len(ds):
+        lines = None  # rows and lines do not pair up: fall back to row numbers
+    return RawSplit(str(path), ds, file=str(path), lines=lines)
 
 
 def _find_split_file(folder: Path, split: str) -> Path | None:
@@ -116,39 +159,62 @@ def _find_split_file(folder: Path, split: str) -> Path | None:
     return None
 
 
-def _read_raw(path: str, seed: int) -> tuple[dict[str, tuple[str, Any]], list[str]]:
-    """``{split: (source label, datasets.Dataset)}`` plus notes for the user."""
+#: A column added for a moment to learn which original rows a held-out split took.
+_ROW = "__scu_tui_row__"
+
+
+def _hold_out(train: RawSplit, seed: int) -> tuple[RawSplit, RawSplit, int]:
+    """Train and validation parts of a split (``HELD_OUT_FRACTION`` of the rows, at least 1)."""
+    ds = train.rows
+    if len(ds) < 2:
+        raise UserError(f"data {train.label}: too few rows to hold out a validation split")
+    held = max(1, int(len(ds) * HELD_OUT_FRACTION))
+    parts = ds.add_column(_ROW, list(range(len(ds)))).train_test_split(
+        test_size=held, seed=seed, shuffle=True
+    )
+    kept, valid = parts["train"], parts["test"]
+    return (
+        RawSplit(
+            train.label, kept.remove_columns(_ROW), train.file, train.lines, list(kept[_ROW])
+        ),
+        RawSplit(
+            f"{train.label} (held-out {held} rows)",
+            valid.remove_columns(_ROW),
+            train.file,
+            train.lines,
+            list(valid[_ROW]),
+        ),
+        held,
+    )
+
+
+def _read_raw(path: str, seed: int) -> tuple[dict[str, RawSplit], list[str]]:
+    """``{split: RawSplit}`` plus notes for the user."""
     notes: list[str] = []
     local = Path(path).expanduser()
-    raw: dict[str, tuple[str, Any]] = {}
+    raw: dict[str, RawSplit] = {}
     if local.is_dir():
         for split in SPLIT_NAMES:
             file = _find_split_file(local, split)
             if file is not None:
-                raw[split] = (str(file), _read_file(file))
+                raw[split] = _read_file(file)
         if "train" not in raw:
             raise UserError(
                 f"data {path}: no train split (expected train.jsonl, train.parquet or train.csv)"
             )
     elif local.is_file():
-        raw["train"] = (str(local), _read_file(local))
+        raw["train"] = _read_file(local)
     elif local.suffix.lower() in FILE_TYPES or path.startswith((".", "/", "~")):
         raise UserError(f"data {path}: no such file or directory")
     else:
         raw = _read_hub(path)
     if "valid" not in raw:
-        label, ds = raw["train"]
-        if len(ds) < 2:
-            raise UserError(f"data {label}: too few rows to hold out a validation split")
-        held = max(1, int(len(ds) * HELD_OUT_FRACTION))
-        parts = ds.train_test_split(test_size=held, seed=seed, shuffle=True)
-        raw["train"] = (label, parts["train"])
-        raw["valid"] = (f"{label} (held-out {held} rows)", parts["test"])
+        raw["train"], raw["valid"], held = _hold_out(raw["train"], seed)
         notes.append(f"no validation split: held out {held} training rows for validation")
     return raw, notes
 
 
-def _read_hub(data_id: str) -> dict[str, tuple[str, Any]]:
+def _read_hub(data_id: str) -> dict[str, RawSplit]:
     datasets = _quiet_datasets()
 
     try:
@@ -160,11 +226,11 @@ def _read_hub(data_id: str) -> dict[str, tuple[str, Any]]:
             "offline, download it elsewhere and pass --data with a local folder of "
             "train/valid(/test).jsonl."
         ) from None
-    raw: dict[str, tuple[str, Any]] = {}
+    raw: dict[str, RawSplit] = {}
     for split, names in SPLIT_NAMES.items():
         for name in names:
             if name in loaded:
-                raw[split] = (f"{data_id}[{name}]", loaded[name])
+                raw[split] = RawSplit(f"{data_id}[{name}]", loaded[name])
                 break
     if "train" not in raw:
         raise UserError(f"data {data_id}: no 'train' split (found: {', '.join(loaded)})")
@@ -174,33 +240,58 @@ def _read_hub(data_id: str) -> dict[str, tuple[str, Any]]:
 # --- formats and tokenization --------------------------------------------------------------
 
 
-def detect_format(columns: list[str], forced: str, label: str) -> str:
-    if forced != "auto":
-        missing = [k for k in FORMAT_KEYS[forced] if k not in columns]
-        if missing:
-            raise UserError(
-                f"data {label}: format '{forced}' expects keys {list(FORMAT_KEYS[forced])}, "
-                f"found {sorted(columns)}"
-            )
-        return forced
+def formats_help() -> str:
+    """Every format with the keys its rows need, for messages."""
+    return "; ".join(f"{fmt}: {list(keys)}" for fmt, keys in FORMAT_KEYS.items())
+
+
+def _fitting(columns: list[str]) -> str | None:
+    """The format auto-detection picks for these keys (chat, then completions, then text)."""
     for fmt in ("chat", "completions", "text"):
         if all(k in columns for k in FORMAT_KEYS[fmt]):
             return fmt
-    raise UserError(
-        f"data {label}: cannot tell the format from keys {sorted(columns)}; expected "
-        "'messages' (chat), 'prompt' + 'completion' (completions) or 'text' (text)"
-    )
+    return None
 
 
-def _row_number(label: str, index: int) -> str:
-    return f"{label}:{index + 1}" if label.endswith(".jsonl") else f"{label} row {index + 1}"
+def detect_format(columns: list[str], forced: str, label: str) -> str:
+    fits = _fitting(columns)
+    if forced != "auto":
+        missing = [k for k in FORMAT_KEYS[forced] if k not in columns]
+        if missing:
+            hint = (
+                f"they fit format '{fits}' (data.format = \"auto\" detects it)"
+                if fits
+                else f"the formats and the keys each expects: {formats_help()}"
+            )
+            raise UserError(
+                f"data {label}: format '{forced}' expects keys {list(FORMAT_KEYS[forced])}, "
+                f"found {sorted(columns)}; {hint}"
+            )
+        return forced
+    if fits is None:
+        raise UserError(
+            f"data {label}: cannot tell the format from keys {sorted(columns)}; "
+            f"the formats and the keys each expects: {formats_help()}"
+        )
+    return fits
 
 
 def tokenize_rows(
-    rows: Any, tokenizer: Any, fmt: str, mask_prompt: bool, label: str
+    rows: Any,
+    tokenizer: Any,
+    fmt: str,
+    mask_prompt: bool,
+    label: str,
+    where: Callable[[int], str] | None = None,
 ) -> list[tuple[list[int], int]]:
-    """Token ids and prompt offsets, through mlx-lm's dataset classes (its chat handling)."""
+    """Token ids and prompt offsets, through mlx-lm's dataset classes (its chat handling).
+
+    ``where(index)`` names a row in messages (default: ``label row N``).
+    """
     from mlx_lm.tuner.datasets import ChatDataset, CompletionsDataset, TextDataset
+
+    def at(index: int) -> str:
+        return where(index) if where is not None else f"{label} row {index + 1}"
 
     if fmt == "text" and mask_prompt:
         raise UserError("data.mask_prompt = true needs chat or completions data, not text")
@@ -215,12 +306,12 @@ def tokenize_rows(
         row = ds[index]
         for key in FORMAT_KEYS[fmt]:
             if row.get(key) in (None, "", []):
-                raise UserError(f"{_row_number(label, index)}: '{key}' is missing or empty")
+                raise UserError(f"{at(index)}: '{key}' is missing or empty")
         try:
             tokens, offset = ds.process(row)
         except Exception as exc:
             raise UserError(
-                f"{_row_number(label, index)}: cannot be tokenized as {fmt} data: {exc}"
+                f"{at(index)}: cannot be tokenized as {fmt} data: {_first_line(exc)}"
             ) from None
         out.append((list(tokens), int(offset)))
     return out
@@ -229,16 +320,18 @@ def tokenize_rows(
 def load_data(settings: DataSettings, tokenizer: Any, seed: int) -> DataBundle:
     """Read, check and tokenize every split."""
     raw, notes = _read_raw(resolve_data_path(settings.path), seed)
-    label, train_rows = raw["train"]
-    fmt = detect_format(list(train_rows.column_names), settings.format, label)
+    train = raw["train"]
+    fmt = detect_format(list(train.rows.column_names), settings.format, train.label)
     splits: dict[str, Split] = {}
-    for name, (source, rows) in raw.items():
-        if len(rows) == 0:
-            raise UserError(f"data {source}: the {name} split has no rows")
-        detect_format(list(rows.column_names), fmt, source)
-        sequences = tokenize_rows(rows, tokenizer, fmt, settings.mask_prompt, source)
+    for name, part in raw.items():
+        if len(part.rows) == 0:
+            raise UserError(f"data {part.label}: the {name} split has no rows")
+        detect_format(list(part.rows.column_names), fmt, part.label)
+        sequences = tokenize_rows(
+            part.rows, tokenizer, fmt, settings.mask_prompt, part.label, part.where
+        )
         truncated = sum(len(t) > settings.max_seq_length for t, _ in sequences)
-        splits[name] = Split(name, source, sequences, truncated)
+        splits[name] = Split(name, part.label, sequences, truncated)
         if truncated:
             notes.append(
                 f"{truncated} of {len(sequences)} {name} sequences are longer than "
