@@ -6,11 +6,16 @@ queue and are carried out between two steps; events go to every attached sink.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
+import os
 import queue
+import shutil
 import signal
 import statistics
+import tempfile
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -19,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from scu_tui import blas
 from scu_tui.config import MODES, Settings, merge
 from scu_tui.control.controller import Controller
 from scu_tui.control.policy import ROLLBACK, Proposal
@@ -40,14 +46,16 @@ from scu_tui.events import (
     StartEvent,
     StepEvent,
 )
+from scu_tui.runlock import RunLock
 from scu_tui.sinks import ConsoleSink, JsonlSink, Sink
 from scu_tui.training.checkpoint import (
     atomic_write,
     atomic_write_json,
     checkpoint_name,
-    latest_checkpoint,
+    list_checkpoints,
     prune_checkpoints,
     publish_folder,
+    remove_stale_temporaries,
     staging_folder,
 )
 
@@ -66,7 +74,8 @@ BLOWUP_RECENT = 5
 BLOWUP_HISTORY = 50
 #: LR multiplier factor applied with every rollback.
 ROLLBACK_LR_FACTOR = 0.5
-#: A run that needs more rollbacks than this has failed.
+#: A run that needs more than this many rollbacks with no progress in between has failed.
+#: Progress: a new best validation loss, or training past the step of the last rollback.
 MAX_ROLLBACKS = 5
 
 
@@ -111,6 +120,7 @@ class Run:
         output_dir: Path | None = None,
         resume: Path | None = None,
         listen: bool = True,
+        controller: Controller | None = None,
     ) -> None:
         self.settings = settings
         self.resume_dir = resume
@@ -121,18 +131,24 @@ class Run:
         self.actions: list[dict[str, Any]] = []
         self.mode = settings.scu.mode
         self.paused = False
+        self._notes: list[str] = []  # warnings from setup, emitted once the run has started
         self._stop: str | None = None
         self._last_saved_step = -1
         self.trainer: Any = None
         self.lora_info: Any = None
-        self.controller = (
-            Controller(settings.scu, settings.training) if settings.scu.enabled else None
-        )
+        if controller is None and settings.scu.enabled:
+            controller = Controller(settings.scu, settings.training)
+        self.controller = controller
         self.pending: dict[str, tuple[Proposal, int]] = {}  # ask mode: id -> (proposal, expiry)
-        self.rollbacks = 0
+        self.rollbacks = 0  # in the whole run
+        self.rollbacks_since_progress = 0
+        self._rolled_back_from = -1  # the step the newest rollback left
         self._guard_count = 0
         self.listen = listen
         self.control: Any = None
+        self.lock = RunLock(self.output_dir)
+        self.saving = False  # inside a checkpoint write: a second signal must not cut it
+        self._created_output_dir = False
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -142,6 +158,12 @@ class Run:
     def emit(self, event: Event) -> None:
         for sink in self.sinks:
             sink.emit(event)
+
+    def _emit_quietly(self, event: Event) -> None:
+        """Emit to every sink that still works (after a failure: a full disk, say)."""
+        for sink in self.sinks:
+            with contextlib.suppress(Exception):
+                sink.emit(event)
 
     def submit(self, command: Command) -> None:
         """Thread-safe: queue a command for the next gap between steps."""
@@ -170,14 +192,31 @@ class Run:
 
     # --- setup ----------------------------------------------------------------------------
 
-    def _check_output_dir(self) -> None:
-        if self.resume_dir is not None:
-            return
-        if (self.output_dir / EVENTS_FILE).exists() or (self.output_dir / CONFIG_FILE).exists():
+    def _claim_output_dir(self) -> None:
+        """Make sure the folder can be written, lock it, then refuse to mix two runs in it.
+
+        All before the model loads: a bad ``--output-dir`` answers at once, and a live
+        run's folder is never joined by a second writer.
+        """
+        flag = "--resume" if self.resume_dir is not None else "--output-dir"
+        self._created_output_dir = ensure_writable_dir(self.output_dir, flag)
+        self.lock.acquire(flag)
+        if self.resume_dir is None and (
+            (self.output_dir / EVENTS_FILE).exists() or (self.output_dir / CONFIG_FILE).exists()
+        ):
             raise UserError(
                 f"--output-dir {self.output_dir}: already holds a run; continue it with "
                 f"--resume {self.output_dir} or choose another directory"
             )
+        remove_stale_temporaries(self.output_dir)  # a killed writer's; the lock says it is gone
+
+    def _release_output_dir(self) -> None:
+        """After a refusal: unlock, and leave no empty folder behind that we made."""
+        self.lock.release()
+        if self._created_output_dir:
+            with contextlib.suppress(OSError):
+                (self.output_dir / ".lock").unlink()
+                self.output_dir.rmdir()
 
     def _setup(self) -> None:
         import mlx.core as mx
@@ -187,12 +226,9 @@ class Run:
         from scu_tui.training.trainer import Trainer
 
         s = self.settings
-        self._check_output_dir()
-        checkpoint = None
-        if self.resume_dir is not None:
-            checkpoint = latest_checkpoint(self.resume_dir)
-            if checkpoint is None:
-                raise UserError(f"--resume {self.resume_dir}: no complete checkpoint to resume")
+        self._claim_output_dir()
+        if self.resume_dir is not None and not list_checkpoints(self.resume_dir):
+            raise UserError(f"--resume {self.resume_dir}: no complete checkpoint to resume")
         model, tokenizer = load_model(s.model.path)
         self.tokenizer = tokenizer
         data = load_data(s.data, tokenizer, s.training.seed)
@@ -200,8 +236,8 @@ class Run:
         self.lora_info = apply_lora(model, s.lora, s.model.path)
         self.trainer = Trainer(model, data, s)
         self.data = data
-        if checkpoint is not None:
-            self.trainer.load_state(checkpoint)
+        if self.resume_dir is not None:
+            self._load_newest_intact_checkpoint()
             self._last_saved_step = self.trainer.step
             self.actions = list(self.trainer.extra_state.get("actions", []))
             for record in self.actions:  # proposals pending at the checkpoint lapse on resume
@@ -237,6 +273,23 @@ class Run:
                     MessageEvent(0, level="warning", text=f"no control socket (attach off): {exc}")
                 )
 
+    def _load_newest_intact_checkpoint(self) -> Path:
+        """Restore the newest checkpoint that loads; a damaged newer one is passed over
+        with a warning (a disk fault or an outside edit must not strand a long run)."""
+        damaged: list[str] = []
+        for _, folder in reversed(list_checkpoints(self.output_dir)):
+            try:
+                self.trainer.load_state(folder)
+            except (UserError, KeyError, TypeError, ValueError) as exc:
+                damaged.append(f"{folder.name} ({exc})")
+                continue
+            for note in damaged:
+                self._notes.append(f"checkpoint {note} is damaged; using {folder.name}")
+            return folder
+        raise UserError(
+            f"{self.output_dir}: no intact checkpoint to go back to: " + "; ".join(damaged)
+        )
+
     def _resolved_paths(self) -> dict[str, str]:
         from scu_tui.training.data import resolve_data_path
         from scu_tui.training.model import resolve_model_path
@@ -253,8 +306,18 @@ class Run:
         try:
             self._setup()
         except UserError:
+            self._release_output_dir()
             raise
-        return self._train()
+        except OSError as exc:  # the folder cannot be written: the user's to fix, not a bug
+            self._release_output_dir()
+            raise UserError(write_failure_text(exc)) from None
+        except BaseException:
+            self._release_output_dir()
+            raise
+        try:
+            return self._train()
+        finally:
+            self.lock.release()
 
     def _train(self) -> int:
         s, t = self.settings, self.trainer
@@ -278,6 +341,10 @@ class Run:
         )
         for note in self.data.notes:
             self.emit(MessageEvent(t.step, level="info", text=note))
+        for note in self._notes:
+            self.emit(MessageEvent(t.step, level="warning", text=note))
+        if blas.late_import():
+            self.emit(MessageEvent(t.step, level="warning", text=blas.LATE_IMPORT))
         try:
             if t.step == 0:
                 self._evaluate()
@@ -296,8 +363,13 @@ class Run:
                 return self._done("interrupted", EXIT_INTERRUPTED)
             return self._done("stopped", EXIT_OK)
         except Exception as exc:  # a failure in training: report it, keep the last checkpoint
-            message = f"{type(exc).__name__}: {exc}"
-            self.emit(MessageEvent(self.step, level="error", text=message))
+            if isinstance(exc, OSError):
+                message = write_failure_text(exc)
+            elif isinstance(exc, TrainingFailed):
+                message = str(exc)
+            else:
+                message = f"{type(exc).__name__}: {exc}"
+            self._emit_quietly(MessageEvent(self.step, level="error", text=message))
             return self._done("failed", EXIT_FAILED, message)
 
     def _one_step(self) -> None:
@@ -307,6 +379,9 @@ class Run:
         result = t.train_step()
         if math.isfinite(result.loss):
             self.status.losses.append(result.loss)
+        if result.step > self._rolled_back_from >= 0 and not result.skipped:
+            self.rollbacks_since_progress = 0  # further than before the last rollback
+            self._rolled_back_from = -1
         self.emit(
             StepEvent(
                 result.step,
@@ -360,6 +435,7 @@ class Run:
             )
         )
         if is_best and t.step > 0:
+            self.rollbacks_since_progress = 0
             self._save_best()
         if self.controller is not None and t.step > 0:
             self.controller.observe_eval(t.step, val_loss)
@@ -442,6 +518,7 @@ class Run:
             if self.mode == "observe":
                 self._decide(proposal.id, "observed", "guard")
                 self._apply(Command("pause", by="guard"))
+                self.emit(MessageEvent(self.step, level="warning", text=self._paused_hint()))
             else:
                 self._decide(proposal.id, "applied", "guard")
                 self._rollback(proposal, by="guard")
@@ -488,19 +565,33 @@ class Run:
         self.emit(DecisionEvent(self.step, id=proposal_id, outcome=outcome, by=by))
         atomic_write_json(self.output_dir / METRICS_FILE, self.actions)
 
+    def _paused_hint(self) -> str:
+        """How to go on after the guard paused an observe-mode run (nobody may be watching)."""
+        return (
+            f"training paused at step {self.step}: the loss diverged and the S-SCU is in "
+            f"observe mode. To continue, run 'scu-tui attach {self.output_dir}' and press p "
+            "(m switches the mode), or send {\"cmd\": \"resume\"} to the socket named in "
+            f"{self.output_dir / 'control.json'}"
+        )
+
     def _rollback(self, proposal: Proposal, by: str) -> None:
         """Back to the last checkpoint, past the offending batches, with a lower LR."""
         t = self.trainer
-        checkpoint = latest_checkpoint(self.output_dir)
         self.rollbacks += 1
-        if checkpoint is None or self.rollbacks > MAX_ROLLBACKS:
-            raise RuntimeError(
-                f"training diverged {self.rollbacks} times; giving up (lower the learning rate)"
+        self.rollbacks_since_progress += 1
+        if self.rollbacks_since_progress > MAX_ROLLBACKS:
+            raise TrainingFailed(
+                f"training diverged {self.rollbacks_since_progress} times without progress "
+                "in between; giving up (lower training.learning_rate)"
             )
         from_step = t.step
+        self._rolled_back_from = max(self._rolled_back_from, from_step)
         data_position = t.stream.state()
         kept = (t.tokens_seen, t.train_seconds, t.skipped_steps)
-        t.load_state(checkpoint)
+        self._notes.clear()
+        self._load_newest_intact_checkpoint()
+        for note in self._notes:
+            self.emit(MessageEvent(t.step, level="warning", text=note))
         t.stream.load_state(data_position)  # skip the batches that led here
         t.tokens_seen, t.train_seconds, t.skipped_steps = kept
         self.status.losses.clear()  # the abandoned steps are no baseline for the guard
@@ -584,9 +675,15 @@ class Run:
         t.extra_state["first_val_loss"] = self.status.first_val_loss
         final = self.output_dir / "checkpoints" / checkpoint_name(t.step)
         tmp = staging_folder(final)
-        t.save_state(tmp)
-        self._write_adapter_config(tmp)
-        publish_folder(tmp, final)
+        self.saving = True
+        try:
+            save_or_raise_oserror(lambda: t.save_state(tmp), tmp)
+            self._write_adapter_config(tmp)
+            publish_folder(tmp, final)
+        finally:
+            self.saving = False
+            if tmp.exists():  # a failed write leaves no half checkpoint behind
+                shutil.rmtree(tmp, ignore_errors=True)
         self._last_saved_step = t.step
         self._write_top_level_adapters()
         prune_checkpoints(self.output_dir, self.settings.training.keep_checkpoints)
@@ -610,18 +707,26 @@ class Run:
     def _save_adapters_to(self, tmp: Path) -> None:
         # mx.save_safetensors appends ".safetensors" unless the name already ends with it
         target = tmp.with_name(tmp.name + ".safetensors")
-        self.trainer.save_adapters(target)
-        target.replace(tmp)
+        try:
+            save_or_raise_oserror(lambda: self.trainer.save_adapters(target), target)
+            target.replace(tmp)
+        finally:
+            with contextlib.suppress(OSError):
+                target.unlink()
 
     def _save_best(self) -> None:
         final = self.output_dir / "best"
         tmp = staging_folder(final)
-        self._save_adapters_to(tmp / "adapters.safetensors")
-        self._write_adapter_config(tmp)
-        atomic_write_json(
-            tmp / "best.json", {"step": self.step, "val_loss": self.trainer.best_val_loss}
-        )
-        publish_folder(tmp, final)
+        try:
+            self._save_adapters_to(tmp / "adapters.safetensors")
+            self._write_adapter_config(tmp)
+            atomic_write_json(
+                tmp / "best.json", {"step": self.step, "val_loss": self.trainer.best_val_loss}
+            )
+            publish_folder(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
         self.emit(CheckpointEvent(self.step, path=str(final), reason="best"))
 
     def _write_summary(self) -> None:
@@ -647,6 +752,7 @@ class Run:
             "actions_by_kind": dict(by_kind),
             "knobs": self._knob_values(),
             "world_size": 1,
+            "blas": blas.active or f"bundled ({blas.reason})",
             "model": self.settings.model.path,
             "data": self.settings.data.path,
         }
@@ -654,14 +760,24 @@ class Run:
         atomic_write_json(self.output_dir / METRICS_FILE, self.actions)
 
     def _done(self, status: str, code: int, message: str = "") -> int:
+        """Record the end; after a failure, every write is best effort (the disk may be full)
+        and nothing here may raise over the message the user must see."""
         self.status.status = status
         self.status.message = message
-        self._write_summary()
-        self.emit(DoneEvent(self.step, status=status, message=message))
+        try:
+            self._write_summary()
+        except (OSError, RuntimeError):
+            if code == EXIT_OK:
+                raise
+        if code == EXIT_OK:
+            self.emit(DoneEvent(self.step, status=status, message=message))
+        else:
+            self._emit_quietly(DoneEvent(self.step, status=status, message=message))
         if self.control is not None:
             self.control.close()
         for sink in self.sinks:
-            sink.close()
+            with contextlib.suppress(Exception):
+                sink.close()
         return code
 
 
@@ -669,18 +785,93 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+class TrainingFailed(RuntimeError):
+    """Training cannot go on (it keeps diverging); the message says what to change."""
+
+
+def write_failure_text(exc: OSError) -> str:
+    """One line for a failed write: which file, and the system's words (``No space left on
+    device``)."""
+    where = exc.filename or "the run folder"
+    return f"cannot write {where}: {exc.strerror or exc}"
+
+
+def save_or_raise_oserror(save: Any, path: Path) -> None:
+    """Call ``save()``; MLX reports a failed write as a bare RuntimeError ("[write] Unable
+    to write ..."): turn it into the OSError it is, naming the file and, when the disk
+    is full, saying so."""
+    try:
+        save()
+    except RuntimeError as exc:
+        if "write" not in str(exc).lower() and "open" not in str(exc).lower():
+            raise
+        code = errno.ENOSPC if _nearly_full(path) else errno.EIO
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
+def _nearly_full(path: Path) -> bool:
+    folder = path if path.is_dir() else path.parent
+    try:
+        return shutil.disk_usage(folder).free < FULL_DISK_BYTES
+    except OSError:
+        return False
+
+
+#: Free space below which a failed write is put down to a full disk.
+FULL_DISK_BYTES = 16 * 1024 * 1024
+
+
+def ensure_writable_dir(path: Path, flag: str) -> bool:
+    """Create ``path`` if needed and prove it writable; returns whether it was created.
+
+    A path that is a file, lies under a file or cannot be written is the user's mistake:
+    :class:`UserError`, before anything loads.
+    """
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path}: is a file, not a directory")
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor != path and not ancestor.is_dir():
+        raise UserError(f"{flag} {path}: {ancestor} is a file, not a directory")
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: cannot write there: {exc.strerror or exc}") from None
+    return created
+
+
 def install_signal_handlers(run: Run) -> None:
-    """SIGINT, SIGTERM and SIGHUP save a checkpoint and exit 130; a second one forces it."""
+    """SIGINT, SIGTERM and SIGHUP stop after this step with a checkpoint and exit 130.
+
+    A second signal only says so (a quick double Ctrl-C must not lose the save); a third
+    quits at once without a checkpoint, but never in the middle of writing one.
+    """
     hits = {"n": 0}
 
     def handler(signum: int, frame: FrameType | None) -> None:
         hits["n"] += 1
-        if hits["n"] > 1:
-            raise KeyboardInterrupt
-        run.request_stop("signal")
+        if hits["n"] == 1:
+            run.request_stop("signal")
+            return
+        if hits["n"] == 2 or run.saving:
+            with contextlib.suppress(OSError):  # os.write: safe inside a signal handler
+                os.write(2, STOPPING_NOTE)
+            return
+        raise KeyboardInterrupt
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, handler)
+
+
+STOPPING_NOTE = (
+    b"scu-tui: stopping after this step with a checkpoint; signal twice more to quit at once "
+    b"without one\n"
+)
 
 
 def run_headless(settings: Settings, output_dir: Path | None, resume: Path | None) -> int:

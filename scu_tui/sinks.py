@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -37,6 +38,7 @@ class JsonlSink:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self._terminate_partial_line(path)
         self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
 
@@ -50,11 +52,15 @@ class JsonlSink:
                     fh.write(b"\n")
 
     def emit(self, event: Event) -> None:
-        self._fh.write(event.to_json() + "\n")
-        self._fh.flush()
+        try:
+            self._fh.write(event.to_json() + "\n")
+            self._fh.flush()
+        except OSError as exc:  # a full disk: say which file (a bare write() error does not)
+            raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from None
 
     def close(self) -> None:
-        self._fh.close()
+        with contextlib.suppress(OSError):  # a failed flush of a full disk: already reported
+            self._fh.close()
 
 
 def format_duration(seconds: float) -> str:

@@ -6,6 +6,7 @@ rename is atomic, so ``checkpoints/step-NNNNNN/`` either exists whole or not at 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -40,10 +41,19 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise named(exc, path) from None
     finally:
         if tmp.exists():
             tmp.unlink()
     _fsync_dir(path.parent)
+
+
+def named(exc: OSError, path: Path) -> OSError:
+    """``exc`` with the file it was about: a failed ``write()`` does not say which."""
+    if exc.filename is not None and not str(exc.filename).startswith(str(path.parent / ".")):
+        return exc
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -79,6 +89,32 @@ def staging_folder(final: Path) -> Path:
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     return tmp
+
+
+def is_stale_temporary(name: str) -> bool:
+    """A hidden ``.NAME.tmp-PID`` / ``.NAME.old-PID`` entry (or a write probe) that a
+    writer leaves only when it was killed mid-write."""
+    return name.startswith(".") and (
+        ".tmp-" in name or ".old-" in name or name.startswith(".write-probe-")
+    )
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Remove what killed writers left in a run folder; call only while holding its lock."""
+    removed = []
+    for folder in (run_dir, run_dir / "checkpoints"):
+        if not folder.is_dir():
+            continue
+        for child in folder.iterdir():
+            if not is_stale_temporary(child.name):
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    child.unlink()
+            removed.append(child)
+    return removed
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
