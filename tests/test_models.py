@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import mlx.core as mx
@@ -117,3 +118,75 @@ def test_unreachable_hub_says_so_and_how_to_use_a_local_copy(tmp_path: Path) -> 
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "Hugging Face hub" in result.stderr and "--model DIR" in result.stderr
+
+
+def demo_copy(tmp_path: Path) -> Path:
+    folder = tmp_path / "model"
+    shutil.copytree(MODEL_DIR, folder)
+    return folder
+
+
+def edit_config(folder: Path, **changes: object) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v != ...}))
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        (lambda f: (f / "config.json").write_text("[1, 2]"), "expected a JSON object, got list"),
+        (lambda f: (f / "config.json").write_text('{\n"a": }'), "config.json:2:6: not valid JSON"),
+        (lambda f: (f / "config.json").write_bytes(b'{"\xff": 1}'), "config.json: not UTF-8 text"),
+        (
+            lambda f: edit_config(f, model_type=...),
+            "config.json: key 'model_type' must name the architecture",
+        ),
+        (lambda f: edit_config(f, model_type=3), 'the architecture (e.g. "qwen3"); got 3'),
+        (
+            lambda f: edit_config(f, hidden_size=..., num_hidden_layers=...),
+            "config.json lacks 'hidden_size' and 'num_hidden_layers', which its architecture needs",
+        ),
+        (lambda f: edit_config(f, model_type="nonesuch"), "Model type nonesuch not supported"),
+        (lambda f: edit_config(f, rope_scaling="abc"), "of the wrong type?"),
+        (
+            lambda f: (f / "model.safetensors").write_bytes(
+                (MODEL_DIR / "model.safetensors").read_bytes()[:-100]
+            ),
+            "model.safetensors: truncated: its tensors need",
+        ),
+        (
+            lambda f: (f / "model.safetensors").write_bytes(b"\x00\x01"),
+            "model.safetensors: truncated or not a safetensors file (2 bytes)",
+        ),
+        (
+            lambda f: (f / "model.safetensors").write_bytes(
+                (weights := (MODEL_DIR / "model.safetensors").read_bytes())[:8]
+                + b"{" * 100
+                + weights[108:]
+            ),
+            "model.safetensors: corrupt safetensors header",
+        ),
+        (lambda f: (f / "model.safetensors").unlink(), "no model*.safetensors weights"),
+    ],
+)
+def test_a_damaged_model_folder_is_one_clear_line(
+    tmp_path: Path, damage: Callable[[Path], object], fragment: str
+) -> None:
+    folder = demo_copy(tmp_path)
+    damage(folder)
+    with pytest.raises(UserError) as err:
+        load_model(str(folder))
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_truncated_download_exits_2_before_training(tmp_path: Path) -> None:
+    folder = demo_copy(tmp_path)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    out = tmp_path / "run"
+    result = scu("--headless", "--model", str(folder), "--max-steps", "2", "--output-dir", str(out))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"scu-tui: error: {weights}: truncated")
+    assert not (out / "events.jsonl").exists()

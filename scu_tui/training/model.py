@@ -15,6 +15,8 @@ from scu_tui.config import EMBEDDED_DEMO, LoraSettings
 from scu_tui.errors import UserError
 
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+#: How a ModelArgs dataclass says that config.json lacks keys it needs.
+MISSING_ARGS = re.compile(r"missing \d+ required (?:positional |keyword-only )?arguments?: (.*)$")
 
 
 def resolve_model_path(path: str) -> str:
@@ -26,26 +28,126 @@ def resolve_model_path(path: str) -> str:
     return path
 
 
+def _json_error(path: Path, exc: json.JSONDecodeError) -> UserError:
+    return UserError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})")
+
+
+def check_config(folder: Path) -> dict[str, Any]:
+    """The folder's ``config.json``: a JSON object naming its architecture (``model_type``)."""
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise _json_error(path, exc) from None
+    except (ValueError, RecursionError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type.strip():
+        got = "it is missing" if model_type is None else f"got {json.dumps(model_type)}"
+        raise UserError(
+            f"{path}: key 'model_type' must name the architecture (e.g. \"qwen3\"); {got}"
+        )
+    return config
+
+
+def check_safetensors(path: Path) -> None:
+    """A whole safetensors file: its header parses and every tensor's bytes are there.
+
+    A download cut short is the usual cause; MLX would say so only mid-load, in C++ terms.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            prefix = fh.read(8)
+            length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+            if not 2 <= length <= size - 8:
+                raise UserError(
+                    f"{path}: truncated or not a safetensors file ({size} bytes); "
+                    "download it again"
+                )
+            header = json.loads(fh.read(length))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError):
+        raise UserError(f"{path}: corrupt safetensors header; download it again") from None
+    if not isinstance(header, dict):
+        raise UserError(f"{path}: corrupt safetensors header; download it again")
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) for o in offsets)
+        ):
+            raise UserError(f"{path}: corrupt safetensors header (tensor '{name}')")
+        end = max(end, offsets[1])
+    data = size - 8 - length
+    if end > data:
+        raise UserError(
+            f"{path}: truncated: its tensors need {end} bytes of data, the file has {data} "
+            "(an incomplete download?); download it again"
+        )
+
+
+def check_model_dir(folder: Path, label: str) -> dict[str, Any]:
+    """Everything about a local model folder that can be checked without loading it."""
+    if not folder.is_dir():
+        raise UserError(f"model {label}: not a directory (expected a folder with config.json)")
+    if not (folder / "config.json").is_file():
+        raise UserError(
+            f"model {label}: no config.json in this folder: not an mlx-lm / Hugging Face model"
+        )
+    config = check_config(folder)
+    weights = sorted(folder.glob("model*.safetensors"))
+    if not weights:
+        raise UserError(f"model {label}: no model*.safetensors weights in this folder")
+    for path in weights:
+        check_safetensors(path)
+    return config
+
+
+def _load_error(label: str, exc: Exception) -> UserError:
+    """What mlx-lm's exception means for the user, on one line."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, KeyError):
+        text = f"config.json lacks key {exc.args[0]!r}" if exc.args else text
+    elif isinstance(exc, TypeError):
+        missing = MISSING_ARGS.search(text)
+        if missing:
+            text = f"config.json lacks {missing.group(1)}, which its architecture needs"
+        else:
+            text += " (a value in config.json of the wrong type?)"
+    elif isinstance(exc, AttributeError):
+        text += " (a value in config.json of the wrong type?)"
+    return UserError(f"model {label}: mlx-lm cannot load it: {text}")
+
+
 def load_model(path: str) -> tuple[nn.Module, Any]:
     """``mlx_lm.load`` with errors a user can act on (exit code 2 through UserError)."""
-    from mlx_lm import load
-
     resolved = resolve_model_path(path)
     local = Path(resolved).expanduser()
     if local.exists():
-        if not local.is_dir():
-            raise UserError(f"model {path}: not a directory (expected a folder with config.json)")
-        if not (local / "config.json").is_file():
-            raise UserError(
-                f"model {path}: no config.json in this folder: not an mlx-lm / Hugging Face model"
-            )
+        check_model_dir(local, path)
+        from mlx_lm import load
+
         try:
             model, tokenizer = load(str(local))[:2]
-        except (ValueError, KeyError, FileNotFoundError, OSError) as exc:
-            raise UserError(f"model {path}: mlx-lm cannot load it: {exc}") from None
+        except Exception as exc:  # config values of the wrong type fail in many ways
+            raise _load_error(path, exc) from None
         return model, tokenizer
     if not HUB_ID.match(resolved):
         raise UserError(f"model {path}: no such directory (and not a hub id like 'org/name')")
+    from mlx_lm import load
+
     try:
         model, tokenizer = load(resolved)[:2]
     except Exception as exc:  # the hub client raises many types when offline
