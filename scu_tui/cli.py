@@ -16,7 +16,7 @@ from scu_tui import __version__
 from scu_tui.config import MODES, Settings, apply_assignments, to_toml
 from scu_tui.errors import UserError
 from scu_tui.presets import list_presets, load_preset
-from scu_tui.run import load_run_settings
+from scu_tui.run import check_output_dir, load_run_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 TEST_RUN_STEPS = 100
@@ -111,11 +111,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _assigned(args: argparse.Namespace) -> set[str]:
+    """The keys the user set with ``--set``."""
+    return {a.partition("=")[0].strip() for a in args.assignments}
+
+
+def _same_folder(a: str, b: str) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Merge defaults < preset < --set < dedicated flags, validating each layer."""
     if args.resume:
         if args.preset:
             raise UserError("--resume continues a run with its own settings; drop --preset")
+        if args.output_dir and not _same_folder(args.output_dir, args.resume):
+            raise UserError(
+                f"--output-dir {args.output_dir} with --resume {args.resume}: a resumed run "
+                "writes to its own folder; drop --output-dir"
+            )
         settings = load_run_settings(Path(args.resume))
     else:
         settings = load_preset(args.preset or "demo")
@@ -125,6 +139,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         flags["model.path"] = args.model
     if args.data is not None:
         flags["data.path"] = args.data
+        if "data.format" not in _assigned(args):  # the preset's format is for its own data
+            flags["data.format"] = "auto"
     if args.test_run:
         t = settings.training
         flags["training.max_steps"] = TEST_RUN_STEPS
@@ -136,7 +152,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         flags["training.seed"] = args.seed
     if args.mode is not None:
         flags["scu.mode"] = args.mode
-    elif args.headless and not any(a.startswith("scu.mode=") for a in args.assignments):
+    elif args.headless and "scu.mode" not in _assigned(args):
         flags["scu.mode"] = "auto"
     if args.theme is not None:
         flags["ui.theme"] = args.theme
@@ -176,6 +192,8 @@ def _cmd_attach(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     output_dir = Path(args.output_dir) if args.output_dir else None
+    if output_dir is not None and not args.resume:
+        check_output_dir(output_dir)  # before the app takes the terminal
     resume = Path(args.resume) if args.resume else None
     if args.headless:
         from scu_tui.run import run_headless
@@ -217,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_attach(args)
         return _cmd_train(args)
     except UserError as exc:
-        print(f"scu-tui: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).splitlines())  # one line, whatever the input held
+        print(f"scu-tui: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -821,19 +821,29 @@ def _nearly_full(path: Path) -> bool:
 FULL_DISK_BYTES = 16 * 1024 * 1024
 
 
+def check_output_dir(path: Path, flag: str = "--output-dir") -> None:
+    """Refuse, without touching anything, a folder no run could be written to: one that is
+    a file, lies under a file, or sits where this user may not write."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path}: is a file, not a directory")
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"{flag} {path}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(ancestor).f_flag & os.ST_RDONLY)
+        why = "a read-only file system" if read_only else "no permission"
+        raise UserError(f"{flag} {path}: cannot write in {ancestor}: {why}")
+
+
 def ensure_writable_dir(path: Path, flag: str) -> bool:
     """Create ``path`` if needed and prove it writable; returns whether it was created.
 
     A path that is a file, lies under a file or cannot be written is the user's mistake:
     :class:`UserError`, before anything loads.
     """
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path}: is a file, not a directory")
-    ancestor = path
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if ancestor != path and not ancestor.is_dir():
-        raise UserError(f"{flag} {path}: {ancestor} is a file, not a directory")
+    check_output_dir(path, flag)
     created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -857,10 +867,9 @@ def install_signal_handlers(run: Run) -> None:
         hits["n"] += 1
         if hits["n"] == 1:
             run.request_stop("signal")
-            return
-        if hits["n"] == 2 or run.saving:
+        if hits["n"] <= 2 or run.saving:
             with contextlib.suppress(OSError):  # os.write: safe inside a signal handler
-                os.write(2, STOPPING_NOTE)
+                os.write(2, STOPPING_NOTE if hits["n"] == 1 else STILL_STOPPING_NOTE)
             return
         raise KeyboardInterrupt
 
@@ -869,9 +878,10 @@ def install_signal_handlers(run: Run) -> None:
 
 
 STOPPING_NOTE = (
-    b"scu-tui: stopping after this step with a checkpoint; signal twice more to quit at once "
-    b"without one\n"
+    b"scu-tui: stopping after this step with a checkpoint (interrupt twice more to quit at "
+    b"once without one)\n"
 )
+STILL_STOPPING_NOTE = b"scu-tui: still stopping: the checkpoint is being saved\n"
 
 
 def run_headless(settings: Settings, output_dir: Path | None, resume: Path | None) -> int:

@@ -301,3 +301,40 @@ def test_guard_does_not_fire_on_ordinary_batch_to_batch_variation(tmp_path: Path
     assert code == 0
     assert not rec.of("rollback")
     assert not [p for p in rec.of("proposal") if p["rule"] == "divergence_guard"]
+
+
+class RollbackAt(ScriptedController):
+    """Proposes an erratic-gradient rollback every time training reaches one of ``steps``."""
+
+    def __init__(self, settings: Settings, steps: set[int]) -> None:
+        super().__init__(settings, {})
+        self.steps = steps
+
+    def decide(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
+        if step in self.steps:
+            self.script[step] = ("rollback", knobs["lr_multiplier"] * 0.5, "rollback_erratic")
+        return super().decide(step, knobs)
+
+
+def test_rollbacks_that_make_progress_in_between_never_give_up(tmp_path: Path) -> None:
+    # seven rollbacks, more than the cap, but each after training got further than before
+    steps = (14, 24, 34, 44, 54, 64, 74)
+    script: Script = {
+        step: ("rollback", 0.5**i, "rollback_erratic") for i, step in enumerate(steps)
+    }
+    _run, rec, code = start(tmp_path, "auto", script=script, **{"training.max_steps": 80})
+    assert code == 0 and rec.of("done")[0]["status"] == "completed"
+    assert [r["step"] for r in rec.of("rollback")] == list(steps)
+
+
+def test_rollbacks_without_progress_give_up_with_one_clear_line(tmp_path: Path) -> None:
+    settings = load_preset("demo").replace({**SHORT, "scu.mode": "auto"})
+    controller = RollbackAt(settings, {25})  # back to step 20, and again, and again
+    run = Run(settings, output_dir=tmp_path / "run", controller=controller)
+    rec = Recorder()
+    run.add_sink(rec)
+    assert run.execute() == 1
+    assert len(rec.of("rollback")) == 5
+    (error,) = [m for m in rec.of("message") if m["level"] == "error"]
+    assert error["text"].startswith("training diverged 6 times without progress in between")
+    assert rec.of("done")[0]["status"] == "failed"

@@ -1,0 +1,188 @@
+"""A run folder has one writer, survives a full disk and a kill, and refuses bad places.
+
+Each test injects the fault a user meets (a second writer, a full disk, a killed run's
+leftovers, a damaged checkpoint, a quick double Ctrl-C) and asserts what the user sees
+and what is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import read_events, scu, scu_popen, step_losses, wait_for_line
+
+from scu_tui.runlock import RunLock, is_locked
+
+DEMO = ["--headless", "--preset", "demo", "--set", "scu.enabled=false"]
+
+
+def long_run(out: Path, *extra: str) -> subprocess.Popen[str]:
+    """A headless demo run that goes on until it is stopped; returns once it trains."""
+    proc = scu_popen(
+        *DEMO, "--max-steps", "100000", "--output-dir", str(out), *extra,
+    )  # fmt: skip
+    wait_for_line(proc, "step ")  # the first report, after report_every steps
+    return proc
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    proc.communicate(timeout=60)
+
+
+# --- one writer -------------------------------------------------------------------------
+
+
+def test_a_live_run_refuses_a_second_writer_and_a_killed_one_does_not(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = long_run(out, "--set", "training.save_every=5")
+    try:
+        assert is_locked(out)
+        for attempt in (
+            scu("--headless", "--resume", str(out)),
+            scu(*DEMO, "--output-dir", str(out)),
+        ):
+            assert attempt.returncode == 2
+            line = attempt.stderr.strip()
+            assert line.count("\n") == 0 and "Traceback" not in line
+            assert f"process {proc.pid}" in line and f"scu-tui attach {out}" in line
+        wait_for_line(proc, "save ")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+    assert not is_locked(out)  # the kernel let go of it with the process
+    # what the killed writer was in the middle of: a staging folder and a temporary file
+    (out / "checkpoints" / ".step-000099.tmp-4242").mkdir()
+    (out / ".adapters.safetensors.tmp-4242").write_bytes(b"half")
+    newest = max(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*"))
+    resumed = scu("--headless", "--resume", str(out), "--max-steps", str(newest + 5))
+    assert resumed.returncode == 0, resumed.stderr
+    assert not (out / "checkpoints" / ".step-000099.tmp-4242").exists()
+    assert not (out / ".adapters.safetensors.tmp-4242").exists()
+    assert read_events(out)[-1]["status"] == "completed"
+
+
+def test_the_lock_is_exclusive_within_a_process_too(tmp_path: Path) -> None:
+    first, second = RunLock(tmp_path), RunLock(tmp_path)
+    first.acquire()
+    with pytest.raises(Exception, match="a live run is writing there"):
+        second.acquire()
+    first.release()
+    second.acquire()
+    assert is_locked(tmp_path)
+    second.release()
+    assert not is_locked(tmp_path)
+
+
+# --- where a run may write -------------------------------------------------------------
+
+
+def test_an_output_dir_that_cannot_hold_a_run_is_refused_before_loading(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("not a folder")
+    for target, words in (
+        (a_file, "is a file, not a directory"),
+        (a_file / "run", f"{a_file} is a file, not a directory"),
+    ):
+        result = scu(*DEMO, "--output-dir", str(target))
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("scu-tui: error: --output-dir") and words in result.stderr
+        assert "Traceback" not in result.stderr
+    assert a_file.read_text() == "not a folder"
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, *options: str) -> Iterator[Path]:
+    """A small tmpfs at ``where`` (needs root on Linux; the test is skipped elsewhere)."""
+    where.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small file system needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(where)],
+        capture_output=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_read_only_output_dir_is_refused_before_loading(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "ro", "ro", "size=1m") as ro:
+        result = scu(*DEMO, "--output-dir", str(ro / "run"))
+    assert result.returncode == 2
+    assert f"cannot write in {tmp_path / 'ro'}: a read-only file system" in result.stderr
+
+
+def test_a_full_disk_fails_in_one_line_and_the_run_resumes_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    with tmpfs(tmp_path / "disk", "size=3m") as disk:
+        out = disk / "run"
+        args = ["--max-steps", "400", "--set", "training.save_every=10"]
+        args += ["--set", "training.keep_checkpoints=0", "--set", "training.eval_every=1000"]
+        full = scu(*DEMO, *args, "--output-dir", str(out))
+        assert full.returncode == 1, full.stdout + full.stderr
+        assert "Traceback" not in full.stdout + full.stderr
+        errors = [line for line in full.stdout.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "No space left on device" in errors[0]
+        assert errors[0].startswith(f"error: cannot write {out}")
+        leftovers = [p for p in out.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
+        assert not leftovers
+        assert not (out / "control.json").exists()
+        checkpoints = sorted((out / "checkpoints").glob("step-*"))
+        assert checkpoints, "the disk should hold at least one checkpoint"
+        newest = int(checkpoints[-1].name.split("-")[1])
+        subprocess.run(["mount", "-o", "remount,size=256m", str(disk)], check=True)
+        resumed = scu("--headless", "--resume", str(out), "--max-steps", str(newest + 10))
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert "resuming demo" in resumed.stdout
+        assert max(step_losses(out)) == newest + 10
+        assert read_events(out)[-1]["status"] == "completed"
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = scu(*DEMO, "--max-steps", "20", "--set", "training.save_every=10",
+                "--output-dir", str(out))  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    damaged = out / "checkpoints" / "step-000020" / "optimizer.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:100])  # a torn write or a bad disk block
+    resumed = scu("--headless", "--resume", str(out), "--max-steps", "25")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "warning: checkpoint step-000020" in resumed.stdout
+    assert "damaged; using step-000010" in resumed.stdout
+    steps = [e["step"] for e in read_events(out) if e["type"] == "step"]
+    assert steps[20:] == list(range(11, 26))  # trained again from step 10
+
+
+def test_a_quick_second_sigint_does_not_lose_the_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = long_run(out)
+    assert proc.stderr is not None
+    proc.send_signal(signal.SIGINT)
+    assert "stopping after this step with a checkpoint" in proc.stderr.readline()
+    proc.send_signal(signal.SIGINT)  # a double Ctrl-C: the second lands while stopping
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    events = read_events(out)
+    assert events[-1]["type"] == "done" and events[-1]["status"] == "interrupted"
+    saved = [e for e in events if e["type"] == "checkpoint" and e["reason"] == "signal"]
+    assert saved and (Path(saved[0]["path"]) / "trainer_state.json").is_file()
+    summary = json.loads((out / "scu_training_summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] == saved[0]["step"]
