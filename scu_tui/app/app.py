@@ -68,6 +68,7 @@ from scu_tui.events import (
     RollbackEvent,
 )
 from scu_tui.presets import load_preset
+from scu_tui.remote.attach import COMMAND_FAILED, NOT_RUNNING
 from scu_tui.run import Run
 from scu_tui.sinks import Sink
 from scu_tui.themes import DEFAULT_THEME, find_theme, textual_themes, theme_names
@@ -476,6 +477,8 @@ class ScuApp(App[int]):
             self._effects.pop("eval", None)
             self.notify(f"val loss {event.val_loss:.4f}", title=f"Evaluation at step {event.step}")
         elif isinstance(event, MessageEvent):
+            if event.level == "error" and event.text.startswith(COMMAND_FAILED):
+                self._forget_effects()  # the key's effect will never be confirmed
             severity = SEVERITY.get(event.level, "information")
             timeout = 30.0 if event.level == "error" else 5.0
             self.notify(event.text, severity=severity, timeout=timeout)
@@ -484,10 +487,15 @@ class ScuApp(App[int]):
                 event.reason, title=f"Rolled back to step {event.to_step}", severity="warning"
             )
         elif isinstance(event, DoneEvent):
-            self._effects.clear()
-            self._answering.clear()
-            self._pause_target = None
-            if event.status == "failed":
+            self._forget_effects()
+            if self.state.lost:
+                self.notify(
+                    f"{event.message}\nPress q to leave.",
+                    title=NOT_RUNNING.capitalize(),
+                    severity="error",
+                    timeout=60,
+                )
+            elif event.status == "failed":
                 self.notify(
                     f"{event.message}\nThe last checkpoint is kept. Press q to quit.",
                     title="Training failed",
@@ -496,6 +504,13 @@ class ScuApp(App[int]):
                 )
             elif not self.quitting:
                 self.notify(f"Training {event.status} at step {event.step}. Press q to quit.")
+
+    def _forget_effects(self) -> None:
+        """Drop every key effect still waiting for the run ("pausing…", "accepting…")."""
+        self._effects.clear()
+        self._answering.clear()
+        self._pause_target = None
+        self._mode_target = None
 
     # --- waiting on events (tests, scripted use) ---------------------------------------------
 
@@ -534,6 +549,9 @@ class ScuApp(App[int]):
     def _submit(self, command: Command) -> bool:
         """Queue a command if a run is going; say so when it is not."""
         run = self.training_run
+        if self.state.lost:
+            self.notify(NOT_RUNNING.capitalize(), severity="warning")
+            return False
         if run is None or self.state.done is not None:
             self.notify("No training is running", severity="warning")
             return False

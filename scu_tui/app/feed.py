@@ -59,7 +59,16 @@ THROUGHPUT_STEPS = 20
 #: Fewest finite losses before the trend and entropy are worth showing.
 MIN_ANALYSIS_POINTS = 8
 
-DONE_EXIT_CODES = {"completed": 0, "stopped": 0, "interrupted": 130, "failed": 1}
+#: The done status an attached follower gives a run that vanished without a done event
+#: (``kill -9``, a crash); the run itself never writes it. See scu_tui.remote.attach.
+LOST_STATUS = "lost"
+DONE_EXIT_CODES = {
+    "completed": 0,
+    "stopped": 0,
+    "interrupted": 130,
+    "failed": 1,
+    LOST_STATUS: 1,
+}
 
 
 class EventFeed:
@@ -178,7 +187,7 @@ class RunState:
     eta_seconds: float = math.nan
     mode: str = ""
     paused: bool = False
-    status: str = "starting"  # starting | running | paused | <DoneEvent status>
+    status: str = "starting"  # starting | running | paused | <DoneEvent status> | lost
     message: str = ""  # the failure, for the status panel
     last_checkpoint: str = ""
     skipped_steps: int = 0
@@ -208,6 +217,11 @@ class RunState:
     @property
     def running(self) -> bool:
         return self.done is None and self.status != "starting"
+
+    @property
+    def lost(self) -> bool:
+        """The run vanished without a done event (seen from an attached follower)."""
+        return self.done is not None and self.done.status == LOST_STATUS
 
     @property
     def exit_code(self) -> int | None:

@@ -104,9 +104,11 @@ class StatusPanel(Vertical):
         if state.rollbacks:
             numbers += f"  rollbacks {state.rollbacks}"
         failed = state.done is not None and state.done.status == "failed"
-        self.set_class(failed, "-failed")
+        self.set_class(failed or state.lost, "-failed")
         if failed:
             numbers = f"failed at step {state.step}: {state.message or 'see the notification'}"
+        elif state.lost:  # no ETA: nothing is running any more
+            numbers = f"lost at step {state.step}: {state.message or 'the run is gone'}"
         k = state.knobs
         accumulation = int(k.get("accumulation", 0))
         batch = f"{state.batch_size}×{accumulation}" if state.batch_size else "--"
@@ -131,6 +133,8 @@ def state_word(state: RunState, transient: str) -> tuple[str, str]:
     if state.done is not None:
         if state.done.status == "failed":
             return "FAILED", "failed"
+        if state.lost:
+            return "LOST", "failed"
         return state.done.status.upper(), "done"
     if transient:
         return transient, "transient"

@@ -4,21 +4,27 @@
 the newest part of ``events.jsonl``, then follows the file as the run appends to it, and
 forwards commands over the run's control socket. Detaching (or a dropped SSH session)
 closes only this side; the run never notices.
+
+A run killed without a chance to say so (``kill -9``, a crash, a power cut) leaves no
+``done`` event. The follower checks about once a second whether the run is still there
+(its process, its socket) and, when it is gone, emits a ``done`` event of its own with
+status :data:`LOST` (never written to the run's files), so the dashboard stops showing
+it as running.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import queue
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scu_tui.errors import UserError
 from scu_tui.events import Command, DoneEvent, Event, MessageEvent, ModeEvent, event_from_dict
-from scu_tui.remote.control import ControlClient, is_live
+from scu_tui.remote.control import ControlClient, Liveness, is_live, read_control, run_liveness
 from scu_tui.run import CONFIG_FILE, EVENTS_FILE, load_run_settings
 from scu_tui.sinks import Sink
 
@@ -27,6 +33,18 @@ if TYPE_CHECKING:
 
 HISTORY_LINES = 5000  # events replayed on attach; older ones are skipped
 POLL_SECONDS = 0.1
+#: How often the follower checks that the run is still there (its process, its socket).
+LIVENESS_SECONDS = 1.0
+#: A run that stopped listening has this long for its done event to show up in the file
+#: (a finished run writes it just before it removes ``control.json``).
+ENDED_GRACE_SECONDS = 2.0
+#: The status of the follower's own done event for a run that ended without one (the
+#: dashboard's ``RunState`` knows it as ``LOST_STATUS``).
+LOST = "lost"
+NOT_RUNNING = "the run is not running (lost)"
+#: How a message about a command that never took effect starts; the app then drops the
+#: key's pending effect ("pausing…") instead of showing it forever.
+COMMAND_FAILED = ("command not sent", "command refused")
 
 
 def tail_lines(path: Path, limit: int) -> tuple[list[str], int]:
@@ -53,14 +71,18 @@ class RemoteRun:
         self.history_lines = history_lines
         self.sinks: list[Sink] = []
         self.live = is_live(run_dir)
+        self.lost = ""  # why the run is gone without a done event; empty until then
+        self.last_step = 0
         self.mode = self.settings.scu.mode
         self.paused = False
         self.attached = True
         self._detach = threading.Event()
+        self._look_now = threading.Event()  # a command failed: check on the run at once
         self._outbox: queue.Queue[Command] = queue.Queue()
         self._client: ControlClient | None = None
+        self._sender: threading.Thread | None = None
         if self.live:
-            threading.Thread(target=self._send_loop, name="scu-attach-send", daemon=True).start()
+            self._start_sender()
 
     # --- the Run surface the app uses -----------------------------------------------------
 
@@ -73,8 +95,15 @@ class RemoteRun:
 
     def submit(self, command: Command) -> None:
         """Queue a command for the run; never blocks the caller."""
+        if self.lost:
+            self.emit(MessageEvent(self.last_step, level="warning", text=NOT_RUNNING))
+            return
         if not self.live:
-            self.emit(MessageEvent(0, level="warning", text="read-only: this run is not live"))
+            self.emit(
+                MessageEvent(
+                    self.last_step, level="warning", text="read-only: this run is not live"
+                )
+            )
             return
         self._outbox.put(command)
 
@@ -83,65 +112,126 @@ class RemoteRun:
         self._detach.set()
 
     def execute(self) -> int:
-        """Replay then follow ``events.jsonl`` until the run is done or we detach."""
+        """Replay then follow ``events.jsonl`` until the run is done (or lost) or we detach."""
         path = self.output_dir / EVENTS_FILE
         lines, offset = tail_lines(path, self.history_lines)
         done = False
         for line in lines:
             done = self._emit_line(line) or done
-        if not self.live and not done:
-            self.emit(
-                MessageEvent(0, level="info", text="the run is not listening: shown read-only")
-            )
         pending = b""
+        next_look = 0.0
+        quiet_since: float | None = None  # since when the run has been dead or gone
+        said_read_only = False
         while not done and not self._detach.is_set():
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                chunk = fh.read()
-            if chunk:
-                offset += len(chunk)
-                pending += chunk
-                *complete, pending = pending.split(b"\n")
-                for raw in complete:
-                    done = self._emit_line(raw.decode("utf-8", errors="replace")) or done
-            if not done:
-                self._detach.wait(POLL_SECONDS)
-                if self.live and not os.path.exists(self.output_dir / "control.json"):
-                    self.live = False  # the run ended: its DoneEvent may still be arriving
+            done, offset, pending = self._follow(path, offset, pending)
+            now = time.monotonic()
+            if done or (now < next_look and not self._look_now.is_set()):
+                if not done:
+                    self._detach.wait(POLL_SECONDS)
+                continue
+            self._look_now.clear()
+            next_look = now + LIVENESS_SECONDS
+            verdict = run_liveness(self.output_dir)
+            self.live = verdict == "listening"
+            if self.live:
+                self._start_sender()
+            if verdict not in ("dead", "ended"):
+                quiet_since = None
+                if not self.live and not said_read_only:
+                    said_read_only = True
+                    text = "the run is not listening: shown read-only"
+                    self.emit(MessageEvent(self.last_step, level="info", text=text))
+                continue
+            quiet_since = now if quiet_since is None else quiet_since
+            if verdict == "dead" or now - quiet_since >= ENDED_GRACE_SECONDS:
+                # a done event written just before the end still wins
+                done, offset, pending = self._follow(path, offset, pending)
+                if not done:
+                    self._lose(verdict)
+                    done = True
         if self._client is not None:
             self._client.close()
         return 0
 
     # --- internals ------------------------------------------------------------------------
 
+    def _follow(self, path: Path, offset: int, pending: bytes) -> tuple[bool, int, bytes]:
+        """Emit the complete lines appended since ``offset``; True once the done event came."""
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            chunk = fh.read()
+        done = False
+        if chunk:
+            offset += len(chunk)
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            for raw in complete:
+                done = self._emit_line(raw.decode("utf-8", errors="replace")) or done
+        return done, offset, pending
+
     def _emit_line(self, line: str) -> bool:
         if not line.strip():
             return False
         try:
-            event = event_from_dict(json.loads(line))
-        except json.JSONDecodeError:
+            data = json.loads(line)
+        except (ValueError, RecursionError):
             return False
+        event = event_from_dict(data) if isinstance(data, dict) else None
         if event is None:
             return False
         if isinstance(event, ModeEvent):
             self.mode = event.mode
+        if isinstance(event.step, int):
+            self.last_step = event.step
         self.paused = {"pause": True, "resume": False}.get(event.type, self.paused)
         self.emit(event)
         return isinstance(event, DoneEvent)
 
+    def _lose(self, verdict: Liveness) -> None:
+        """The run is gone and said nothing: end the view with a LOST done event."""
+        if verdict == "dead":
+            info = read_control(self.output_dir) or {}
+            who = f"its process {info.get('pid')}" if info.get("pid") else "its process"
+            self.lost = f"{who} is gone without a done event (killed?)"
+        else:
+            self.lost = "it ended without a done event"
+        self.live = False
+        self.paused = False
+        self.emit(DoneEvent(self.last_step, status=LOST, message=self.lost))
+
+    def _start_sender(self) -> None:
+        if self._sender is None:
+            self._sender = threading.Thread(
+                target=self._send_loop, name="scu-attach-send", daemon=True
+            )
+            self._sender.start()
+
     def _send_loop(self) -> None:
         while True:
             command = self._outbox.get()
+            if self.lost:
+                self.emit(
+                    MessageEvent(
+                        self.last_step, level="error", text=f"command not sent: {NOT_RUNNING}"
+                    )
+                )
+                continue
             try:
                 if self._client is None:
                     self._client = ControlClient(self.output_dir)
                 reply = self._client.request(command.kind, command.value)
-            except (OSError, ValueError, ConnectionError) as exc:
+            except (OSError, ValueError) as exc:
+                if self._client is not None:
+                    self._client.close()
                 self._client = None
-                self.emit(MessageEvent(0, level="error", text=f"command not sent: {exc}"))
+                self._look_now.set()  # the follower checks on the run at once
+                gone = run_liveness(self.output_dir) in ("dead", "ended")
+                text = f"command not sent: {NOT_RUNNING if gone else exc}"
+                self.emit(MessageEvent(self.last_step, level="error", text=text))
                 continue
             if not reply.get("ok"):
-                self.emit(MessageEvent(0, level="error", text=str(reply.get("error"))))
+                text = f"command refused: {reply.get('error')}"
+                self.emit(MessageEvent(self.last_step, level="error", text=text))
 
 
 def find_live_run(parent: Path) -> Path:
