@@ -10,8 +10,12 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, get_args, get_origin, get_type_hints
+
+from scu_tui.errors import UserError
 
 
 def _now() -> float:
@@ -193,20 +197,124 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 
-def event_from_dict(data: dict[str, Any]) -> Event | None:
-    """Rebuild an event from its JSON form; None for unknown types (newer writers)."""
-    cls = EVENT_TYPES.get(str(data.get("type")))
+_NON_FINITE = ("nan", "inf", "-inf")
+_BAD = object()
+
+
+def _field_types(cls: type[Event]) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+#: event type -> {field: its annotation}, to check what a file says against it
+FIELD_TYPES: dict[str, dict[str, Any]] = {t: _field_types(c) for t, c in EVENT_TYPES.items()}
+
+
+def _typed(hint: Any, value: Any) -> Any:
+    """``value`` as ``hint`` says (non-finite floats come back from their strings), or _BAD."""
+    if hint is Any:
+        return value
+    if hint is bool:
+        return value if isinstance(value, bool) else _BAD
+    if isinstance(value, bool):
+        return _BAD
+    if hint is int:
+        return value if isinstance(value, int) else _BAD
+    if hint is float:
+        if isinstance(value, float):
+            return value
+        if isinstance(value, int):
+            return float(value) if abs(value) < 2**1023 else _BAD
+        return float(value) if value in _NON_FINITE else _BAD
+    if hint is str:
+        return value if isinstance(value, str) else _BAD
+    if get_origin(hint) is dict:
+        _, value_hint = get_args(hint)
+        if not isinstance(value, dict):
+            return _BAD
+        out = {k: _typed(value_hint, v) for k, v in value.items()}
+        if any(not isinstance(k, str) or v is _BAD for k, v in out.items()):
+            return _BAD
+        return out
+    return _BAD
+
+
+def event_from_dict(data: Any) -> Event | None:
+    """Rebuild an event from its JSON form; None for unknown types (newer writers) and for
+    anything that is not one: a missing field, or a field of the wrong type."""
+    if not isinstance(data, dict):
+        return None
+    cls = EVENT_TYPES.get(data["type"]) if isinstance(data.get("type"), str) else None
     if cls is None:
         return None
-    names = {f.name for f in fields(cls)}
-    kwargs = {k: v for k, v in data.items() if k in names}
-    for k, v in kwargs.items():
-        if isinstance(v, str) and v in ("nan", "inf", "-inf") and k not in ("id", "text"):
-            kwargs[k] = float(v)
+    kwargs: dict[str, Any] = {}
+    for name, hint in FIELD_TYPES[cls.type].items():
+        if name in data:
+            value = _typed(hint, data[name])
+            if value is _BAD:
+                return None
+            kwargs[name] = value
     try:
         return cls(**kwargs)
-    except TypeError:
+    except TypeError:  # a required field is missing
         return None
+
+
+# --- reading events.jsonl ---------------------------------------------------------------
+
+
+def parse_event_line(line: str | bytes) -> dict[str, Any] | None:
+    """The event object on one line of ``events.jsonl``, or None when the line is not one:
+    not JSON, not an object, or without a string ``type`` and an integer ``step``."""
+    if isinstance(line, bytes):
+        line = line.decode("utf-8", errors="replace")
+    try:
+        data = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        return None
+    step = data.get("step")
+    return data if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+class EventLines:
+    """The events of an ``events.jsonl``, read tolerantly; iterate it once or more.
+
+    A run killed mid-write leaves a partial last line, and a resumed run ends it with a
+    newline, so a damaged line can sit anywhere: such lines are skipped and counted in
+    :attr:`skipped`, bytes that are not UTF-8 are replaced, and an unterminated last line
+    that does not parse is a write in progress (neither read nor counted).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise UserError(f"{self.path}: cannot be read: {exc.strerror or exc}") from None
+        self.skipped = 0
+        lines = data.split(b"\n")
+        last = len(lines) - 1  # the text after the final newline ("" when it ends with one)
+        for number, raw in enumerate(lines):
+            if not raw.strip():
+                continue
+            event = parse_event_line(raw)
+            if event is not None:
+                yield event
+            elif number != last:
+                self.skipped += 1
+
+
+def read_events(path: Path) -> EventLines:
+    """Every event in a run's ``events.jsonl`` as a dict, skipping lines that are not events.
+
+    Raises :class:`UserError` only when the file cannot be read at all.
+    """
+    return EventLines(path)
 
 
 # --- commands ---------------------------------------------------------------------------

@@ -8,71 +8,86 @@ tune ``[scu]`` settings with ``--set`` without training again.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from scu_tui.config import Settings
 from scu_tui.control.controller import Controller
 from scu_tui.control.policy import Proposal
 from scu_tui.errors import UserError
+from scu_tui.events import EvalEvent, KnobEvent, StepEvent, event_from_dict, read_events
 from scu_tui.run import EVENTS_FILE
 
-
-def read_events(path: Path) -> Iterator[dict[str, Any]]:
-    """Events of a run; a partial last line (a killed run) is skipped."""
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                if fh.read().strip():  # not the last line: the file is damaged
-                    raise UserError(f"{path}:{number}: not valid JSON") from None
+__all__ = ["print_replay", "read_events", "replay"]
 
 
-def replay(run_dir: Path, settings: Settings) -> list[Proposal]:
-    """The proposals the controller makes over the run's step and eval history."""
+def replay(run_dir: Path, settings: Settings) -> tuple[list[Proposal], int]:
+    """The proposals the controller makes over the run's step and eval history, and how
+    many lines of ``events.jsonl`` were skipped as damaged (not events of known shape)."""
     path = run_dir / EVENTS_FILE
     if not path.is_file():
         raise UserError(f"replay {run_dir}: not a scu-tui run (no {EVENTS_FILE})")
     controller = Controller(settings.scu, settings.training)
     knobs: dict[str, float] = {"lr_multiplier": 1.0}
     proposals: list[Proposal] = []
-    for event in read_events(path):
-        kind, step = event.get("type"), int(event.get("step", 0))
-        if kind == "knob":
-            knobs[str(event["knob"])] = float(event["after"])
-        elif kind == "eval" and step > 0:
-            controller.observe_eval(step, float(event["val_loss"]))
-        elif kind == "step":
-            loss, grad_norm, lr = (float(event[k]) for k in ("loss", "grad_norm", "lr"))
-            controller.observe(step, loss, grad_norm, lr)
+    lines = read_events(path)
+    malformed = 0
+    good = 0
+    for data in lines:
+        event = event_from_dict(data)
+        if event is None:
+            if data.get("type") in ("knob", "eval", "step"):  # the kinds a replay reads
+                malformed += 1
+            continue
+        good += 1
+        if isinstance(event, KnobEvent):
+            knobs[event.knob] = event.after
+        elif isinstance(event, EvalEvent) and event.step > 0:
+            controller.observe_eval(event.step, event.val_loss)
+        elif isinstance(event, StepEvent):
+            controller.observe(event.step, event.loss, event.grad_norm, event.lr)
             knobs.update(
-                lr=lr,
-                weight_decay=float(event["weight_decay"]),
-                dropout=float(event["dropout"]),
-                accumulation=float(event["accumulation"]),
+                lr=event.lr,
+                weight_decay=event.weight_decay,
+                dropout=event.dropout,
+                accumulation=float(event.accumulation),
             )
-            proposal = controller.decide(step, knobs)
+            proposal = controller.decide(event.step, knobs)
             if proposal is not None:
                 controller.record_outcome(proposal.id, "observed")
                 proposals.append(proposal)
-    return proposals
+    skipped = lines.skipped + malformed
+    if skipped and not good:
+        raise UserError(f"{path}: none of its {skipped} lines is an event; not a run's events")
+    return proposals, skipped
 
 
-def print_replay(run_dir: Path, settings: Settings, out: TextIO) -> int:
-    proposals = replay(run_dir, settings)
+def _recorded_proposals(run_dir: Path) -> int | None:
+    """How many actions the run recorded, or None when its metrics file is missing or bad."""
+    metrics = run_dir / "scu_training_metrics.json"
+    try:
+        recorded = json.loads(metrics.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return len(recorded) if isinstance(recorded, list) else None
+
+
+def print_replay(
+    run_dir: Path, settings: Settings, out: TextIO, err: TextIO = sys.stderr
+) -> int:
+    """Each proposal on ``out``; a note on ``err`` when damaged lines were skipped."""
+    proposals, skipped = replay(run_dir, settings)
+    if skipped:
+        lines = "line was" if skipped == 1 else "lines were"
+        print(
+            f"scu-tui: note: {skipped} {lines} not events and skipped "
+            f"({run_dir / EVENTS_FILE})",
+            file=err,
+        )
     for p in proposals:
         print(f"SCU Step {p.step}: {p.reason} [{p.action}; rule {p.rule}, {p.diagnosis}]", file=out)
-    recorded = 0
-    metrics = run_dir / "scu_training_metrics.json"
-    if metrics.is_file():
-        recorded = len(json.loads(metrics.read_text(encoding="utf-8")))
-    print(
-        f"{len(proposals)} proposals on replay (nothing applied); the run itself recorded "
-        f"{recorded}.",
-        file=out,
-    )
+    recorded = _recorded_proposals(run_dir)
+    tail = "" if recorded is None else f"; the run itself recorded {recorded}"
+    print(f"{len(proposals)} proposals on replay (nothing applied){tail}.", file=out)
     return 0
