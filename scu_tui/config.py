@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import re
 import tomllib
@@ -391,7 +392,7 @@ def _merge_section(current: Any, section: str, data: Mapping[str, Any], src: Sou
 def _checked(cls: type, name: str, dotted: str, value: Any, src: Source) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     if name not in fields or name in SECTIONS:
-        raise ConfigError(f"{src.where(dotted)}: unknown key '{dotted}'{_suggest(dotted)}")
+        raise ConfigError(f"{src.where(dotted)}: unknown key {_quoted(dotted)}{_suggest(dotted)}")
     f = fields[name]
     hint = get_type_hints(cls)[name]
     where = src.where(dotted)
@@ -409,6 +410,11 @@ def _checked(cls: type, name: str, dotted: str, value: Any, src: Source) -> Any:
         must = "must be" if finite else "must be finite and"
         raise ConfigError(f"{where}: {dotted} = {_show(value)}: {must} {problem}")
     return coerced
+
+
+def _quoted(key: str) -> str:
+    """``'key'``, or a JSON string when the key holds characters that would not show."""
+    return f"'{key}'" if key.isprintable() else json.dumps(key)
 
 
 def _suggest(dotted: str) -> str:
@@ -479,10 +485,13 @@ def _type_name(value: Any) -> str:
 
 
 def _show(value: Any) -> str:
-    """A value as an inline TOML literal (lists on one line)."""
+    """A value as an inline TOML literal (lists and tables on one line)."""
     try:
         if isinstance(value, list | tuple):
             return "[" + ", ".join(_show(v) for v in value) + "]"
+        if isinstance(value, Mapping):
+            items = ", ".join(f"{_show(str(k))} = {_show(v)}" for k, v in value.items())
+            return "{" + (f" {items} " if items else "") + "}"
         return tomli_w.dumps({"v": value}).strip()[4:]
     except (TypeError, ValueError):
         return repr(value)
@@ -503,7 +512,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(f"--set {text}: expected section.key=value")
     if key not in all_keys():
-        raise ConfigError(f"--set {text}: unknown key '{key}'{_suggest(key)}")
+        raise ConfigError(f"--set {text}: unknown key {_quoted(key)}{_suggest(key)}")
     raw = raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
