@@ -303,6 +303,21 @@ def test_idle_clients_are_dropped_and_do_not_starve_a_real_request(
         server.close()
 
 
+def test_a_client_whose_idle_connection_was_dropped_reconnects_once(
+    shared: Path, tmp_path: Path
+) -> None:
+    server, recorder = serve(tmp_path / "run", idle_timeout=0.3)
+    client = ControlClient(tmp_path / "run")
+    try:
+        assert client.request("status")["ok"]
+        assert client.sock.recv(1, socket.MSG_PEEK) == b""  # waits for the server's drop
+        assert client.request("pause")["ok"]  # as an attached app does after a quiet spell
+        assert [c.kind for c in recorder.commands] == ["pause"]  # sent once, not twice
+    finally:
+        client.close()
+        server.close()
+
+
 def test_trickling_bytes_does_not_keep_a_connection(shared: Path, tmp_path: Path) -> None:
     server, _ = serve(tmp_path / "run", idle_timeout=0.5)
     stop = threading.Event()
