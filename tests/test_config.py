@@ -112,6 +112,10 @@ def test_unknown_section_is_refused(tmp_path: Path) -> None:
         ('[training]\nbatch_size = "2"\n', "expected an integer, got a string"),
         ("[scu]\nenabled = 1\n", "expected true or false, got an integer"),
         ("[lora]\ndropout = 1.0\n", "lora.dropout = 1.0: must be between 0 and 1 (exclusive)"),
+        ("[training]\nlearning_rate = nan\n", "learning_rate = nan: must be finite and > 0"),
+        ("[scu]\nwindow = inf\n", "scu.window = inf: expected an integer, got a number"),
+        ("[training]\nseed = 5000000000\n", "must be an integer from 0 to 4294967295"),
+        ("[scu]\nweight_decay_bounds = [0.0, nan]\n", "must be finite and [low, high]"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(
