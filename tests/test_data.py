@@ -191,3 +191,22 @@ def test_a_json_array_file_loads(tmp_path: Path, tokenizer: Any) -> None:
     path.write_text(json.dumps(as_format("completions"), indent=2), encoding="utf-8")
     bundle = load_data(DataSettings(path=str(path)), tokenizer, seed=0)
     assert bundle.format == "completions" and len(bundle.train) + len(bundle.valid) == len(ROWS)
+
+
+def test_a_file_the_reader_refuses_gives_the_readers_own_words(
+    tmp_path: Path, tokenizer: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "train.csv").write_text("text\nA\nB,C,D\n", encoding="utf-8")
+    with pytest.raises(UserError) as err:
+        load_data(DataSettings(path=str(tmp_path)), tokenizer, seed=0)
+    assert str(err.value) == (
+        f"data {tmp_path / 'train.csv'}: cannot be read as csv: "
+        "Error tokenizing data. C error: Expected 1 fields in line 3, saw 3"
+    )
+    assert "Failed to read" not in capfd.readouterr().err  # said once, in that line
+
+
+def test_an_empty_jsonl_file_has_no_rows(tmp_path: Path, tokenizer: Any) -> None:
+    (tmp_path / "train.jsonl").write_text("\n\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"train\.jsonl: no rows \(an empty file\)"):
+        load_data(DataSettings(path=str(tmp_path)), tokenizer, seed=0)

@@ -81,6 +81,16 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _root_cause(exc: BaseException) -> str:
+    """The first line of the innermost cause: datasets wraps the parser's own words in
+    'An error occurred while generating the dataset'."""
+    seen = {id(exc)}
+    while exc.__cause__ is not None and id(exc.__cause__) not in seen:
+        exc = exc.__cause__
+        seen.add(id(exc))
+    return _first_line(exc)
+
+
 def _check_jsonl(path: Path) -> list[int]:
     """The 1-based line number of each row; the first malformed line is an error with its
     number (datasets only says 'parse error'). Blank lines hold no row, as in datasets."""
@@ -125,7 +135,8 @@ def _quiet_datasets() -> Any:
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.utils.logging.set_verbosity_error()
+    # its read errors are logged too: the one line the user gets says the same, with the file
+    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
     return datasets
 
 
@@ -141,10 +152,12 @@ def _read_file(path: Path) -> RawSplit:
     lines = None
     if kind == "json" and not (path.suffix.lower() == ".json" and _is_json_array(path)):
         lines = _check_jsonl(path)
+        if not lines:
+            raise UserError(f"data {path}: no rows (an empty file)")
     try:
         ds = datasets.load_dataset(kind, data_files=str(path), split="train")
     except Exception as exc:
-        raise UserError(f"data {path}: cannot be read as {kind}: {_first_line(exc)}") from None
+        raise UserError(f"data {path}: cannot be read as {kind}: {_root_cause(exc)}") from None
     if lines is not None and len(lines) != len(ds):
         lines = None  # rows and lines do not pair up: fall back to row numbers
     return RawSplit(str(path), ds, file=str(path), lines=lines)
