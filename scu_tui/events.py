@@ -144,14 +144,42 @@ class ProposalEvent(Event):
     after: float
     evidence: dict[str, Any]
     diagnosis: str = ""
+    #: the step of the ``analysis`` event it came from; -1: the per-step divergence guard
+    analysis: int = -1
 
 
 @dataclass(frozen=True)
 class DecisionEvent(Event):
     type: ClassVar[str] = "decision"
     id: str
-    outcome: str  # applied | accepted | vetoed | expired | reverted | observed
-    by: str  # controller | user | ttl | guard
+    outcome: str  # a protocol.Outcome: applied, accepted, vetoed, expired, ..., cancelled
+    by: str  # a protocol.Decider: controller, user, remote, ttl, guard, resume, rollback
+
+
+@dataclass(frozen=True)
+class AnalysisEvent(Event):
+    """What the S-SCU computed on a control step, exactly as it decided on it.
+
+    ``trend``, ``gradients``, ``wavelet`` and ``validation`` are the signal families
+    (see scu_tui.control.signals); ``rule`` and ``proposal`` name what fired (empty when
+    nothing did) and ``why`` says, in words, why it did or why nothing did; ``effects``
+    holds the effect checks judged on this step (proposal id, metric, before, after,
+    change, verdict). Views render these; none recomputes them.
+    """
+
+    type: ClassVar[str] = "analysis"
+    diagnosis: str
+    why: str
+    period: int
+    window: int
+    nonfinite: int
+    trend: dict[str, Any]
+    gradients: dict[str, Any]
+    wavelet: dict[str, Any]
+    validation: dict[str, Any]
+    rule: str = ""
+    proposal: str = ""
+    effects: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -190,6 +218,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ModeEvent,
         ProposalEvent,
         DecisionEvent,
+        AnalysisEvent,
         RollbackEvent,
         MessageEvent,
         DoneEvent,
@@ -228,6 +257,12 @@ def _typed(hint: Any, value: Any) -> Any:
         return float(value) if value in _NON_FINITE else _BAD
     if hint is str:
         return value if isinstance(value, str) else _BAD
+    if get_origin(hint) is list:
+        (item_hint,) = get_args(hint)
+        if not isinstance(value, list):
+            return _BAD
+        items = [_typed(item_hint, v) for v in value]
+        return _BAD if any(v is _BAD for v in items) else items
     if get_origin(hint) is dict:
         _, value_hint = get_args(hint)
         if not isinstance(value, dict):

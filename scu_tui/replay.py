@@ -16,7 +16,15 @@ from scu_tui.config import Settings
 from scu_tui.control.controller import Controller
 from scu_tui.control.policy import Proposal
 from scu_tui.errors import UserError
-from scu_tui.events import EvalEvent, KnobEvent, StepEvent, event_from_dict, read_events
+from scu_tui.events import (
+    EvalEvent,
+    KnobEvent,
+    RollbackEvent,
+    StepEvent,
+    event_from_dict,
+    read_events,
+)
+from scu_tui.protocol import Outcome
 from scu_tui.run import EVENTS_FILE
 
 __all__ = ["print_replay", "read_events", "replay"]
@@ -37,7 +45,7 @@ def replay(run_dir: Path, settings: Settings) -> tuple[list[Proposal], int]:
     for data in lines:
         event = event_from_dict(data)
         if event is None:
-            if data.get("type") in ("knob", "eval", "step"):  # the kinds a replay reads
+            if data.get("type") in ("knob", "eval", "step", "rollback"):  # what replay reads
                 malformed += 1
             continue
         good += 1
@@ -45,17 +53,25 @@ def replay(run_dir: Path, settings: Settings) -> tuple[list[Proposal], int]:
             knobs[event.knob] = event.after
         elif isinstance(event, EvalEvent) and event.step > 0:
             controller.observe_eval(event.step, event.val_loss)
+        elif isinstance(event, RollbackEvent):  # one timeline: the abandoned branch goes
+            controller.notify_rollback(event.to_step)
+            proposals = [p for p in proposals if p.step <= event.to_step]
         elif isinstance(event, StepEvent):
-            controller.observe(event.step, event.loss, event.grad_norm, event.lr)
+            controller.observe(
+                event.step, event.loss, event.grad_norm, event.lr, skipped=event.skipped
+            )
             knobs.update(
                 lr=event.lr,
                 weight_decay=event.weight_decay,
                 dropout=event.dropout,
                 accumulation=float(event.accumulation),
             )
-            proposal = controller.decide(event.step, knobs)
+            # as in the run: the divergence guard on every step, else the control check
+            proposal = controller.check_divergence(event.step, knobs) or controller.decide(
+                event.step, knobs
+            )
             if proposal is not None:
-                controller.record_outcome(proposal.id, "observed")
+                controller.record_outcome(proposal.id, Outcome.OBSERVED)
                 proposals.append(proposal)
     skipped = lines.skipped + malformed
     if skipped and not good:

@@ -14,7 +14,6 @@ import os
 import queue
 import shutil
 import signal
-import statistics
 import tempfile
 import time
 from collections import Counter, deque
@@ -22,14 +21,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scu_tui import blas
 from scu_tui.config import MODES, Settings, merge
 from scu_tui.control.controller import Controller
 from scu_tui.control.policy import ROLLBACK, Proposal
+from scu_tui.control.proposals import ProposalBook
 from scu_tui.errors import UserError
 from scu_tui.events import (
+    AnalysisEvent,
     CheckpointEvent,
     Command,
     DecisionEvent,
@@ -46,6 +47,7 @@ from scu_tui.events import (
     StartEvent,
     StepEvent,
 )
+from scu_tui.protocol import Decider, Knob, Mode, Outcome
 from scu_tui.runlock import RunLock
 from scu_tui.sinks import ConsoleSink, JsonlSink, Sink
 from scu_tui.training.checkpoint import (
@@ -59,6 +61,9 @@ from scu_tui.training.checkpoint import (
     staging_folder,
 )
 
+if TYPE_CHECKING:  # the trainer imports MLX: only the type, here
+    from scu_tui.training.trainer import StepResult
+
 CONFIG_FILE = "simple_training_config.json"
 SUMMARY_FILE = "scu_training_summary.json"
 METRICS_FILE = "scu_training_metrics.json"
@@ -66,14 +71,8 @@ EVENTS_FILE = "events.jsonl"
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
-#: The divergence guard: a blow-up is the median of the last BLOWUP_RECENT losses above
-#: BLOWUP_FACTOR x the median of the BLOWUP_HISTORY before them. Medians, not single
-#: losses: batches of different content differ several-fold in loss on their own.
-BLOWUP_FACTOR = 4.0
-BLOWUP_RECENT = 5
-BLOWUP_HISTORY = 50
-#: LR multiplier factor applied with every rollback.
-ROLLBACK_LR_FACTOR = 0.5
+#: Training losses kept for the summary's final loss.
+RECENT_LOSSES = 100
 #: A run that needs more than this many rollbacks with no progress in between has failed.
 #: Progress: a new best validation loss, or training past the step of the last rollback.
 MAX_ROLLBACKS = 5
@@ -93,8 +92,10 @@ def load_run_settings(run_dir: Path) -> Settings:
         raise UserError(f"{run_dir}: not a scu-tui run (no {CONFIG_FILE})")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
         raise UserError(f"{path}: cannot be read: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return merge(Settings(), data.get("settings", data), source=str(path))
 
 
@@ -103,7 +104,7 @@ class RunStatus:
     """Plain numbers about the run, for summaries and watchers."""
 
     started: float = field(default_factory=time.time)
-    losses: deque[float] = field(default_factory=lambda: deque(maxlen=BLOWUP_HISTORY * 2))
+    losses: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_LOSSES))
     first_val_loss: float = math.nan
     status: str = "running"
     message: str = ""
@@ -128,7 +129,6 @@ class Run:
         self.commands: queue.Queue[Command] = queue.Queue()
         self.sinks: list[Sink] = []
         self.status = RunStatus()
-        self.actions: list[dict[str, Any]] = []
         self.mode = settings.scu.mode
         self.paused = False
         self._notes: list[str] = []  # warnings from setup, emitted once the run has started
@@ -139,11 +139,11 @@ class Run:
         if controller is None and settings.scu.enabled:
             controller = Controller(settings.scu, settings.training)
         self.controller = controller
-        self.pending: dict[str, tuple[Proposal, int]] = {}  # ask mode: id -> (proposal, expiry)
+        # every proposal's life, in one place (the controller's; empty without the S-SCU)
+        self.book = controller.book if controller is not None else ProposalBook()
         self.rollbacks = 0  # in the whole run
         self.rollbacks_since_progress = 0
         self._rolled_back_from = -1  # the step the newest rollback left
-        self._guard_count = 0
         self.listen = listen
         self.control: Any = None
         self.lock = RunLock(self.output_dir)
@@ -179,8 +179,8 @@ class Run:
             "mode": self.mode,
             "status": self.status.status,
             "pending": [
-                {"id": p.id, "reason": p.reason, "action": p.action}
-                for p, _ in list(self.pending.values())
+                {"id": r.id, "reason": r.proposal.reason, "action": r.proposal.action}
+                for r in self.book.pending()
             ]
             if t is not None
             else [],
@@ -239,12 +239,15 @@ class Run:
         if self.resume_dir is not None:
             self._load_newest_intact_checkpoint()
             self._last_saved_step = self.trainer.step
-            self.actions = list(self.trainer.extra_state.get("actions", []))
-            for record in self.actions:  # proposals pending at the checkpoint lapse on resume
-                if record.get("outcome") is None:
-                    record.update(outcome="expired", by="resume", decided_step=self.trainer.step)
             if self.controller is not None and "controller" in self.trainer.extra_state:
-                self.controller.load_state(self.trainer.extra_state["controller"])
+                try:
+                    self.controller.load_state(self.trainer.extra_state["controller"])
+                except (ValueError, KeyError, TypeError):
+                    self._notes.append(
+                        "the S-SCU's saved state is from another version: it starts afresh"
+                    )
+                # proposals still waiting at the checkpoint lapse: nobody can answer them now
+                self.book.expire_open(self.trainer.step, Decider.RESUME)
             self.status.first_val_loss = float(
                 self.trainer.extra_state.get("first_val_loss", math.nan)
             )
@@ -260,7 +263,7 @@ class Run:
             {"settings": s.to_dict(), "resolved": self._resolved_paths()},
         )
         if self.resume_dir is None:
-            atomic_write_json(self.output_dir / METRICS_FILE, self.actions)
+            atomic_write_json(self.output_dir / METRICS_FILE, self.book.metrics())
         if self.listen:
             from scu_tui.remote.control import ControlServer
 
@@ -442,128 +445,93 @@ class Run:
 
     # --- the S-SCU ------------------------------------------------------------------------
 
-    def _control(self, result: Any) -> None:
-        """Feed the controller, guard against divergence, expire and issue proposals."""
+    def _control(self, result: StepResult) -> None:
+        """Feed the controller; act on the divergence guard, expire answers, analyse."""
         assert self.controller is not None
         step = result.step
-        self.controller.observe(step, result.loss, result.grad_norm, result.lr)
-        if self._diverged(result):
-            self._guard(result)
+        self.controller.observe(step, result.loss, result.grad_norm, result.lr, result.skipped)
+        knobs = self._knob_values()
+        guard = self.controller.check_divergence(step, knobs)
+        if guard is not None:
+            self._propose(guard, analysed=False)
             return
-        for pid, (_, expiry) in list(self.pending.items()):
-            if step >= expiry:
-                del self.pending[pid]
-                self._decide(pid, "expired", "ttl")
-        proposal = self.controller.decide(step, self._knob_values())
+        for record in self.book.pending():
+            if record.expires_at is not None and step >= record.expires_at:
+                self._decide(record.id, Outcome.EXPIRED, Decider.TTL)
+        proposal = self.controller.decide(step, knobs)
+        analysis = self.controller.last_analysis
+        if analysis is not None and analysis.step == step:
+            self.emit(AnalysisEvent(**_analysis_fields(analysis.to_dict())))
         if proposal is not None:
-            # the controller's own blow-up rollback is as urgent as the guard's; every other
-            # proposal, an erratic-gradient rollback included, follows the mode
-            self._propose(proposal, guard=proposal.rule == ROLLBACK)
+            self._propose(proposal)
 
-    def _diverged(self, result: Any) -> bool:
-        if result.skipped or not math.isfinite(result.loss):
-            return True
-        losses = list(self.status.losses)
-        recent, before = (
-            losses[-BLOWUP_RECENT:],
-            losses[-BLOWUP_RECENT - BLOWUP_HISTORY : -BLOWUP_RECENT],
-        )
-        if len(before) < BLOWUP_HISTORY // 2:
-            return False
-        return bool(statistics.median(recent) > BLOWUP_FACTOR * statistics.median(before))
-
-    def _guard(self, result: Any) -> None:
-        """Non-finite values or a loss blow-up: roll back (auto/ask) or pause (observe)."""
-        self._guard_count += 1
-        multiplier = self.trainer.knobs.lr_multiplier
-        what = "non-finite loss or gradient" if result.skipped else "loss blow-up"
-        proposal = Proposal(
-            id=f"g{self._guard_count:04d}",
-            step=result.step,
-            rule="divergence_guard",
-            diagnosis="diverging",
-            knob="rollback",
-            before=multiplier,
-            after=multiplier * ROLLBACK_LR_FACTOR,
-            reason=f"Divergence ({what}) - rolling back to the last checkpoint with a lower LR",
-            action=f"rollback, lr x{ROLLBACK_LR_FACTOR:g}",
-            evidence={"loss": result.loss, "grad_norm": result.grad_norm},
-        )
-        self._propose(proposal, guard=True)
-
-    def _propose(self, proposal: Proposal, guard: bool = False) -> None:
-        """Apply, queue or log a proposal by the mode; ``guard``: a divergence rollback
-        (the guard's, or the controller's on a blow-up), applied at once in auto and ask
-        modes and a pause in observe mode."""
+    def _propose(self, proposal: Proposal, analysed: bool = True) -> None:
+        """Apply, queue or log a proposal by the mode. A blow-up or non-finite rollback
+        (rule ``rollback``, the guard's or a control check's) acts at once in auto and ask
+        modes and pauses the run in observe mode; every other proposal, an erratic-gradient
+        rollback included, follows the mode."""
         assert self.controller is not None
-        asking = not guard and self.mode == "ask"
-        if asking:  # pending before anyone hears of it, so an instant answer finds it
-            self.pending[proposal.id] = (proposal, proposal.step + self.settings.scu.proposal_ttl)
-        self.emit(ProposalEvent(**proposal.to_dict()))
-        signals = self.controller.last_signals
-        record = {
-            **proposal.to_dict(),
-            "signals": (
-                signals.to_dict()
-                if signals is not None and proposal.rule != "divergence_guard"
-                else {}
-            ),
-            "mode": self.mode,
-            "outcome": None,
-            "by": None,
-            "decided_step": None,
-        }
-        self.actions.append(record)
-        if guard:  # the divergence guard acts at once; only observe mode stops short
-            if self.mode == "observe":
-                self._decide(proposal.id, "observed", "guard")
-                self._apply(Command("pause", by="guard"))
+        urgent = proposal.rule == ROLLBACK
+        asking = not urgent and self.mode == Mode.ASK
+        expires = proposal.step + self.settings.scu.proposal_ttl if asking else None
+        # pending before anyone hears of it, so an instant answer finds it
+        self.controller.opened(proposal, self.mode, expires)
+        self.emit(ProposalEvent(**proposal.to_dict(), analysis=proposal.step if analysed else -1))
+        if urgent:
+            if self.mode == Mode.OBSERVE:
+                self._decide(proposal.id, Outcome.OBSERVED, Decider.GUARD)
+                self._apply(Command("pause", by=Decider.GUARD))
                 self.emit(MessageEvent(self.step, level="warning", text=self._paused_hint()))
             else:
-                self._decide(proposal.id, "applied", "guard")
-                self._rollback(proposal, by="guard")
-        elif self.mode == "auto":
-            self._apply_proposal(proposal, "applied", "controller")
+                self._decide(proposal.id, Outcome.APPLIED, Decider.GUARD)
+                self._rollback(proposal, by=Decider.GUARD)
+        elif self.mode == Mode.AUTO:
+            self._apply_proposal(proposal, Outcome.APPLIED, Decider.CONTROLLER)
         elif asking:
-            atomic_write_json(self.output_dir / METRICS_FILE, self.actions)
+            atomic_write_json(self.output_dir / METRICS_FILE, self.book.metrics())
         else:
-            self._decide(proposal.id, "observed", "controller")
+            self._decide(proposal.id, Outcome.OBSERVED, Decider.CONTROLLER)
 
-    def _apply_proposal(self, proposal: Proposal, outcome: str, by: str) -> None:
-        if proposal.knob == "rollback":  # the controller's own, in auto or once accepted
+    def _apply_proposal(self, proposal: Proposal, outcome: Outcome, by: str) -> None:
+        if proposal.knob == ROLLBACK:  # the controller's own, in auto or once accepted
             self._decide(proposal.id, outcome, by)
             self._rollback(proposal, by=by)
             return
         self.set_knob(proposal.knob, proposal.after, by=by)
         self._decide(proposal.id, outcome, by)
-        reverted = proposal.evidence.get("reverts")
-        if proposal.rule.startswith("revert_") and reverted:
-            self._decide(str(reverted), "reverted", "controller")
 
     def _answer(self, proposal_id: str, accept: bool, by: str) -> None:
-        """Accept or veto a pending proposal (the oldest when no id is given)."""
-        if not self.pending:
+        """Accept or veto a pending proposal by its id (the oldest when none is given). An
+        id that is no longer pending is refused, never redirected to another proposal."""
+        pending = self.book.pending()
+        if not proposal_id and not pending:
             self.emit(MessageEvent(self.step, level="info", text="no pending proposal"))
             return
-        pid = proposal_id or next(iter(self.pending))
-        if pid not in self.pending:
-            self.emit(MessageEvent(self.step, level="warning", text=f"no pending proposal {pid}"))
+        record = self.book.get(proposal_id) if proposal_id else pending[0]
+        if record is None or not record.pending:
+            state = f"it was {record.outcome}" if record and record.outcome else "unknown id"
+            self.emit(
+                MessageEvent(
+                    self.step,
+                    level="warning",
+                    text=f"proposal {proposal_id} is no longer pending ({state}); nothing done",
+                )
+            )
             return
-        proposal, _ = self.pending.pop(pid)
         if accept:
-            self._apply_proposal(proposal, "accepted", by)
+            self._apply_proposal(record.proposal, Outcome.ACCEPTED, by)
         else:
-            self._decide(pid, "vetoed", by)
+            self._decide(record.id, Outcome.VETOED, by)
 
-    def _decide(self, proposal_id: str, outcome: str, by: str) -> None:
-        """Record what became of a proposal: controller memory, event, metrics file."""
-        if self.controller is not None:
-            self.controller.record_outcome(proposal_id, outcome)
-        for record in self.actions:
-            if record["id"] == proposal_id:
-                record.update(outcome=outcome, by=by, decided_step=self.step)
+    def _decide(self, proposal_id: str, outcome: Outcome, by: str) -> None:
+        """Record what became of a proposal (and of one it closes): book, event, metrics."""
+        assert self.controller is not None
+        closed = self.controller.record_outcome(proposal_id, outcome, by, self.step)
         self.emit(DecisionEvent(self.step, id=proposal_id, outcome=outcome, by=by))
-        atomic_write_json(self.output_dir / METRICS_FILE, self.actions)
+        for record in closed:
+            assert record.outcome is not None and record.by is not None
+            self.emit(DecisionEvent(self.step, id=record.id, outcome=record.outcome, by=record.by))
+        atomic_write_json(self.output_dir / METRICS_FILE, self.book.metrics())
 
     def _paused_hint(self) -> str:
         """How to go on after the guard paused an observe-mode run (nobody may be watching)."""
@@ -594,11 +562,16 @@ class Run:
             self.emit(MessageEvent(t.step, level="warning", text=note))
         t.stream.load_state(data_position)  # skip the batches that led here
         t.tokens_seen, t.train_seconds, t.skipped_steps = kept
-        self.status.losses.clear()  # the abandoned steps are no baseline for the guard
-        self.set_knob("lr_multiplier", proposal.after, by=by)
+        self.set_knob(Knob.LR_MULTIPLIER, proposal.after, by=by)
         assert self.controller is not None
-        self.controller.notify_rollback(t.step)
+        cancelled = self.controller.notify_rollback(t.step, keep=proposal.id)
         self.emit(RollbackEvent(from_step, to_step=t.step, reason=proposal.reason))
+        for record in cancelled:  # their branch is gone, and with it what they changed
+            self.emit(
+                DecisionEvent(t.step, id=record.id, outcome=Outcome.CANCELLED, by="rollback")
+            )
+        if cancelled:
+            atomic_write_json(self.output_dir / METRICS_FILE, self.book.metrics())
 
     # --- commands -------------------------------------------------------------------------
 
@@ -669,7 +642,6 @@ class Run:
     def save_checkpoint(self, reason: str) -> Path:
         """Write ``checkpoints/step-NNNNNN`` atomically, then refresh the top-level adapters."""
         t = self.trainer
-        t.extra_state["actions"] = self.actions
         if self.controller is not None:
             t.extra_state["controller"] = self.controller.state()
         t.extra_state["first_val_loss"] = self.status.first_val_loss
@@ -732,9 +704,7 @@ class Run:
     def _write_summary(self) -> None:
         t = self.trainer
         losses = list(self.status.losses)
-        by_kind = Counter(
-            str(a["knob"]) for a in self.actions if a.get("outcome") in ("applied", "accepted")
-        )
+        by_kind = Counter(str(r.proposal.knob) for r in self.book.taken())
         summary = {
             "status": self.status.status,
             "message": self.status.message,
@@ -748,7 +718,7 @@ class Run:
             "last_val_loss": _finite_or_none(t.last_val_loss),
             "best_val_loss": _finite_or_none(t.best_val_loss),
             "skipped_steps": t.skipped_steps,
-            "proposals": len(self.actions),
+            "proposals": sum(1 for r in self.book if r.outcome != Outcome.CANCELLED),
             "actions_by_kind": dict(by_kind),
             "knobs": self._knob_values(),
             "world_size": 1,
@@ -757,7 +727,7 @@ class Run:
             "data": self.settings.data.path,
         }
         atomic_write_json(self.output_dir / SUMMARY_FILE, summary)
-        atomic_write_json(self.output_dir / METRICS_FILE, self.actions)
+        atomic_write_json(self.output_dir / METRICS_FILE, self.book.metrics())
 
     def _done(self, status: str, code: int, message: str = "") -> int:
         """Record the end; after a failure, every write is best effort (the disk may be full)
@@ -779,6 +749,11 @@ class Run:
             with contextlib.suppress(Exception):
                 sink.close()
         return code
+
+
+def _analysis_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """An analysis as the event's fields (an empty string where nothing fired)."""
+    return {**data, "rule": data["rule"] or "", "proposal": data["proposal"] or ""}
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -84,7 +84,10 @@ class Run:
             self.controller.observe(step, self.loss(step), self.grad(step), self.knobs["lr"])
             if self.val is not None and step % TRAINING.eval_every == 0:
                 self.controller.observe_eval(step, self.val(step))
-            p = self.controller.decide(step, self.knobs)
+            # as in a run: the divergence guard on every step, then the control check
+            p = self.controller.check_divergence(step, self.knobs) or self.controller.decide(
+                step, self.knobs
+            )
             if p is not None:
                 made.append(p)
                 self.answer(p)
@@ -219,20 +222,38 @@ def test_noisy_gradients_while_improving_raise_accumulation() -> None:
     assert p.action == "accumulation 1 -> 2"
 
 
-def test_non_finite_loss_proposes_a_rollback_at_once() -> None:
+def test_non_finite_loss_proposes_a_rollback_on_its_own_step() -> None:
     loss = lambda step: math.nan if step == 35 else slow_loss(step)  # noqa: E731
     run = Run(loss, steady_grad, outcome=None)
     p = run.until(40)[0]
-    assert (p.rule, p.knob, p.diagnosis, p.step) == ("rollback", "rollback", "diverging", 40)
+    assert (p.rule, p.knob, p.diagnosis, p.step) == ("rollback", "rollback", "diverging", 35)
     assert p.after == pytest.approx(0.5 * p.before)
-    assert p.reason == "Non-finite loss or gradients - rolling back with lower LR"
+    assert p.reason == (
+        "Divergence (non-finite loss or gradients) - rolling back to the last checkpoint "
+        "with a lower LR"
+    )
     assert p.action == "rollback, lr x0.5"
 
 
-def test_loss_blow_up_proposes_a_rollback() -> None:
+def test_non_finite_values_in_a_period_also_diagnose_divergence() -> None:
+    """Had nobody rolled back (observe mode), the control check sees them too."""
+    loss = lambda step: math.nan if step == 35 else slow_loss(step)  # noqa: E731
+    run = Run(loss, steady_grad, outcome="observed")
+    made = run.until(40)
+    assert [(p.rule, p.step) for p in made] == [("rollback", 35), ("rollback", 40)]
+    assert made[1].reason == "Non-finite loss or gradients - rolling back with lower LR"
+
+
+def test_loss_blow_up_proposes_a_rollback_on_its_own_step() -> None:
     loss = lambda step: 10.0 if step > 55 else slow_loss(step)  # noqa: E731
-    p = Run(loss, steady_grad).until(60)[-1]
-    assert p.rule == "rollback" and "blow-up" in p.reason and p.after < p.before
+    (p,) = Run(loss, steady_grad).until(60)
+    assert p.step == 58  # the median of the newest 5 losses passes 4x the one before
+    assert p.rule == "rollback" and "loss blow-up" in p.reason and p.after == 0.5 * p.before
+
+
+def test_one_spike_in_the_loss_is_not_a_blow_up() -> None:
+    loss = lambda step: 10.0 if step in (45, 47) else slow_loss(step)  # noqa: E731
+    assert all(p.knob != "rollback" for p in Run(loss, steady_grad).until(100))
 
 
 def test_erratic_gradients_roll_back_at_once_with_a_deep_lr_cut() -> None:
@@ -329,8 +350,8 @@ def test_rollback_forgets_the_abandoned_steps() -> None:
 
 
 def test_a_pending_rollback_is_not_proposed_twice() -> None:
-    loss = lambda step: math.nan if step in (35, 55) else slow_loss(step)  # noqa: E731
-    assert rules(Run(loss, steady_grad, outcome=None).until(60)) == ["rollback"]
+    made = Run(decaying_loss, erratic_grad, outcome=None).until(59)  # ttl 40
+    assert [(p.rule, p.step) for p in made] == [("rollback_erratic", 20)]
 
 
 def test_effect_check_reverts_a_harmful_action() -> None:

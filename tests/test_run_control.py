@@ -232,6 +232,7 @@ def test_a_hot_run_with_the_real_scu_completes_and_learns(tmp_path: Path) -> Non
     assert rec.of("proposal") and {d["outcome"] for d in rec.of("decision")} <= {
         "applied",
         "reverted",
+        "cancelled",
     }
 
 
@@ -254,7 +255,9 @@ def test_divergence_guard_rolls_back_with_a_lower_lr(tmp_path: Path) -> None:
     rollback = rec.of("rollback")[0]
     assert rollback["step"] == 26 and rollback["to_step"] == 20
     guard = rec.of("proposal")[0]
-    assert guard["rule"] == "divergence_guard" and guard["after"] == pytest.approx(0.5)
+    assert guard["rule"] == "rollback" and guard["after"] == pytest.approx(0.5)
+    assert guard["analysis"] == -1 and guard["step"] == 26  # the guard, on the step itself
+    assert guard["reason"].startswith("Divergence (non-finite loss or gradients)")
     assert run.trainer.knobs.lr_multiplier <= 0.5
     final = rec.of("step")[-1]
     assert final["step"] == 80 and math.isfinite(final["loss"])
@@ -300,7 +303,7 @@ def test_guard_does_not_fire_on_ordinary_batch_to_batch_variation(tmp_path: Path
     )
     assert code == 0
     assert not rec.of("rollback")
-    assert not [p for p in rec.of("proposal") if p["rule"] == "divergence_guard"]
+    assert not [p for p in rec.of("proposal") if p["rule"] == "rollback"]
 
 
 class RollbackAt(ScriptedController):
@@ -338,3 +341,78 @@ def test_rollbacks_without_progress_give_up_with_one_clear_line(tmp_path: Path) 
     (error,) = [m for m in rec.of("message") if m["level"] == "error"]
     assert error["text"].startswith("training diverged 6 times without progress in between")
     assert rec.of("done")[0]["status"] == "failed"
+
+
+# --- one truth: analyses, answers by id, rollbacks that cut the timeline ---------------------
+
+
+def test_every_control_period_has_an_analysis_and_proposals_name_theirs(tmp_path: Path) -> None:
+    _run, rec, code = start(
+        tmp_path, "auto", base=HOT, **{"training.max_steps": 120, "scu.control_frequency": 20}
+    )
+    assert code == 0
+    analyses = rec.of("analysis")
+    steps_seen = {e["step"] for e in rec.of("step")}
+    assert {a["step"] for a in analyses} == {s for s in steps_seen if s % 20 == 0}
+    for a in analyses:
+        assert a["diagnosis"] and a["why"] and a["trend"] and a["gradients"]
+        assert {"energy_shares", "level_entropy", "total_entropy"} <= set(a["wavelet"])
+    latest: dict[str, Any] = {}  # the newest analysis: a proposal follows its own at once
+    for e in rec.events:
+        if e["type"] == "analysis":
+            latest = e
+        elif e["type"] == "proposal" and e["analysis"] == -1:  # the per-step guard's
+            assert e["rule"] == "rollback"
+        elif e["type"] == "proposal":
+            assert latest["step"] == e["analysis"] == e["step"]
+            assert (latest["proposal"], latest["rule"]) == (e["id"], e["rule"])
+            assert latest["diagnosis"] == e["diagnosis"]
+    analysed = {a["proposal"] for a in analyses if a["proposal"]}
+    assert analysed == {p["id"] for p in rec.of("proposal") if p["analysis"] != -1}
+
+
+def test_a_rollback_cancels_what_its_abandoned_branch_proposed(tmp_path: Path) -> None:
+    def accept_the_rollback(event: Event, run: Run) -> None:
+        data = event.to_dict()
+        if event.type == "proposal" and data["knob"] == "rollback":
+            run.submit(Command("accept", data["id"]))
+        if event.type == "rollback":
+            run.submit(Command("accept", "s0022"))  # too late: its branch is gone
+
+    script: Script = {
+        12: ("weight_decay", 0.02, "raise_weight_decay"),  # before the checkpoint at 20
+        22: ("lr_multiplier", 1.5, "raise_lr_slow"),  # after it
+        25: ("rollback", 0.25, "rollback_erratic"),
+    }
+    run, rec, code = start(tmp_path, "ask", accept_the_rollback, script=script)
+    assert code == 0
+    outcomes = {d["id"]: d["outcome"] for d in rec.of("decision")}
+    assert outcomes["s0025"] == "accepted" and outcomes["s0022"] == "cancelled"
+    assert outcomes.get("s0012") in (None, "expired")  # its branch survives: still open
+    refusal = [m["text"] for m in rec.of("message") if "s0022" in m["text"]]
+    assert refusal == ["proposal s0022 is no longer pending (it was cancelled); nothing done"]
+    assert run.trainer.knobs.lr_multiplier == 0.25
+    by_id = {m["id"]: m for m in metrics(tmp_path)}
+    assert by_id["s0022"]["outcome"] == "cancelled" and by_id["s0022"]["by"] == "rollback"
+    summary = json.loads((tmp_path / "run" / "scu_training_summary.json").read_text())
+    assert summary["proposals"] == 2  # the cancelled one is not counted
+
+
+def test_answering_an_id_that_is_no_longer_pending_changes_nothing(tmp_path: Path) -> None:
+    def late(event: Event, run: Run) -> None:
+        if event.type == "proposal" and event.to_dict()["id"] == "s0015":
+            run.submit(Command("veto", "s0010"))  # expired at step 13, while on screen
+
+    script: Script = {
+        10: ("lr_multiplier", 1.5, "raise_lr_slow"),
+        15: ("weight_decay", 0.02, "raise_weight_decay"),
+    }
+    run, rec, code = start(tmp_path, "ask", late, script=script, **{"scu.proposal_ttl": 3})
+    assert code == 0
+    assert [(d["id"], d["outcome"]) for d in rec.of("decision")] == [
+        ("s0010", "expired"),
+        ("s0015", "expired"),
+    ]
+    (refusal,) = [m["text"] for m in rec.of("message") if "s0010" in m["text"]]
+    assert refusal == "proposal s0010 is no longer pending (it was expired); nothing done"
+    assert not rec.of("knob") and run.trainer.knobs.weight_decay == 0.0

@@ -59,3 +59,19 @@ def test_the_replayed_decisions_are_the_ones_the_live_run_logged(tmp_path: Path)
     assert [(p.step, p.rule, p.reason, p.after) for p in replayed] == [
         (e["step"], e["rule"], e["reason"], pytest.approx(e["after"])) for e in logged
     ]
+
+
+def test_replay_follows_one_timeline_across_a_rollback(tmp_path: Path) -> None:
+    """A rollback from step 70 to 40, then a new branch: replay drops what the abandoned
+    steps proposed, so its proposals never go back in time."""
+    lines = HOT_OBSERVED.read_text(encoding="utf-8").splitlines()
+    events = [json.loads(line) for line in lines]
+    first = [e for e in events if e["type"] != "done" and e["step"] <= 70]
+    rollback = {"type": "rollback", "step": 70, "time": 0.0, "to_step": 40, "reason": "test"}
+    branch = [e for e in events if e["type"] in ("step", "eval") and e["step"] > 40]
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(json.dumps(e) for e in [*first, rollback, *branch]) + "\n")
+    proposals, skipped = replay(tmp_path, hot_settings())
+    assert skipped == 0 and proposals
+    steps = [p.step for p in proposals]
+    assert steps == sorted(set(steps))

@@ -13,16 +13,22 @@ How a run drives it (all plain numbers, on the training thread)::
             auto: apply it        -> controller.record_outcome(proposal.id, "applied")
             ask:  queue it        -> later "accepted" (then applied), "vetoed" or "expired"
             observe: only log it  -> controller.record_outcome(proposal.id, "observed")
+        analysis = controller.last_analysis   # what it computed, on every control step
+        every step: divergence = controller.check_divergence(step, knobs)  # the guard
         knob "rollback": restore the last good checkpoint with lr multiplier ``after``,
-            then controller.notify_rollback(checkpoint_step)
+            then cancelled = controller.notify_rollback(checkpoint_step)
     checkpoint: save controller.state() (JSON); resume: controller.load_state(saved)
+
+Every proposal's life is kept in ``controller.book`` (:class:`ProposalBook`): the run
+records answers there through :meth:`record_outcome`, and writes the metrics file from it.
 
 ``knobs`` is ``{"lr": effective lr, "lr_multiplier", "weight_decay", "dropout",
 "accumulation"}``; the LR is steered through ``lr_multiplier``, a factor on top of the base
 schedule, with ``scu.lr_bounds`` applied to the effective lr.
 
-Safety, on top of the policy's bounds and per-action limits: a diagnosis must hold on
-``HYSTERESIS_CHECKS`` consecutive checks (divergence acts at once); a knob moves at most
+Safety, on top of the policy's bounds and per-action limits: a blow-up or non-finite step
+is caught on the step itself by the one :class:`DivergenceDetector`; a diagnosis must hold
+on ``HYSTERESIS_CHECKS`` consecutive checks (divergence acts at once); a knob moves at most
 once per ``scu.cooldown`` steps; no LR raise within ``scu.cooldown`` steps of a gradient
 spike or a rollback; at most one proposal per control period. After an applied action the
 next checks compare its target signal with the value before it, and propose a revert
@@ -34,16 +40,18 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from scu_tui.config import ScuSettings, TrainingSettings
+from scu_tui.control.divergence import Divergence, DivergenceDetector
 from scu_tui.control.policy import (
     ERRATIC_ROLLBACK,
     LR,
     ROLLBACK,
+    ROLLBACK_LR_FACTOR,
     Diagnosis,
     Knobs,
     Move,
@@ -52,15 +60,20 @@ from scu_tui.control.policy import (
     bounded_value,
     choose_move,
     diagnose,
+    gradients_stable,
     moves,
     rollback_move,
+    validation_stalled,
 )
+from scu_tui.control.proposals import ProposalBook, ProposalRecord
 from scu_tui.control.signals import MAD_TO_SIGMA, Signals, compute_signals, json_safe
+from scu_tui.protocol import TAKEN, Outcome
 
-OUTCOMES = ("applied", "accepted", "vetoed", "expired", "reverted", "observed")
-TAKEN = ("applied", "accepted")  # the knob moved: start the cooldown and the effect check
-REJECTED = ("vetoed", "reverted")  # the rule backs off
+OUTCOMES = tuple(Outcome)
+REJECTED = (Outcome.VETOED, Outcome.REVERTED)  # the rule backs off
 
+#: The rule of the per-step divergence guard's rollback (acts at once in auto and ask).
+GUARD_RULE = ROLLBACK
 #: Consecutive checks with the same diagnosis before a rule acts (divergence: at once).
 HYSTERESIS_CHECKS = 2
 #: A vetoed or harmful rule is blocked for this many cooldowns (at least control periods),
@@ -76,34 +89,7 @@ EFFECT_MIN_POINTS = 8
 MEDIAN_SE_FACTOR = 1.2533
 #: Validation passes remembered (the trend uses the newest few).
 VAL_HISTORY = 8
-#: Proposals remembered for their outcome and effect check.
-MAX_RECORDS = 64
-STATE_VERSION = 1
-
-
-@dataclass
-class ActionRecord:
-    """A proposal the controller remembers: until its outcome, then through its effect check."""
-
-    id: str
-    rule: str
-    knob: str
-    before: float
-    after: float
-    step: int
-    action: str
-    metric: str | None  # "loss" | "val_loss" | None: what the effect check compares
-    baseline: float  # the metric when proposed (loss: median of the newest period)
-    baseline_se: float
-    val_trend: float  # validation trend when proposed (relative per period)
-    status: str = "issued"  # issued | checking | done
-    applied_step: int = -1
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ActionRecord:
-        floats = ("before", "after", "baseline", "baseline_se", "val_trend")
-        values: dict[str, Any] = {k: float(v) if k in floats else v for k, v in data.items()}
-        return cls(**values)
+STATE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -114,6 +100,54 @@ class Effect:
     before: float
     after: float
     what: str  # "Loss" | "Validation loss"
+
+    def to_dict(self, step: int, metric: str | None) -> dict[str, Any]:
+        change = (self.after - self.before) / abs(self.before) if self.before else math.nan
+        return dict(
+            json_safe(
+                {
+                    "step": step,
+                    "metric": metric,
+                    "before": self.before,
+                    "after": self.after,
+                    "change": change,
+                    "verdict": "worse" if self.worse else "kept",
+                }
+            )
+        )
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What the S-SCU computed on one control step and what it made of it: the signals,
+    the diagnosis, the rule that fired (and its proposal) or why none did, and the effect
+    checks judged on the way. Views render this; none recomputes it."""
+
+    step: int
+    diagnosis: str
+    rule: str | None
+    proposal: str | None
+    why: str
+    signals: Signals
+    effects: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.signals.to_dict()
+        return {
+            "step": self.step,
+            "diagnosis": self.diagnosis,
+            "rule": self.rule,
+            "proposal": self.proposal,
+            "why": self.why,
+            "period": s["period"],
+            "window": s["window"],
+            "nonfinite": s["recent_nonfinite"],
+            "trend": s["trend"],
+            "gradients": s["gradients"],
+            "wavelet": s["wavelet"],
+            "validation": s["validation"],
+            "effects": list(self.effects),
+        }
 
 
 def segment_stats(values: Iterable[float]) -> tuple[float, float]:
@@ -134,6 +168,10 @@ def rounded(evidence: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _pct(x: float) -> str:
+    return f"{100 * x:+.1f} %"
+
+
 class Controller:
     """Watches a run step by step and proposes at most one bounded change per control period."""
 
@@ -142,6 +180,8 @@ class Controller:
         self.training = training
         self._history: deque[tuple[int, float, float, float]] = deque(maxlen=scu.window)
         self._evals: deque[tuple[int, float, float]] = deque(maxlen=VAL_HISTORY)
+        self._detector = DivergenceDetector()
+        self._divergence: Divergence | None = None
         self._last_step = -1
         self._last_check = -1
         self._counter = 0
@@ -152,9 +192,11 @@ class Controller:
         self._strikes: dict[str, int] = {}
         self._last_proposed: dict[str, int] = {}
         self._no_raise_until = -1
-        self._records: dict[str, ActionRecord] = {}
+        self.book = ProposalBook()
+        self._judged: list[dict[str, Any]] = []
         self.last_signals: Signals | None = None
         self.last_diagnosis: Diagnosis | None = None
+        self.last_analysis: Analysis | None = None
 
     @property
     def min_history(self) -> int:
@@ -163,12 +205,15 @@ class Controller:
 
     # --- input --------------------------------------------------------------------------
 
-    def observe(self, step: int, loss: float, grad_norm: float, lr: float) -> None:
+    def observe(
+        self, step: int, loss: float, grad_norm: float, lr: float, skipped: bool = False
+    ) -> None:
         """One optimizer step; a step at or before the newest one rewinds (a resume)."""
         if self._history and step <= self._history[-1][0]:
             self._rewind(step)
         self._history.append((step, float(loss), float(grad_norm), float(lr)))
         self._last_step = step
+        self._divergence = self._detector.observe(loss, grad_norm, skipped)
 
     def observe_eval(self, step: int, val_loss: float) -> None:
         """A validation pass; the training-loss level at that time is kept for the gap."""
@@ -181,17 +226,26 @@ class Controller:
         """A spike seen by the run (loss or gradient): no LR raise for ``cooldown`` steps."""
         self._no_raise_until = max(self._no_raise_until, step + self.scu.cooldown)
 
-    def notify_rollback(self, step: int) -> None:
-        """Training went back to ``step``: forget the abandoned steps, no LR raise for a while."""
+    def notify_rollback(self, step: int, keep: str | None = None) -> list[ProposalRecord]:
+        """Training went back to ``step``: forget the abandoned steps, no LR raise for a
+        while, and cancel what the abandoned branch proposed or changed (the checkpoint
+        restored its knobs); ``keep`` is the rollback's own proposal. Returns the cancelled."""
         self._rewind(step + 1)
+        self._detector.forget()
+        self._divergence = None
         self._last_step = step
         self._no_raise_until = step + self.scu.cooldown
         self._streak_diagnosis, self._streak_count = "", 0
-        for record in self._records.values():
-            if record.status == "checking":
-                record.status = "done"
+        for record in self.book:
+            if record.check == "checking":
+                record.check = "done"
         for knob, moved in self._knob_moved_at.items():
             self._knob_moved_at[knob] = min(moved, step)
+        cancelled = [r for r in self.book.on_branch_after(step) if r.id != keep]
+        for record in cancelled:
+            record.outcome, record.by, record.decided_step = Outcome.CANCELLED, "rollback", step
+            record.check = "done"
+        return cancelled
 
     def _rewind(self, first_dropped: int) -> None:
         kept = [h for h in self._history if h[0] < first_dropped]
@@ -213,8 +267,29 @@ class Controller:
             train_at_val=[e[2] for e in evals],
         )
 
+    def check_divergence(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
+        """The guard, on every step: a rollback with a lower LR when the newest step was
+        non-finite or the loss blew up (see :mod:`scu_tui.control.divergence`)."""
+        found, self._divergence = self._divergence, None
+        if found is None:
+            return None
+        current = Knobs.from_mapping(knobs, self.training)
+        before = current.lr_multiplier
+        move = Move(
+            GUARD_RULE,
+            ROLLBACK,
+            before * ROLLBACK_LR_FACTOR,
+            -1,
+            f"Divergence ({found.what.lower()}) - rolling back to the last checkpoint "
+            "with a lower LR",
+            found.evidence(),
+            None,
+        )
+        return self._issue(step, move, Diagnosis.DIVERGING, before, move.target, None)
+
     def decide(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
-        """At a control step: analyse, diagnose and maybe propose one change."""
+        """At a control step: analyse, diagnose and maybe propose one change; the analysis
+        (with why nothing was proposed, when nothing was) is in :attr:`last_analysis`."""
         if step % self.scu.control_frequency or step == self._last_check or not self._history:
             return None
         self._last_check = step
@@ -223,16 +298,36 @@ class Controller:
         self.last_signals, self.last_diagnosis = signals, diagnosis
         if signals.gradients.last_spike_age is not None:
             self.notify_spike(self._last_step - signals.gradients.last_spike_age)
-        current = Knobs.from_mapping(knobs, self.training)
+        self._judged = []
+        proposal, why = self._choose(
+            step, signals, diagnosis, Knobs.from_mapping(knobs, self.training)
+        )
+        self.last_analysis = Analysis(
+            step,
+            str(diagnosis),
+            proposal.rule if proposal else None,
+            proposal.id if proposal else None,
+            why,
+            signals,
+            list(self._judged),
+        )
+        return proposal
+
+    def _choose(
+        self, step: int, signals: Signals, diagnosis: Diagnosis, knobs: Knobs
+    ) -> tuple[Proposal | None, str]:
         if diagnosis is Diagnosis.DIVERGING:
             self._count(diagnosis)
-            return self._rollback(step, signals, current)
-        if len(self._history) < self.min_history or step <= self.training.warmup_steps:
-            return None
+            return self._rollback(step, signals, knobs)
+        if len(self._history) < self.min_history:
+            return None, f"warming up: {len(self._history)} of {self.min_history} steps seen"
+        if step <= self.training.warmup_steps:
+            return None, f"in the LR warm-up (until step {self.training.warmup_steps})"
         self._count(diagnosis)
-        return self._revert_if_harmful(step, signals, diagnosis, current) or self._propose(
-            step, signals, diagnosis, current
-        )
+        revert = self._revert_if_harmful(step, signals, diagnosis, knobs)
+        if revert is not None:
+            return revert, revert.reason
+        return self._propose(step, signals, diagnosis, knobs)
 
     def _count(self, diagnosis: Diagnosis) -> None:
         if diagnosis == self._streak_diagnosis:
@@ -242,50 +337,80 @@ class Controller:
 
     # --- proposals ----------------------------------------------------------------------
 
-    def _rollback(self, step: int, signals: Signals, knobs: Knobs) -> Proposal | None:
+    def _rollback(self, step: int, signals: Signals, knobs: Knobs) -> tuple[Proposal | None, str]:
         move = rollback_move(signals, knobs)
-        if not self._rule_free(move.rule, step):
-            return None
+        blocked = self._rule_blocked(move.rule, step)
+        if blocked:
+            return None, blocked
         before = knobs.lr_multiplier
         after = min(before, bounded_value(ROLLBACK, before, move.target, knobs, self.scu))
         if move.rule == ERRATIC_ROLLBACK and not moves(before, after, -1):
-            return None  # erratic at the LR floor: going back with the same LR changes nothing
-        return self._issue(step, move, Diagnosis.DIVERGING, before, after, signals)
+            # erratic at the LR floor: going back with the same LR changes nothing
+            return None, "erratic gradients, but the LR is at its lower bound already"
+        return self._issue(step, move, Diagnosis.DIVERGING, before, after, signals), move.reason
 
     def _propose(
         self, step: int, signals: Signals, diagnosis: Diagnosis, knobs: Knobs
-    ) -> Proposal | None:
+    ) -> tuple[Proposal | None, str]:
         move = choose_move(diagnosis, signals, knobs, self.scu)
-        if move is None or not self._allowed(move, step):
-            return None
+        if move is None:
+            return None, self._idle_reason(diagnosis, signals)
+        blocked = self._blocked(move, step)
+        if blocked:
+            return None, f"{move.reason.split(' - ')[0]}; not yet: {blocked}"
         before = knobs.value(move.knob)
         after = bounded_value(move.knob, before, move.target, knobs, self.scu)
         if not moves(before, after, move.direction):
-            return None
-        return self._issue(step, move, diagnosis, before, after, signals)
+            return (
+                None,
+                f"{move.reason.split(' - ')[0]}; {move.knob} is at its bound ({before:.3g})",
+            )
+        return self._issue(step, move, diagnosis, before, after, signals), move.reason
 
-    def _allowed(self, move: Move, step: int) -> bool:
-        return (
-            self._streak_count >= HYSTERESIS_CHECKS
-            and self._rule_free(move.rule, step)
-            and step - self._last_proposed.get(move.rule, -(10**9)) >= self.scu.cooldown
-            and self._knob_free(move.knob, step)
-            and not self._raise_blocked(move.knob, move.direction, step)
-        )
+    def _idle_reason(self, diagnosis: Diagnosis, s: Signals) -> str:
+        t = s.trend
+        per = f"per {s.period} steps"
+        if diagnosis is Diagnosis.IMPROVING:
+            return (
+                f"improving: loss {_pct(-t.relative_improvement)} {per} against a target of "
+                f"{_pct(-t.target)}; nothing to change"
+            )
+        if diagnosis is Diagnosis.SLOW and not gradients_stable(s):
+            return "slow progress, but the gradients are too unsteady for a higher LR"
+        if diagnosis is Diagnosis.SLOW and validation_stalled(s):
+            return "slow progress, but validation no longer follows: a higher LR would fit noise"
+        if diagnosis is Diagnosis.OVERFITTING:
+            return "overfitting, with weight decay and dropout at their limits"
+        return f"{diagnosis}: no rule applies"
 
-    def _rule_free(self, rule: str, step: int) -> bool:
-        """Not backed off, and no earlier proposal of this rule still awaiting its outcome."""
-        if step < self._blocked_until.get(rule, -1):
-            return False
+    def _blocked(self, move: Move, step: int) -> str | None:
+        """Why a rule may not act now, or None when it may."""
+        if self._streak_count < HYSTERESIS_CHECKS:
+            return f"seen on {self._streak_count} check in a row, acting from {HYSTERESIS_CHECKS}"
+        blocked = self._rule_blocked(move.rule, step)
+        if blocked:
+            return blocked
+        last = self._last_proposed.get(move.rule)
+        if last is not None and step - last < self.scu.cooldown:
+            return f"rule {move.rule} proposed at step {last} (cooldown {self.scu.cooldown})"
+        moved = self._knob_moved_at.get(move.knob)
+        if moved is not None and step - moved < self.scu.cooldown:
+            return f"{move.knob} moved at step {moved} (cooldown {self.scu.cooldown})"
+        if self._raise_blocked(move.knob, move.direction, step):
+            return f"no LR raise until step {self._no_raise_until} (after a spike or rollback)"
+        return None
+
+    def _rule_blocked(self, rule: str, step: int) -> str | None:
+        """Backed off, or an earlier proposal of this rule still awaits its outcome."""
+        until = self._blocked_until.get(rule, -1)
+        if step < until:
+            return f"rule {rule} backed off until step {until}"
         ttl = self.scu.proposal_ttl
-        return not any(
-            r.rule == rule and r.status == "issued" and step - r.step < ttl
-            for r in self._records.values()
-        )
-
-    def _knob_free(self, knob: str, step: int) -> bool:
-        moved = self._knob_moved_at.get(knob)
-        return moved is None or step - moved >= self.scu.cooldown
+        for r in self.book:
+            waiting = r.outcome is None and step - r.proposal.step < ttl
+            if waiting and r.proposal.rule == rule:
+                return f"{r.id} ({rule}) still awaits an answer"
+        return None
 
     def _raise_blocked(self, knob: str, direction: int, step: int) -> bool:
         return knob == LR and direction > 0 and step < self._no_raise_until
@@ -297,29 +422,11 @@ class Controller:
         diagnosis: Diagnosis,
         before: float,
         after: float,
-        signals: Signals,
+        signals: Signals | None,
     ) -> Proposal:
         self._counter += 1
-        proposal_id = f"p{self._counter:04d}"
-        action = action_text(move.knob, before, after)
-        baseline, baseline_se = self._baseline(move.effect_metric, signals)
-        record = ActionRecord(
-            proposal_id,
-            move.rule,
-            move.knob,
-            before,
-            after,
-            step,
-            action,
-            move.effect_metric,
-            baseline,
-            baseline_se,
-            signals.validation.trend,
-        )
-        self._remember(record)
-        self._last_proposed[move.rule] = step
-        return Proposal(
-            id=proposal_id,
+        proposal = Proposal(
+            id=f"p{self._counter:04d}",
             step=step,
             rule=move.rule,
             diagnosis=str(diagnosis),
@@ -327,48 +434,79 @@ class Controller:
             before=before,
             after=after,
             reason=move.reason,
-            action=action,
+            action=action_text(move.knob, before, after),
             evidence=rounded(move.evidence),
         )
+        baseline, baseline_se = self._baseline(move.effect_metric, signals)
+        self.book.add(
+            ProposalRecord(
+                proposal,
+                signals=signals.to_dict() if signals is not None else {},
+                metric=move.effect_metric,
+                baseline=baseline,
+                baseline_se=baseline_se,
+                val_trend=signals.validation.trend if signals is not None else 0.0,
+            )
+        )
+        self._last_proposed[move.rule] = step
+        return proposal
 
-    def _baseline(self, metric: str | None, signals: Signals) -> tuple[float, float]:
+    def _baseline(self, metric: str | None, signals: Signals | None) -> tuple[float, float]:
         if metric == "loss":
             recent = [h[1] for h in self._history][-self.scu.control_frequency :]
             return segment_stats(recent)
-        if metric == "val_loss" and signals.validation.loss is not None:
+        if metric == "val_loss" and signals is not None and signals.validation.loss is not None:
             return signals.validation.loss, 0.0
         return math.nan, math.nan
 
-    def _remember(self, record: ActionRecord) -> None:
-        self._records[record.id] = record
-        while len(self._records) > MAX_RECORDS:
-            done = [k for k, r in self._records.items() if r.status == "done"]
-            del self._records[done[0] if done else next(iter(self._records))]
-
     # --- outcomes, back-off and the effect check ----------------------------------------
 
-    def record_outcome(self, proposal_id: str, outcome: str) -> None:
-        """What became of a proposal; only applied/accepted ones move cooldowns and get checked."""
+    def opened(self, proposal: Proposal, mode: str, expires_at: int | None) -> None:
+        """The run says which mode met a proposal (and, asking, when it lapses); a proposal
+        from elsewhere (a person's, a test's) enters the book here."""
+        record = self.book.get(proposal.id)
+        if record is None:
+            record = ProposalRecord(proposal)
+            self.book.add(record)
+        record.mode, record.expires_at = mode, expires_at
+
+    def record_outcome(
+        self, proposal_id: str, outcome: str, by: str = "", step: int | None = None
+    ) -> list[ProposalRecord]:
+        """What became of a proposal; only applied/accepted ones move cooldowns and get
+        checked. Returns the further records this closes (a revert closes what it undoes)."""
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome '{outcome}' (known: {', '.join(OUTCOMES)})")
-        record = self._records.get(proposal_id)
+        record = self.book.get(proposal_id)
         if record is None:
-            return
-        step = max(self._last_step, record.step)
+            return []
+        at = max(self._last_step, record.proposal.step) if step is None else step
+        record.outcome, record.by, record.decided_step = Outcome(outcome), by or None, at
+        closed: list[ProposalRecord] = []
         if outcome in TAKEN:
-            if record.status == "issued":
-                self._take(record, step)
+            if record.check == "issued":
+                self._take(record, at)
+            reverted = self.book.get(str(record.proposal.evidence.get("reverts", "")))
+            if record.proposal.rule.startswith("revert_") and reverted is not None:
+                reverted.outcome, reverted.by, reverted.decided_step = (
+                    Outcome.REVERTED,
+                    "controller",
+                    at,
+                )
+                closed.append(reverted)
         elif outcome in REJECTED:
-            record.status = "done"
-            self._back_off(record.rule, step)
-        elif record.status == "issued":
-            record.status = "done"
+            record.check = "done"
+            self._back_off(record.proposal.rule, at)
+        elif record.check == "issued":
+            record.check = "done"
+        return closed
 
-    def _take(self, record: ActionRecord, step: int) -> None:
-        self._knob_moved_at[LR if record.knob == ROLLBACK else record.knob] = step
-        if record.knob == ROLLBACK:
+    def _take(self, record: ProposalRecord, step: int) -> None:
+        knob = record.proposal.knob
+        self._knob_moved_at[LR if knob == ROLLBACK else knob] = step
+        if knob == ROLLBACK:
             self._no_raise_until = max(self._no_raise_until, step + self.scu.cooldown)
-        record.status = "checking" if record.metric else "done"
+        record.check = "checking" if record.metric else "done"
         record.applied_step = step
 
     def _back_off(self, rule: str, step: int) -> None:
@@ -381,23 +519,25 @@ class Controller:
     def _revert_if_harmful(
         self, step: int, signals: Signals, diagnosis: Diagnosis, knobs: Knobs
     ) -> Proposal | None:
-        for record in list(self._records.values()):
-            if record.status != "checking":
+        for record in self.book:
+            if record.check != "checking":
                 continue
             effect = self._effect(record, step)
             if effect is None:
                 continue
-            record.status = "done"
+            record.check = "done"
+            record.effect = effect.to_dict(step, record.metric)
+            self._judged.append({"id": record.id, **record.effect})
             if not effect.worse:
-                self._strikes.pop(record.rule, None)
+                self._strikes.pop(record.proposal.rule, None)
                 continue
-            self._back_off(record.rule, step)
+            self._back_off(record.proposal.rule, step)
             proposal = self._revert(step, record, effect, signals, diagnosis, knobs)
             if proposal is not None:
                 return proposal
         return None
 
-    def _effect(self, record: ActionRecord, step: int) -> Effect | None:
+    def _effect(self, record: ProposalRecord, step: int) -> Effect | None:
         """The verdict on an applied action, or None while there is too little data."""
         if record.metric == "val_loss":
             return self._val_effect(record, step)
@@ -409,7 +549,7 @@ class Controller:
         margin = max(noise, self.scu.target_loss_improvement * abs(record.baseline))
         return Effect(median - record.baseline > margin, record.baseline, median, "Loss")
 
-    def _val_effect(self, record: ActionRecord, step: int) -> Effect | None:
+    def _val_effect(self, record: ProposalRecord, step: int) -> Effect | None:
         """Validation after the action against its pre-action trend, plus one target."""
         later = [e for e in self._evals if e[0] > record.applied_step and math.isfinite(e[1])]
         if not later:
@@ -420,7 +560,7 @@ class Controller:
                 Effect(False, record.baseline, math.nan, "Validation") if step > give_up else None
             )
         eval_step, val_loss = later[0][0], later[0][1]
-        periods = (eval_step - record.step) / self.scu.control_frequency
+        periods = (eval_step - record.proposal.step) / self.scu.control_frequency
         expected = record.baseline * (1 + max(record.val_trend, 0.0) * periods)
         margin = self.scu.target_loss_improvement * abs(record.baseline)
         return Effect(val_loss > expected + margin, record.baseline, val_loss, "Validation loss")
@@ -428,26 +568,26 @@ class Controller:
     def _revert(
         self,
         step: int,
-        record: ActionRecord,
+        record: ProposalRecord,
         effect: Effect,
         signals: Signals,
         diagnosis: Diagnosis,
         knobs: Knobs,
     ) -> Proposal | None:
-        direction = 1 if record.before > record.after else -1
-        if self._raise_blocked(record.knob, direction, step):
+        old = record.proposal
+        direction = 1 if old.before > old.after else -1
+        if self._raise_blocked(old.knob, direction, step):
             return None
-        before = knobs.value(record.knob)
-        after = bounded_value(record.knob, before, record.before, knobs, self.scu)
+        before = knobs.value(old.knob)
+        after = bounded_value(old.knob, before, old.before, knobs, self.scu)
         if not moves(before, after, direction):
             return None
         reason = (
             f"{effect.what} rose from {effect.before:.4g} to {effect.after:.4g} "
-            f"after {record.action} - reverting"
+            f"after {old.action} - reverting"
         )
-        evidence = {"reverts": record.id, "before": effect.before, "after": effect.after}
-        rule = f"revert_{record.rule}"
-        move = Move(rule, record.knob, record.before, direction, reason, evidence, None)
+        evidence = {"reverts": old.id, "before": effect.before, "after": effect.after}
+        move = Move(f"revert_{old.rule}", old.knob, old.before, direction, reason, evidence, None)
         return self._issue(step, move, diagnosis, before, after, signals)
 
     # --- checkpoint state ---------------------------------------------------------------
@@ -458,6 +598,7 @@ class Controller:
             "version": STATE_VERSION,
             "history": [list(h) for h in self._history],
             "evals": [list(e) for e in self._evals],
+            "detector": self._detector.state(),
             "last_step": self._last_step,
             "last_check": self._last_check,
             "counter": self._counter,
@@ -467,7 +608,7 @@ class Controller:
             "strikes": dict(self._strikes),
             "last_proposed": dict(self._last_proposed),
             "no_raise_until": self._no_raise_until,
-            "records": [asdict(r) for r in self._records.values()],
+            "book": self.book.state(),
         }
         return dict(json_safe(data))
 
@@ -482,6 +623,7 @@ class Controller:
         self._evals = deque(
             ((int(s), float(v), float(t)) for s, v, t in data["evals"]), maxlen=VAL_HISTORY
         )
+        self._detector.load_state(data["detector"])
         self._last_step = int(data["last_step"])
         self._last_check = int(data["last_check"])
         self._counter = int(data["counter"])
@@ -491,6 +633,5 @@ class Controller:
         self._strikes = {str(k): int(v) for k, v in data["strikes"].items()}
         self._last_proposed = {str(k): int(v) for k, v in data["last_proposed"].items()}
         self._no_raise_until = int(data["no_raise_until"])
-        records = (ActionRecord.from_dict(r) for r in data["records"])
-        self._records = {r.id: r for r in records}
-        self.last_signals, self.last_diagnosis = None, None
+        self.book.load_state(data["book"])
+        self.last_signals, self.last_diagnosis, self.last_analysis = None, None, None

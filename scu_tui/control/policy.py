@@ -5,8 +5,14 @@ Pure functions, no memory: the controller adds hysteresis, cooldowns and back-of
 ==================== ======================================== ============== =============
 rule                 when (diagnosis + condition)             knob           move
 ==================== ======================================== ============== =============
-rollback             diverging: non-finite in the period,     rollback       lr x0.5
-                     loss > 3x window median, or sharp rise
+rollback             every step, not only at control steps    rollback       lr x0.5
+                     (control.divergence): a non-finite step,
+                     or a loss blow-up (median of the newest
+                     5 losses > 4x the median of the 50
+                     before); at a control step also any
+                     non-finite value in the period
+rollback_erratic     diverging: erratic gradients (robust     rollback       lr x0.25
+                     variability > 0.8 over the window)
 cut_lr_degrading     degrading: significant loss rise         lr_multiplier  x0.5
 cut_lr_unstable      unstable: >= 2 spikes in the period, or  lr_multiplier  x0.7
                      high variability without improvement
@@ -81,11 +87,6 @@ ERRATIC_MIN_POINTS = 10
 #: A slow run's LR is raised only while validation falls at least this fraction as fast
 #: as the training loss: once it stops following, a faster descent only fits noise.
 VAL_FOLLOW_FRACTION = 0.5
-#: Newest losses above this multiple of the window median: a blow-up.
-BLOWUP_RATIO = 3.0
-#: Mann–Kendall z and rise per period (in targets) of a sharp, diverging rise.
-DIVERGE_Z = 4.0
-DIVERGE_RISE_TARGETS = 10.0
 
 # --- what each rule asks for (before the safety limits) ----------------------------------
 
@@ -180,10 +181,9 @@ class Move:
 
 
 def is_blowing_up(s: Signals) -> bool:
-    """Non-finite values, a loss far above the window's median, or a sharp rise."""
-    t = s.trend
-    sharp_rise = t.z > DIVERGE_Z and -t.relative_improvement > DIVERGE_RISE_TARGETS * t.target
-    return s.recent_nonfinite > 0 or t.recent_ratio > BLOWUP_RATIO or sharp_rise
+    """Non-finite values in the period. A loss blow-up is caught on its own step by the one
+    detector in :mod:`scu_tui.control.divergence`; a sustained rise is ``degrading``."""
+    return s.recent_nonfinite > 0
 
 
 def is_erratic(s: Signals) -> bool:
@@ -298,12 +298,8 @@ def rollback_move(s: Signals, knobs: Knobs) -> Move:
     blowing_up = is_blowing_up(s)
     factor = ERRATIC_LR_FACTOR if is_erratic(s) else ROLLBACK_LR_FACTOR
     rule = ROLLBACK if blowing_up else ERRATIC_ROLLBACK
-    if s.recent_nonfinite:
+    if blowing_up:
         why = "Non-finite loss or gradients"
-    elif t.recent_ratio > BLOWUP_RATIO:
-        why = f"Loss blow-up ({t.recent_ratio:.1f}x the window median)"
-    elif blowing_up:
-        why = "Sharp loss rise"
     else:
         why = f"Erratic gradients (variability {g.variability:.2f})"
     evidence = {
