@@ -264,6 +264,10 @@ class Run:
         )
         if self.resume_dir is None:
             atomic_write_json(self.output_dir / METRICS_FILE, self.book.metrics())
+        if not self.listen:  # a killed run's control.json must not outlive the takeover
+            from scu_tui.remote.control import clear_stale
+
+            clear_stale(self.output_dir)
         if self.listen:
             from scu_tui.remote.control import ControlServer
 
