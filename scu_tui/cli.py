@@ -7,6 +7,7 @@ a bad flag or preset answers at once with exit code 2 and no traceback.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -108,6 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="the run's folder (default: the live one in runs/)",
     )
     attach.add_argument("--theme", dest="attach_theme", metavar="NAME", help="colour theme")
+    check = sub.add_parser(
+        "check",
+        help="training readiness: environment, model, data, memory and time, a verdict",
+        description="Will this run fit, and how long will it take? Takes a run's flags; "
+        "works from a model's config.json alone (no weights: no timing).",
+    )
+    for action in train._group_actions:  # exactly a run's flags, after the subcommand too
+        flag = copy.copy(action)
+        flag.default = argparse.SUPPRESS  # keep what was given before `check`
+        check._add_action(flag)
+    check.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    check.add_argument(
+        "--find-lr", action="store_true", help="LR range test: a starting learning rate"
+    )
     return parser
 
 
@@ -189,6 +204,14 @@ def _cmd_attach(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    """Training readiness before training: the run's settings, a few probe steps, a verdict."""
+    settings = settings_from_args(args)
+    from scu_tui.check.runner import run_check
+
+    return run_check(settings, as_json=args.json, find_lr=args.find_lr)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     output_dir = Path(args.output_dir) if args.output_dir else None
@@ -233,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_replay(args)
         if args.command == "attach":
             return _cmd_attach(args)
+        if args.command == "check":
+            return _cmd_check(args)
         return _cmd_train(args)
     except UserError as exc:
         message = " ".join(str(exc).splitlines())  # one line, whatever the input held

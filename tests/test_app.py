@@ -22,6 +22,7 @@ from scu_tui.app.feed import EventFeed, History, RunState
 from scu_tui.app.screens import ConfirmScreen, HelpScreen, NameScreen, PlotsScreen, PresetPicker
 from scu_tui.app.widgets import DecisionLog, Readout
 from scu_tui.config import Settings
+from scu_tui.control.controller import Controller
 from scu_tui.control.policy import Proposal
 from scu_tui.events import DecisionEvent, Event, ProposalEvent, StepEvent
 from scu_tui.presets import load_preset
@@ -82,7 +83,8 @@ async def test_panels_fill_and_render_at_80x24_in_two_themes(tmp_path: Path) -> 
         assert keys["q"].binding.description == "Quit" and "x" not in keys
         assert len(app.query_one("#loss-spark", Sparkline).data or []) >= 20
         assert app.query_one("#val-spark", Sparkline).data
-        assert app.analysis.entropy is not None and app.analysis.entropy.levels > 0
+        analysis = app.state.analysis
+        assert analysis is not None and analysis.wavelet["levels"] > 0
         assert "40/40" in str(app.query_one("#status-numbers", Readout)._shown)
         assert word(app) == "COMPLETED"
         for theme in ("scu-dark", "scu-light"):
@@ -206,20 +208,16 @@ async def test_accepting_a_real_proposal_on_a_hot_run(tmp_path: Path) -> None:
     assert record["outcome"] == "accepted" and record["by"] == "user"
 
 
-class ProposingRun(Run):
-    """A real run whose S-SCU proposes an LR cut every 10 steps while none is pending.
+class EveryTenSteps(Controller):
+    """A stand-in S-SCU that proposes an LR cut every 10 steps while none is pending.
 
     The policy's own timing depends on its tuning; the app's accept/veto path should not.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        assert self.controller is not None
-        self.count = 0
-        self.controller.decide = self.scripted  # type: ignore[method-assign]
+    count = 0
 
-    def scripted(self, step: int, knobs: Any) -> Proposal | None:
-        if step % 10 or self.pending:
+    def decide(self, step: int, knobs: Any) -> Proposal | None:
+        if step % 10 or self.book.pending():
             return None
         self.count += 1
         before = float(knobs["lr_multiplier"])
@@ -236,10 +234,16 @@ class ProposingRun(Run):
         )
 
 
+def proposing_run(settings: Settings, output_dir: Path | None = None, resume: Any = None) -> Run:
+    """A real run on the demo whose S-SCU is :class:`EveryTenSteps`."""
+    controller = EveryTenSteps(settings.scu, settings.training)
+    return Run(settings, output_dir=output_dir, resume=resume, controller=controller)
+
+
 async def test_veto_and_accept_reach_the_log_and_the_metrics_file(tmp_path: Path) -> None:
     out = tmp_path / "run"
     settings = demo(**{"scu.mode": "ask", "scu.proposal_ttl": 100_000, "training.max_steps": 3000})
-    app = make_app(settings, output_dir=out, run_factory=ProposingRun)
+    app = make_app(settings, output_dir=out, run_factory=proposing_run)
     async with app.run_test(size=(80, 24)) as pilot:
         vetoed, following = await answer(app, pilot, app.expect("proposal"), "v", "vetoed")
         accepted, _ = await answer(app, pilot, following, "a", "accepted")

@@ -12,23 +12,45 @@ import asyncio
 import json
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from helpers import until
+from textual.widgets import Static
 
 from scu_tui.app import ScuApp, make_app
-from scu_tui.events import event_from_dict
+from scu_tui.app.screens import InspectorScreen
+from scu_tui.app.widgets import DecisionLog
 from scu_tui.presets import load_preset
+from scu_tui.protocol import event_from_dict
 from scu_tui.sinks import Sink
 
 RECORDED = Path(__file__).parent / "data" / "dashboard-events.jsonl"
+
+
+#: Two more decisions after the recording, so the log has something to move through: a
+#: vetoed weight-decay raise and a second pending proposal (an accumulation raise).
+MORE = [
+    {"type": "proposal", "step": 160, "time": 0.0, "id": "p0002", "rule": "raise_weight_decay",
+     "reason": "Train/validation gap growing while training loss falls - raising weight decay",
+     "action": "weight_decay 0 -> 0.01", "knob": "weight_decay", "before": 0.0, "after": 0.01,
+     "evidence": {"val_trend": 0.004, "gap": 0.31, "gap_trend": 0.02}, "diagnosis":
+     "overfitting", "analysis": 160},
+    {"type": "decision", "step": 160, "time": 0.0, "id": "p0002", "outcome": "vetoed",
+     "by": "user"},
+    {"type": "proposal", "step": 160, "time": 0.0, "id": "p0003", "rule": "raise_accumulation",
+     "reason": "Noisy gradients while improving - raising gradient accumulation (bigger batch)",
+     "action": "accumulation 1 -> 2", "knob": "accumulation", "before": 1.0, "after": 2.0,
+     "evidence": {"grad_variability": 0.61, "spikes": 0, "relative_improvement": 0.028},
+     "diagnosis": "noisy", "analysis": 160},
+]  # fmt: skip
 
 
 class RecordedRun:
     """Stands in for a run: emits the recorded events, then idles until stopped."""
 
     attached = False
+    extra: ClassVar[list[dict[str, Any]]] = []
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.sinks: list[Sink] = []
@@ -39,8 +61,9 @@ class RecordedRun:
         self.sinks.append(sink)
 
     def execute(self) -> int:
-        for line in RECORDED.read_text(encoding="utf-8").splitlines():
-            event = event_from_dict(json.loads(line))
+        lines = RECORDED.read_text(encoding="utf-8").splitlines()
+        for data in [*map(json.loads, lines), *self.extra]:
+            event = event_from_dict(data)
             assert event is not None
             for sink in self.sinks:
                 sink.emit(event)
@@ -54,7 +77,11 @@ class RecordedRun:
         self.stopped.set()
 
 
-def recorded_app(theme: str) -> ScuApp:
+class MoreDecisions(RecordedRun):
+    extra = MORE
+
+
+def recorded_app(theme: str, run: type[RecordedRun] = RecordedRun) -> ScuApp:
     settings = load_preset("demo").replace(
         {
             "training.max_steps": 160,
@@ -65,7 +92,7 @@ def recorded_app(theme: str) -> ScuApp:
             "ui.refresh_hz": 20.0,
         }
     )
-    return make_app(settings, run_factory=RecordedRun, theme=theme)
+    return make_app(settings, run_factory=run, theme=theme)
 
 
 async def all_drawn(pilot: Any) -> None:
@@ -90,3 +117,75 @@ def test_help_screen_at_80x24(snap_compare: Any) -> None:
     assert snap_compare(
         recorded_app("scu-dark"), terminal_size=(80, 24), run_before=all_drawn, press=["?"]
     )
+
+
+def test_help_scrolls_to_a_glossary_at_80x24(snap_compare: Any) -> None:
+    assert snap_compare(
+        recorded_app("scu-dark"), terminal_size=(80, 24), run_before=all_drawn, press=["?", "end"]
+    )
+
+
+async def log_ready(pilot: Any) -> None:
+    await all_drawn(pilot)
+    app: ScuApp = pilot.app
+    await until(app, lambda: len(app.state.pending) == 2, timeout=60)
+    await asyncio.wait_for(app.drains(2), 60)
+    app.query_one(DecisionLog).focus()
+    await pilot.pause()
+
+
+def test_the_log_chooses_which_pending_proposal_a_and_v_answer(snap_compare: Any) -> None:
+    """Up twice from the newest: the older pending proposal, named in the banner."""
+    app = recorded_app("scu-dark", MoreDecisions)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=log_ready, press=["up", "up"])
+
+
+def test_the_inspector_at_80x24(snap_compare: Any) -> None:
+    app = recorded_app("scu-dark", MoreDecisions)
+    assert snap_compare(
+        app, terminal_size=(80, 24), run_before=log_ready, press=["up", "up", "enter"]
+    )
+
+
+async def test_a_and_v_send_the_id_the_banner_names() -> None:
+    app = recorded_app("scu-dark", MoreDecisions)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await log_ready(pilot)
+        run = app.training_run
+        assert isinstance(run, RecordedRun)
+        banner = str(app.query_one("#banner", Static).render())  # the log follows the newest
+        assert "p0003 at step 160" in banner and "accept/veto p0003" in banner
+        await pilot.press("up")  # p0002 was vetoed: the banner names the oldest waiting
+        await pilot.pause()
+        assert "accept/veto p0001" in str(app.query_one("#banner", Static).render())
+        await pilot.press("end")  # the newest line: the second pending proposal
+        await pilot.pause()
+        assert "accept/veto p0003" in str(app.query_one("#banner", Static).render())
+        await pilot.press("a")
+        assert (run.commands[-1].kind, run.commands[-1].value) == ("accept", "p0003")
+        await pilot.press("a")  # p0003 is being answered: a second press does not redirect
+        assert len(run.commands) == 1
+        await pilot.press("home", "v")  # the first line: p0001, pending
+        assert (run.commands[-1].kind, run.commands[-1].value) == ("veto", "p0001")
+        await pilot.press("q", "y")
+
+
+async def test_the_inspector_shows_the_whole_reason_and_absolute_values() -> None:
+    app = recorded_app("scu-dark", MoreDecisions)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await log_ready(pilot)
+        await pilot.press("home", "enter")
+        screen = app.screen
+        assert isinstance(screen, InspectorScreen)
+        text = screen.text
+        assert "Erratic gradients (variability 1.04) - rolling back with lower LR" in text
+        lr = next(e["lr"] for e in map(json.loads, RECORDED.read_text().splitlines())
+                  if e["type"] == "step" and e["step"] == 20)  # fmt: skip
+        assert f"rollback, LR {lr:.2e} → {lr * 0.25:.2e} (x0.25)" in text
+        assert "gradient variability (robust CV): 1.04" in text
+        assert "What the S-SCU saw (analysis at step 20" in text
+        await pilot.press("escape", "end", "up", "enter")  # p0002: vetoed
+        text = app.screen.text  # type: ignore[attr-defined]
+        assert "weight decay 0 → 0.01" in text and "vetoed by user" in text
+        assert "none (the change was not made)" in text
+        await pilot.press("escape", "q", "y")

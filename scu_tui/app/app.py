@@ -33,17 +33,21 @@ from textual.containers import Horizontal
 from textual.events import Resize
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
-from textual.widgets import Footer
+from textual.widgets import Footer, OptionList
 from textual.worker import Worker, WorkerState
 
 from scu_tui.app.feed import (
     DECISION_LINES,
-    Analysis,
     EventFeed,
     RunState,
-    analyse,
 )
-from scu_tui.app.screens import ConfirmScreen, HelpScreen, PlotsScreen, PresetPicker
+from scu_tui.app.screens import (
+    ConfirmScreen,
+    HelpScreen,
+    InspectorScreen,
+    PlotsScreen,
+    PresetPicker,
+)
 from scu_tui.app.widgets import (
     DecisionLog,
     EntropyPanel,
@@ -64,6 +68,7 @@ from scu_tui.events import (
     MessageEvent,
     ModeEvent,
     PauseEvent,
+    ProposalEvent,
     ResumeEvent,
     RollbackEvent,
 )
@@ -182,7 +187,6 @@ class ScuApp(App[int]):
         self.load = load
         self.feed = EventFeed()
         self.state = RunState()
-        self.analysis = Analysis()
         self.training_run: TrainingRun | None = None
         self.worker: Worker[int] | None = None
         self.quitting = False  # the user confirmed quit: exit when the run is done
@@ -413,17 +417,12 @@ class ScuApp(App[int]):
             if not events or now - self._charts_at >= 1 / CHART_HZ:
                 self._charts_at = now
                 self._charts_stale = False
-                self.analysis = analyse(self.state, self._scu_settings())
                 self.redraw_charts()
         self.drain_count += 1
         self._resolve(events)
         if self.state.done is not None and self.quitting:
             self.quitting = False
             self.call_later(self.finish)
-
-    def _scu_settings(self) -> Any:
-        assert self.settings is not None
-        return self.settings.scu
 
     def redraw(self) -> None:
         """Status, log and banner (the last two only when they changed); the charts follow
@@ -440,19 +439,43 @@ class ScuApp(App[int]):
             self._show_banner()
 
     def redraw_charts(self) -> None:
-        """The loss, gradient and wavelet panels, from the state and the last analysis."""
+        """The loss, gradient and wavelet panels, from the state and the S-SCU's analysis."""
         if self.settings is None:
             return
         dash = self.dashboard
-        period = self.settings.scu.control_frequency
-        dash.query_one(LossPanel).show(self.state, self.analysis, period)
-        dash.query_one(GradientPanel).show(self.state, self.analysis)
-        dash.query_one(EntropyPanel).show(self.analysis)
+        dash.query_one(LossPanel).show(self.state)
+        dash.query_one(GradientPanel).show(self.state)
+        dash.query_one(EntropyPanel).show(self.state.analysis)
+
+    def answer_target(self) -> ProposalEvent | None:
+        """The proposal ``a``/``v`` answer: the one highlighted in the log when it waits,
+        else the oldest that waits and is not being answered already."""
+        pending = self.state.pending
+        chosen = self.dashboard.query_one(DecisionLog).selected_id
+        if chosen in pending:
+            return pending[chosen]
+        waiting = [p for pid, p in pending.items() if pid not in self._answering]
+        return waiting[0] if waiting else next(iter(pending.values()), None)
 
     def _show_banner(self) -> None:
-        proposal = self.state.oldest_pending
-        answering = self._answering.get(proposal.id, "") if proposal else ""
-        self.dashboard.query_one(ProposalBanner).show(self.state, answering)
+        target = self.answer_target()
+        answering = self._answering.get(target.id, "") if target else ""
+        self.dashboard.query_one(ProposalBanner).show(self.state, target, answering)
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        """Moving in the decision log chooses which pending proposal a/v answer."""
+        if isinstance(event.option_list, DecisionLog):
+            self._show_banner()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        """Enter on a decision: the inspector, with everything known about it."""
+        if isinstance(event.option_list, DecisionLog) and event.option.id:
+            self.action_inspect(event.option.id)
+
+    def action_inspect(self, proposal_id: str) -> None:
+        record = self.state.record(proposal_id)
+        if record is not None:
+            self.push_screen(InspectorScreen(lambda: self.state.record(proposal_id)))
 
     def _react(self, event: Event) -> None:
         """What an event means for the person watching, beyond the panels' numbers."""
@@ -479,6 +502,10 @@ class ScuApp(App[int]):
         elif isinstance(event, MessageEvent):
             if event.level == "error" and event.text.startswith(COMMAND_FAILED):
                 self._forget_effects()  # the key's effect will never be confirmed
+            if "is no longer pending" in event.text:  # the run refused an answer
+                pid = event.text.split()[1]
+                self._answering.pop(pid, None)
+                self._drawn = (-1, -1)
             severity = SEVERITY.get(event.level, "information")
             timeout = 30.0 if event.level == "error" else 5.0
             self.notify(event.text, severity=severity, timeout=timeout)
@@ -581,12 +608,17 @@ class ScuApp(App[int]):
         self._answer("veto", "vetoing…")
 
     def _answer(self, kind: str, text: str) -> None:
-        waiting = [pid for pid in self.state.pending if pid not in self._answering]
-        if not waiting:
+        """Answer the proposal the banner names, by its id; the run refuses an id that is
+        no longer pending (expired a moment ago, say) instead of answering another."""
+        target = self.answer_target()
+        if target is None:
             self.notify("No pending proposal", severity="warning")
             return
-        if self._submit(Command(kind, value=waiting[0])):
-            self._answering[waiting[0]] = text
+        if target.id in self._answering:
+            self.notify(f"{target.id} is being answered already", severity="warning")
+            return
+        if self._submit(Command(kind, value=target.id)):
+            self._answering[target.id] = f"{text} {target.id}"
             self._show_banner()
 
     def action_save(self) -> None:

@@ -18,20 +18,11 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-import numpy as np
-
-from scu_tui.config import ScuSettings
 from scu_tui.control.policy import HIGH_VARIABILITY
-from scu_tui.control.signals import (
-    GradientStability,
-    LossTrend,
-    WaveletEntropy,
-    gradient_stability,
-    loss_trend,
-    wavelet_entropy,
-)
 from scu_tui.events import (
+    AnalysisEvent,
     CheckpointEvent,
     DecisionEvent,
     DoneEvent,
@@ -56,8 +47,6 @@ HISTORY_POINTS = 4096
 DECISION_LINES = 200
 #: Steps averaged for the tokens/s figure (one step's rate jitters too much to read).
 THROUGHPUT_STEPS = 20
-#: Fewest finite losses before the trend and entropy are worth showing.
-MIN_ANALYSIS_POINTS = 8
 
 #: The done status an attached follower gives a run that vanished without a done event
 #: (``kill -9``, a crash); the run itself never writes it. See scu_tui.remote.attach.
@@ -147,10 +136,17 @@ class History:
     def __iter__(self) -> Iterator[tuple[int, float]]:
         return iter(zip(self.steps, self.values, strict=True))
 
+    def cut_after(self, step: int) -> None:
+        """Drop the points after ``step``: a rollback abandoned them."""
+        keep = 0
+        while keep < len(self.steps) and self.steps[keep] <= step:
+            keep += 1
+        del self.steps[keep:], self.values[keep:]
+
 
 @dataclass
 class DecisionRecord:
-    """One line of the S-SCU log: a proposal and what became of it."""
+    """One line of the S-SCU log: a proposal, what the S-SCU saw, what became of it."""
 
     id: str
     step: int
@@ -160,6 +156,14 @@ class DecisionRecord:
     outcome: str = "pending"
     by: str = ""
     decided_step: int | None = None
+    rule: str = ""
+    diagnosis: str = ""
+    before: float = math.nan
+    after: float = math.nan
+    evidence: dict[str, Any] = field(default_factory=dict)
+    lr: float = math.nan  # the effective learning rate when it was proposed
+    analysis: AnalysisEvent | None = None  # what the S-SCU saw when it proposed this
+    effect: dict[str, Any] | None = None  # the effect check's verdict, once known
 
 
 @dataclass
@@ -195,9 +199,10 @@ class RunState:
     done: DoneEvent | None = None
     version: int = 0  # bumped by every fold: widgets redraw only when it moved
     decisions_version: int = 0  # bumped when the S-SCU log or the pending set changes
-    losses: deque[float] = field(init=False)
-    grad_norms: deque[float] = field(init=False)
-    val_losses: deque[float] = field(default_factory=lambda: deque(maxlen=SPARK_POINTS))
+    losses: deque[tuple[int, float]] = field(init=False)  # (step, value), as the others
+    grad_norms: deque[tuple[int, float]] = field(init=False)
+    val_losses: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=SPARK_POINTS))
+    analysis: AnalysisEvent | None = None  # the S-SCU's newest analysis
     loss_history: History = field(default_factory=History)
     val_history: History = field(default_factory=History)
     lr_history: History = field(default_factory=History)
@@ -234,10 +239,15 @@ class RunState:
     def oldest_pending(self) -> ProposalEvent | None:
         return next(iter(self.pending.values()), None)
 
-    def recent(self, series: deque[float], points: int = SPARK_POINTS) -> list[float]:
+    def recent(self, series: deque[tuple[int, float]], points: int = SPARK_POINTS) -> list[float]:
         """The newest finite values of a series, as a fresh list (a sparkline keeps it)."""
+        return [v for _, v in list(series)[-points:] if math.isfinite(v)]
+
+    @staticmethod
+    def span(series: deque[tuple[int, float]], points: int = SPARK_POINTS) -> tuple[int, int]:
+        """The first and last step a sparkline of ``series`` shows ((0, 0) when empty)."""
         tail = list(series)[-points:]
-        return [v for v in tail if math.isfinite(v)]
+        return (tail[0][0], tail[-1][0]) if tail else (0, 0)
 
     def record(self, proposal_id: str) -> DecisionRecord | None:
         for record in reversed(self.decisions):
@@ -267,8 +277,8 @@ class RunState:
     def _on_step(self, e: StepEvent) -> None:
         self.step, self.max_steps = e.step, e.max_steps
         self.loss, self.grad_norm, self.lr = e.loss, e.grad_norm, e.lr
-        self.losses.append(e.loss)
-        self.grad_norms.append(e.grad_norm)
+        self.losses.append((e.step, e.loss))
+        self.grad_norms.append((e.step, e.grad_norm))
         if math.isfinite(e.loss):
             self.loss_history.append(e.step, e.loss)
             if not e.loss >= self.best_train_loss:  # also true while best is nan
@@ -289,7 +299,7 @@ class RunState:
 
     def _on_eval(self, e: EvalEvent) -> None:
         self.val_loss, self.best_val_loss = e.val_loss, e.best_val_loss
-        self.val_losses.append(e.val_loss)
+        self.val_losses.append((e.step, e.val_loss))
         if math.isfinite(e.val_loss):
             self.val_history.append(e.step, e.val_loss)
 
@@ -309,10 +319,35 @@ class RunState:
     def _on_mode(self, e: ModeEvent) -> None:
         self.mode = e.mode
 
+    def _on_analysis(self, e: AnalysisEvent) -> None:
+        self.analysis = e
+        if e.effects:
+            self.decisions_version += 1
+        for effect in e.effects:
+            record = self.record(str(effect.get("id", "")))
+            if record is not None:
+                record.effect = effect
+
     def _on_proposal(self, e: ProposalEvent) -> None:
         self.decisions_version += 1
         self.pending[e.id] = e
-        self.decisions.append(DecisionRecord(e.id, e.step, e.reason, e.action, e.knob))
+        seen = self.analysis if self.analysis and self.analysis.step == e.analysis else None
+        self.decisions.append(
+            DecisionRecord(
+                e.id,
+                e.step,
+                e.reason,
+                e.action,
+                e.knob,
+                rule=e.rule,
+                diagnosis=e.diagnosis,
+                before=e.before,
+                after=e.after,
+                evidence=dict(e.evidence),
+                lr=self.lr,
+                analysis=seen,
+            )
+        )
 
     def _on_decision(self, e: DecisionEvent) -> None:
         self.decisions_version += 1
@@ -324,8 +359,22 @@ class RunState:
         record.outcome, record.by, record.decided_step = e.outcome, e.by, e.step
 
     def _on_rollback(self, e: RollbackEvent) -> None:
+        """One timeline: what the abandoned branch trained is gone from every view (its
+        proposals stay in the log, where the run marks them cancelled)."""
         self.rollbacks += 1
         self.step = e.to_step
+        for series in (self.losses, self.grad_norms, self.val_losses):
+            kept = [(s, v) for s, v in series if s <= e.to_step]
+            series.clear()
+            series.extend(kept)
+        for history in (self.loss_history, self.val_history, self.lr_history, self.grad_history):
+            history.cut_after(e.to_step)
+        self.best_train_loss = min(self.loss_history.values, default=math.nan)
+        self.best_val_loss = min(self.val_history.values, default=math.nan)
+        self.loss = self.losses[-1][1] if self.losses else math.nan
+        self.val_loss = self.val_losses[-1][1] if self.val_losses else math.nan
+        if self.analysis is not None and self.analysis.step > e.to_step:
+            self.analysis = None
 
     def _on_message(self, e: MessageEvent) -> None:
         if e.level == "error":
@@ -344,57 +393,53 @@ class RunState:
                 record.outcome = "unanswered"
 
 
-@dataclass(frozen=True)
-class Analysis:
-    """What the panels show beyond raw numbers: trend, gradient health, wavelet entropy."""
-
-    trend: LossTrend | None = None
-    gradients: GradientStability | None = None
-    entropy: WaveletEntropy | None = None
-    grad_status: str = "waiting"
-
-
-def gradient_status(g: GradientStability | None) -> str:
-    """One word for the gradients: stable, noisy, spiky or non-finite."""
-    if g is None or (g.points == 0 and g.nonfinite == 0):
+def gradient_status(analysis: AnalysisEvent | None) -> str:
+    """One word for the gradients, from the S-SCU's analysis: stable, noisy, spiky or
+    non-finite (the policy's own threshold for noisy)."""
+    if analysis is None:
         return "waiting"
-    if g.nonfinite:
+    g = analysis.gradients
+    if analysis.nonfinite or g.get("nonfinite"):
         return "non-finite"
-    if g.recent_spikes:
+    if g.get("recent_spikes"):
         return "spiky"
-    if g.variability > HIGH_VARIABILITY:
+    variability = g.get("variability")
+    if isinstance(variability, int | float) and variability > HIGH_VARIABILITY:
         return "noisy"
     return "stable"
 
 
-def analyse(state: RunState, scu: ScuSettings) -> Analysis:
-    """The controller's signals over the same window, from the app's own copy of the history.
-
-    Pure numpy on at most ``scu.window`` points: a couple of milliseconds.
-    """
-    losses = np.asarray(list(state.losses)[-scu.window :], dtype=np.float64)
-    grads = np.asarray(list(state.grad_norms)[-scu.window :], dtype=np.float64)
-    finite = int(np.isfinite(losses).sum())
-    gradients = gradient_stability(grads, scu.control_frequency) if grads.size else None
-    if finite < MIN_ANALYSIS_POINTS:
-        return Analysis(gradients=gradients, grad_status=gradient_status(gradients))
-    trend = loss_trend(losses, scu.control_frequency, scu.target_loss_improvement)
-    entropy = wavelet_entropy(losses, scu.wavelet, scu.levels)
-    return Analysis(trend, gradients, entropy, gradient_status(gradients))
+def trend_change(trend: dict[str, Any], period: int) -> float | None:
+    """How much the fitted loss moved over the last control period, as a fraction of where
+    it stood a period ago: -0.031 is a 3.1 % fall. Bounded below by -100 %, so an early,
+    steep fall reads -85 %, never -596 % (the same slope taken against today's level)."""
+    level, slope = trend.get("level"), trend.get("slope")
+    if not isinstance(level, int | float) or not isinstance(slope, int | float):
+        return None
+    then = level - slope * period
+    if not math.isfinite(then) or then <= 0 or not math.isfinite(level):
+        return None
+    return (level - then) / then
 
 
-def trend_words(trend: LossTrend | None, period: int) -> str:
-    """``falling 3.1%/50 steps`` — the direction in words and the rate per control period."""
-    if trend is None:
-        return "trend --"
-    if trend.improving:
-        word = "falling"
-    elif trend.degrading:
-        word = "rising"
-    elif trend.plateau:
-        word = "flat"
-    else:
-        word = "unclear"
-    change = max(min(-trend.relative_improvement * 100, 999.0), -999.0)
-    spec = "+.1f" if abs(change) < 10 else "+.0f"
-    return f"{word} {change:{spec}}%/{period} steps"
+def trend_word(trend: dict[str, Any]) -> str:
+    """falling / rising (significant), flat (a plateau), else drifting down or up."""
+    if trend.get("improving"):
+        return "falling"
+    if trend.get("degrading"):
+        return "rising"
+    if trend.get("plateau"):
+        return "flat"
+    slope = trend.get("slope")
+    return "drifting up" if isinstance(slope, int | float) and slope > 0 else "drifting down"
+
+
+def trend_words(analysis: AnalysisEvent | None) -> str:
+    """``falling -3.1%/50 steps`` — the S-SCU's trend in words and the change per period."""
+    if analysis is None:
+        return "trend: waiting for the S-SCU"
+    change = trend_change(analysis.trend, analysis.period)
+    rate = "--" if change is None else f"{100 * change:+.1f}%"
+    if change is not None and abs(change) >= 10:
+        rate = f"{100 * change:+.0f}%"
+    return f"{trend_word(analysis.trend)} {rate}/{analysis.period} steps"

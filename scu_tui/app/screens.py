@@ -15,11 +15,12 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.color import Color
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, Static
 
-from scu_tui.app.feed import History, RunState
+from scu_tui.app.feed import DecisionRecord, History, RunState, trend_change, trend_word
+from scu_tui.app.widgets import change_text
 from scu_tui.config import Settings
 from scu_tui.errors import UserError
 from scu_tui.presets import PresetInfo, list_presets, save_user_preset
@@ -89,8 +90,60 @@ class NameScreen(ModalScreen[str | None]):
 # --- help ---------------------------------------------------------------------------------
 
 
+#: What the dashboard's words and numbers mean; shown under the keys in ``?``.
+GLOSSARY = (
+    (
+        "Loss trend",
+        "the S-SCU's robust (Theil–Sen) line through the window's losses: "
+        "[b]falling[/b] / [b]rising[/b] when Mann–Kendall finds it significant (p < 0.05), "
+        "[b]flat[/b] on a plateau, else [b]drifting[/b]. The % is how far the fitted loss "
+        "moved over one control period, against where it stood a period before.",
+    ),
+    (
+        "Diagnosis",
+        "the S-SCU's one word per control period: improving, slow, plateau, "
+        "too_stable, noisy, unstable, degrading, overfitting, diverging.",
+    ),
+    (
+        "Variability",
+        "the gradient norm's robust coefficient of variation, 1.4826 × MAD / "
+        "median: ~0.1–0.3 is a healthy LoRA run, above 0.5 noisy, above 0.8 erratic (an LR "
+        "far too high).",
+    ),
+    ("Spikes", "gradient norms above median + 8 MAD in the window."),
+    (
+        "Gradients word",
+        "stable, noisy (variability > 0.5), spiky (a spike in the newest period) or non-finite.",
+    ),
+    (
+        "Wavelet bands",
+        "a Daubechies decomposition of the detrended loss: D1 the fastest "
+        "step-to-step fluctuations, each next D twice as slow, A the slowest part. The bar is "
+        "the band's share of the fluctuation energy; H its normalised Shannon entropy (0: one "
+        "burst, 1: spread evenly).",
+    ),
+    (
+        "Total entropy",
+        "entropy of the energy shares across bands, 0–1: low means the loss "
+        "moves on one time scale only (too stable), high means on all of them.",
+    ),
+    (
+        "Sparklines",
+        "the newest 120 steps (the panel title gives the span); validation "
+        "shows its newest passes.",
+    ),
+    (
+        "Outcomes",
+        "applied (auto), accepted / vetoed (you), expired (unanswered), observed "
+        "(observe mode), reverted (undone after its effect check), cancelled (its branch was "
+        "rolled back).",
+    ),
+)
+
+
 class HelpScreen(ModalScreen[None]):
-    """Every key and what it does, built from the bindings so it never drifts."""
+    """Every key and what it does (built from the bindings so it never drifts), then a
+    glossary of the dashboard's terms; scrolls, so nothing is cut on a small terminal."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,question_mark,q", "close", "Close", id="help.close", tooltip="Close"),
@@ -106,12 +159,163 @@ class HelpScreen(ModalScreen[None]):
             f"[b]{b.key_display or b.key:>5}[/b]  {b.tooltip or b.description}"
             for b in self.bindings
         ]
-        with Vertical(classes="dialog help"):
+        rows.append("[b]  ↑↓[/b]  Choose a decision in the log (a pending one: a/v answer it)")
+        rows.append("[b]Enter[/b]  Inspect the chosen decision")
+        with VerticalScroll(classes="dialog help"):
             yield Static("[b]Keys[/b]", classes="question")
             yield Static("\n".join(rows))
             if self.notes:
                 yield Static(self.notes, classes="hint")
-            yield Label("Escape or ? to close", classes="hint")
+            yield Static("[b]Glossary[/b]", classes="question glossary-title")
+            yield Static(
+                "\n".join(f"[b]{term}[/b]: {text}" for term, text in GLOSSARY), id="glossary"
+            )
+            yield Label("↑↓ scroll · Escape or ? to close", classes="hint")
+
+    def on_mount(self) -> None:
+        self.query_one(VerticalScroll).focus()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+# --- the decision inspector ---------------------------------------------------------------
+
+#: Evidence keys in words: (label, how to show the number).
+EVIDENCE_WORDS: dict[str, tuple[str, str]] = {
+    "relative_improvement": ("loss fall per control period", "pct"),
+    "target": ("target fall per period", "pct"),
+    "slope": ("loss slope per step", ".3g"),
+    "mk_z": ("Mann–Kendall z", ".2f"),
+    "p_value": ("trend p-value", ".3g"),
+    "grad_variability": ("gradient variability (robust CV)", ".2f"),
+    "spikes": ("gradient spikes in the period", "d"),
+    "grad_median": ("median gradient norm", ".3g"),
+    "wavelet_entropy": ("total wavelet entropy", ".2f"),
+    "val_trend": ("validation change per period", "pct"),
+    "gap": ("validation − training loss", ".3g"),
+    "gap_trend": ("gap change per period", "pct"),
+    "val_loss": ("validation loss", ".4g"),
+    "train_slope": ("training loss slope per step", ".3g"),
+    "nonfinite": ("non-finite values", "d"),
+    "loss_ratio": ("newest losses / the ones before", ".2f"),
+    "reverts": ("undoes proposal", "s"),
+    "before": ("measured before", ".4g"),
+    "after": ("measured after", ".4g"),
+    "factor": ("factor", ".3g"),
+}
+
+
+def evidence_lines(evidence: dict[str, Any]) -> list[str]:
+    """The evidence of a proposal as ``label: value`` lines a person can read."""
+    lines = []
+    for key, value in evidence.items():
+        label, spec = EVIDENCE_WORDS.get(key, (key.replace("_", " "), ".4g"))
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            shown = str(value)
+        elif spec == "pct":
+            shown = f"{100 * value:+.2f} %"
+        elif spec == "d":
+            shown = f"{value:.0f}"
+        elif spec == "s":
+            shown = str(value)
+        else:
+            shown = format(value, spec)
+        lines.append(f"  {label}: {shown}")
+    return lines
+
+
+def effect_text(record: DecisionRecord) -> str:
+    """The effect check's verdict in words, or where it stands."""
+    effect = record.effect
+    if effect is None:
+        if record.outcome in ("applied", "accepted") and record.knob != "rollback":
+            return "not judged yet (it needs the steps or the evaluation that follow)"
+        return "none (the change was not made)" if record.outcome != "pending" else "--"
+    what = "validation loss" if effect.get("metric") == "val_loss" else "training loss"
+    change = effect.get("change")
+    pct = f" ({100 * change:+.1f} %)" if isinstance(change, int | float) else ""
+    verdict = "worse: a revert was proposed" if effect.get("verdict") == "worse" else "kept"
+    return (
+        f"{what} {_fmt(effect.get('before'))} → {_fmt(effect.get('after'))}{pct} "
+        f"by step {effect.get('step')}: {verdict}"
+    )
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else str(value)
+
+
+def inspector_text(record: DecisionRecord) -> str:
+    """Everything known about one decision, as markup for the inspector."""
+    decided = f" at step {record.decided_step}" if record.decided_step is not None else ""
+    by = f" by {record.by}" if record.by else ""
+    lines = [
+        f"[b]{record.id}[/b] · step {record.step} · rule {record.rule or '--'} · "
+        f"diagnosis {record.diagnosis or '--'}",
+        "",
+        record.reason or "(proposed before this view started)",
+        "",
+        f"[b]Change[/b]   {change_text(record, record.lr)}",
+        f"[b]Outcome[/b]  {record.outcome}{by}{decided}",
+        f"[b]Effect[/b]   {effect_text(record)}",
+    ]
+    if record.evidence:
+        lines += ["", "[b]Evidence[/b]", *evidence_lines(record.evidence)]
+    a = record.analysis
+    if a is not None:
+        change = trend_change(a.trend, a.period)
+        rate = "--" if change is None else f"{100 * change:+.1f} %"
+        g = a.gradients
+        lines += [
+            "",
+            f"[b]What the S-SCU saw[/b] (analysis at step {a.step}, window {a.window} steps)",
+            f"  trend: {trend_word(a.trend)} {rate} per {a.period} steps",
+            f"  gradients: median {_fmt(g.get('median'))}, variability "
+            f"{_fmt(g.get('variability'))}, spikes {g.get('spikes', '--')}",
+            f"  wavelet entropy: {_fmt(a.wavelet.get('total_entropy'))}",
+            f"  validation: {_fmt(a.validation.get('loss'))} "
+            f"(change per period {_fmt(a.validation.get('trend'))})",
+            f"  why: {a.why}",
+        ]
+    return "\n".join(lines)
+
+
+class InspectorScreen(ModalScreen[None]):
+    """One decision in full: its whole reason, the evidence in words, the values before and
+    after, what became of it and, once known, the effect check's verdict. Follows the run
+    while open (an outcome or a verdict may arrive)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,enter,q", "close", "Close", id="inspector.close", tooltip="Close"),
+    ]
+
+    def __init__(self, record: Callable[[], DecisionRecord | None]) -> None:
+        super().__init__()
+        self.record = record
+        self._shown = ""
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(classes="dialog inspector"):
+            yield Static("", id="inspector-body")
+            yield Label("↑↓ scroll · Escape to close", classes="hint")
+
+    def on_mount(self) -> None:
+        self.refresh_text()
+        self.set_interval(0.5, self.refresh_text)
+        self.query_one(VerticalScroll).focus()
+
+    def refresh_text(self) -> None:
+        record = self.record()
+        text = inspector_text(record) if record is not None else "This decision left the log."
+        if text != self._shown:
+            self._shown = text
+            self.query_one("#inspector-body", Static).update(text)
+
+    @property
+    def text(self) -> str:
+        """What the inspector shows, as plain text."""
+        return Text.from_markup(self._shown).plain
 
     def action_close(self) -> None:
         self.dismiss(None)

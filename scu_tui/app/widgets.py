@@ -1,8 +1,9 @@
 """The dashboard's panels. Each one draws from a :class:`RunState` when the app says so.
 
-Widgets never see events or the run: the app folds events into plain numbers and calls
-``show(state, analysis)`` on each panel once per refresh tick, only when something
-changed. Colours come from the theme through TCSS classes, never from Python.
+Widgets never see the run: the app folds events into plain numbers (and the S-SCU's own
+analysis events) and calls ``show(state)`` on each panel once per refresh tick, only when
+something changed. No panel computes a signal: what the S-SCU saw is what they show.
+Colours come from the theme through TCSS classes, never from Python.
 """
 
 from __future__ import annotations
@@ -14,9 +15,16 @@ from typing import ClassVar
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Label, Log, ProgressBar, Sparkline, Static
+from textual.widgets import Label, OptionList, ProgressBar, Sparkline, Static
+from textual.widgets.option_list import Option, OptionDoesNotExist
 
-from scu_tui.app.feed import Analysis, DecisionRecord, RunState, trend_words
+from scu_tui.app.feed import (
+    DecisionRecord,
+    RunState,
+    gradient_status,
+    trend_words,
+)
+from scu_tui.events import AnalysisEvent, ProposalEvent
 from scu_tui.sinks import format_duration
 
 
@@ -146,24 +154,42 @@ def state_word(state: RunState, transient: str) -> tuple[str, str]:
 
 
 class ProposalBanner(Static):
-    """The pending proposal, impossible to miss, until it is answered."""
+    """The proposal ``a``/``v`` will answer, named by its id, until it is answered."""
 
-    def show(self, state: RunState, answering: str = "") -> None:
-        proposal = state.oldest_pending
-        self.set_class(proposal is not None, "visible")
-        if proposal is None:
+    def show(self, state: RunState, target: ProposalEvent | None, answering: str = "") -> None:
+        self.set_class(target is not None, "visible")
+        if target is None:
             return
         more = len(state.pending) - 1
-        tail = f"  (+{more} more)" if more > 0 else ""
-        keys = answering or "[b]a[/b] accept / [b]v[/b] veto"
+        tail = f"  +{more} more: ↑↓ in the log" if more > 0 else ""
+        keys = answering or f"[b]a[/b]/[b]v[/b] accept/veto {target.id}"
         self.update(
-            f"[b]S-SCU proposes[/b] at step {proposal.step}: {proposal.reason}\n"
-            f"[b]{proposal.action}[/b]   {keys}{tail}"
+            f"[b]{target.id}[/b] at step {target.step}: {target.reason}\n"
+            f"[b]{change_text(target, state.lr)}[/b]   {keys}{tail}"
         )
 
 
+def change_text(p: ProposalEvent | DecisionRecord, lr: float = math.nan) -> str:
+    """A proposal's change in absolute values: ``LR 2.0e-04 → 3.0e-04 (x1.5)``.
+
+    ``lr`` is the effective learning rate when it was proposed; the LR is steered through
+    a multiplier on the base schedule, so its absolute values come from that.
+    """
+    if p.knob in ("lr_multiplier", "rollback") and math.isfinite(lr) and p.before > 0:
+        base = lr / p.before
+        factor = p.after / p.before
+        what = "rollback, LR" if p.knob == "rollback" else "LR"
+        return f"{what} {base * p.before:.2e} → {base * p.after:.2e} (x{factor:.3g})"
+    if p.knob == "accumulation":
+        return f"accumulation {p.before:.0f} → {p.after:.0f}"
+    if p.knob in ("weight_decay", "dropout"):
+        return f"{p.knob.replace('_', ' ')} {p.before:.3g} → {p.after:.3g}"
+    return p.action
+
+
 class LossPanel(Vertical):
-    """Train and validation loss: sparklines, current, best, trend."""
+    """Train and validation loss: sparklines (their span in the title), current, best, and
+    the trend as the S-SCU measured it."""
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="spark-row", id="loss-row"):
@@ -177,18 +203,20 @@ class LossPanel(Vertical):
     def on_mount(self) -> None:
         self.border_title = "Loss"
 
-    def show(self, state: RunState, analysis: Analysis, period: int) -> None:
+    def show(self, state: RunState) -> None:
         self.query_one("#loss-spark", Sparkline).data = state.recent(state.losses)
         self.query_one("#val-spark", Sparkline).data = state.recent(state.val_losses)
+        first, last = state.span(state.losses)
+        self.border_title = f"Loss · steps {first}-{last}" if last else "Loss"
         self.query_one("#loss-text", Readout).show(
             f"now {num(state.loss)}  best {num(state.best_train_loss)}\n"
             f"val {num(state.val_loss)}  best {num(state.best_val_loss)}\n"
-            f"{trend_words(analysis.trend, period)}"
+            f"{trend_words(state.analysis)}"
         )
 
 
 class GradientPanel(Vertical):
-    """Gradient-norm sparkline, robust variability and a one-word verdict."""
+    """Gradient-norm sparkline, and the S-SCU's robust variability, spikes and verdict."""
 
     def compose(self) -> ComposeResult:
         yield Sparkline([], id="grad-spark")
@@ -198,22 +226,33 @@ class GradientPanel(Vertical):
     def on_mount(self) -> None:
         self.border_title = "Gradients"
 
-    def show(self, state: RunState, analysis: Analysis) -> None:
+    def show(self, state: RunState) -> None:
         self.query_one("#grad-spark", Sparkline).data = state.recent(state.grad_norms)
-        g = analysis.gradients
-        median = g.median if g is not None else math.nan
-        variability = g.variability if g is not None else math.nan
-        spikes = g.spikes if g is not None else 0
+        first, last = state.span(state.grad_norms)
+        self.border_title = f"Gradients · {first}-{last}" if last else "Gradients"
+        g = state.analysis.gradients if state.analysis is not None else {}
         self.query_one("#grad-text", Readout).show(
-            f"norm {num(state.grad_norm)}  med {num(median)}\n"
-            f"variability {num(variability, '.2f')}  spikes {spikes}"
+            f"norm {num(state.grad_norm)}  med {num(_number(g.get('median')))}\n"
+            f"variability {num(_number(g.get('variability')), '.2f')}  "
+            f"spikes {g.get('spikes', '--')}"
         )
-        status = analysis.grad_status
+        status = gradient_status(state.analysis)
         self.query_one("#grad-status", Readout).show(status, status)
 
 
+def _number(value: object) -> float:
+    """A float from an analysis field (non-finite values travel as strings)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return math.nan
+    try:
+        return float(value)
+    except ValueError:
+        return math.nan
+
+
 class EntropyPanel(Static):
-    """One bar per wavelet band (its share of the loss-fluctuation energy) plus the total.
+    """One bar per wavelet band (its share of the loss-fluctuation energy) plus the total,
+    as the S-SCU's newest analysis has them.
 
     Bars are styled through component classes so the theme's TCSS colours them.
     """
@@ -223,29 +262,34 @@ class EntropyPanel(Static):
     def on_mount(self) -> None:
         self.border_title = "Wavelet entropy"
         self.border_subtitle = "energy · H"
-        self._analysis = Analysis()
+        self._analysis: AnalysisEvent | None = None
 
-    def show(self, analysis: Analysis) -> None:
-        if analysis.entropy != self._analysis.entropy:
+    def show(self, analysis: AnalysisEvent | None) -> None:
+        if analysis is not self._analysis:
+            self._analysis = analysis
+            self.border_title = (
+                f"Wavelet entropy @{analysis.step}" if analysis else "Wavelet entropy"
+            )
             self.refresh()
-        self._analysis = analysis
 
     def render(self) -> Text:
-        entropy = getattr(self, "_analysis", Analysis()).entropy
-        if entropy is None or entropy.levels == 0:
-            return Text("waiting for a window of losses…", style="dim")
+        analysis: AnalysisEvent | None = getattr(self, "_analysis", None)
+        wavelet = analysis.wavelet if analysis is not None else {}
+        levels = wavelet.get("levels", 0)
+        shares, entropies = wavelet.get("energy_shares", []), wavelet.get("level_entropy", [])
+        if not isinstance(levels, int) or levels == 0 or len(shares) != levels + 1:
+            return Text("waiting for the S-SCU's first analysis…", style="dim")
         width = max(self.content_size.width, 12)
         bar_width = max(width - 15, 3)  # label 5, " 100%" 5, " 0.00" 5
-        labels = [f"D{i + 1}" for i in range(entropy.levels)] + [f"A{entropy.levels}"]
+        labels = [f"D{i + 1}" for i in range(levels)] + [f"A{levels}"]
         band_style = self.get_component_rich_style("entropy--bar")
         total_style = self.get_component_rich_style("entropy--total")
         lines = Text()
-        rows = zip(labels, entropy.energy_shares, entropy.level_entropy, strict=True)
-        for label, share, h in rows:
+        for label, share, h in zip(labels, shares, entropies, strict=True):
             lines.append(f"{label:<5}")
-            lines.append(bar(share, bar_width), style=band_style)
-            lines.append(f" {share:>4.0%} {h:.2f}\n")
-        total = entropy.total_entropy
+            lines.append(bar(_number(share), bar_width), style=band_style)
+            lines.append(f" {_number(share):>4.0%} {_number(h):.2f}\n")
+        total = _number(wavelet.get("total_entropy"))
         lines.append("total", style="bold")
         lines.append(bar(total, bar_width), style=total_style)
         lines.append(f"      {total:.2f}", style="bold")
@@ -261,55 +305,69 @@ def bar(fraction: float, width: int) -> str:
     return body.ljust(width)
 
 
-class DecisionLog(Log):
-    """The S-SCU log: one line per proposal whose outcome is rewritten in place.
+class DecisionLog(OptionList):
+    """The S-SCU log: one line per proposal, its outcome rewritten in place.
 
-    ``Log`` (not ``RichLog``) so a user scrolling back is not yanked to the bottom; it is
-    bounded by ``max_lines`` and keeps a parallel list of proposal ids to find a line again.
+    Navigable: ↑/↓ move between decisions (a pending one becomes the one ``a``/``v``
+    answer), Enter opens the decision inspector. Bounded to ``max_lines``; while the
+    highlight sits on the newest line it follows new decisions, and a person who moved it
+    back is never yanked away.
     """
 
     def __init__(self, max_lines: int, id: str | None = None) -> None:
-        super().__init__(max_lines=max_lines, id=id, auto_scroll=True)
-        self._ids: list[str] = []
+        super().__init__(id=id)
+        self.max_lines = max_lines
         self._shown: dict[str, str] = {}
 
     def on_mount(self) -> None:
         self.border_title = "S-SCU decisions"
-        self.border_subtitle = "step · outcome · action · reason"
+        self.border_subtitle = "↑↓ choose · Enter inspect"
 
     @staticmethod
     def line(record: DecisionRecord) -> str:
-        """``step outcome action · reason``; who decided shows only when it is news."""
-        by = record.by if record.by in ("guard", "resume") else ""
+        """``step id outcome action · reason``; who decided shows only when it is news."""
+        by = record.by if record.by in ("guard", "resume", "rollback") else ""
         outcome = record.outcome.upper() if record.outcome == "pending" else record.outcome
-        outcome += f"/{by}" if by else ""
+        outcome += f"/{by}" if by and by != "rollback" else ""
         reason = f" · {record.reason}" if record.reason else ""
-        return f"{record.step:>6} {outcome:<10} {record.action}{reason}"
+        return f"{record.step:>6} {record.id} {outcome:<10} {record.action}{reason}"
+
+    @property
+    def selected_id(self) -> str | None:
+        """The id of the highlighted decision (None when the log is empty)."""
+        index = self.highlighted
+        if index is None or not 0 <= index < self.option_count:
+            return None
+        return self.get_option_at_index(index).id
 
     def show(self, records: list[DecisionRecord]) -> None:
         """Add new records and rewrite the lines whose outcome changed."""
+        following = self.highlighted is None or self.highlighted >= self.option_count - 1
+        added = False
         for record in records:
             text = self.line(record)
             if self._shown.get(record.id) == text:
                 continue
-            if record.id in self._shown and record.id in self._ids:
-                self._rewrite(self._ids.index(record.id), text)
-            else:
-                self._ids.append(record.id)
-                self.write_line(text)
-                if self.max_lines is not None and len(self._ids) > self.max_lines:
-                    del self._ids[: len(self._ids) - self.max_lines]
+            prompt = Text(text, no_wrap=True, overflow="ellipsis")
+            try:
+                self.replace_option_prompt(record.id, prompt)
+            except OptionDoesNotExist:
+                self.add_option(Option(prompt, id=record.id))
+                added = True
             self._shown[record.id] = text
-        if len(self._shown) > 4 * len(self._ids) + 16:  # forget lines pruned long ago
-            keep = set(self._ids)
-            self._shown = {k: v for k, v in self._shown.items() if k in keep}
+        while self.option_count > self.max_lines:
+            oldest = self.get_option_at_index(0).id
+            self.remove_option_at_index(0)
+            self._shown.pop(oldest or "", None)
+        if added and following and self.option_count:
+            self.highlighted = self.option_count - 1
 
-    def _rewrite(self, index: int, text: str) -> None:
-        y = index + max(len(self._lines) - len(self._ids), 0)  # write_line: one line per id
-        if 0 <= y < len(self._lines):
-            self._lines[y] = text
-            self._render_line_cache.discard(y)
-            self.refresh_lines(y)
+    @property
+    def lines(self) -> list[str]:
+        return [
+            self._shown.get(self.get_option_at_index(i).id or "", "")
+            for i in range(self.option_count)
+        ]
 
     def text(self) -> str:
         """Everything in the log, for tests and screenshots."""

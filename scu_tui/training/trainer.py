@@ -73,6 +73,30 @@ class KnobAdamW(optim.AdamW):  # type: ignore[misc]
         return optim.Adam.apply_single(self, gradient, parameter * (1 - lr * decay), state)
 
 
+def use_grad_checkpoint(model: nn.Module) -> int:
+    """Recompute each transformer block's activations in the backward pass; returns the
+    number of blocks.
+
+    mlx-lm's ``grad_checkpoint`` patches the block's *class*, which would reach every model
+    of that class in the process; so this model's blocks first move to a subclass of their
+    own, and only that subclass is patched.
+    """
+    from mlx_lm.tuner.trainer import grad_checkpoint
+
+    layers = list(getattr(model, "layers", []))
+    patched: dict[type, type] = {}
+    for layer in layers:
+        cls = type(layer)
+        if getattr(cls, "_scu_checkpointed", False):
+            continue
+        if cls not in patched:
+            patched[cls] = type(cls.__name__, (cls,), {"_scu_checkpointed": True})
+            layer.__class__ = patched[cls]
+            grad_checkpoint(layer)
+        layer.__class__ = patched[cls]
+    return len(layers)
+
+
 @dataclass
 class Knobs:
     """What the S-SCU (or a person) may change between two steps."""
@@ -148,6 +172,8 @@ class Trainer:
         t = settings.training
         self.model = model
         model.train()  # mlx_lm.load leaves the model in eval mode, which disables dropout
+        if t.grad_checkpoint:
+            use_grad_checkpoint(model)
         self.data = data
         self.settings = settings
         self.max_seq_length = settings.data.max_seq_length
