@@ -1,0 +1,271 @@
+"""The peak-memory estimate of a training step, split into terms by how they grow.
+
+    peak(B, W) = weights + LoRA + optimizer + gradients          (grow with parameters)
+               + B * W * per_token_layers                        (activations of the blocks)
+               + B * W * per_token_vocab                         (logits and loss)
+               + B * W^2 * per_token_sq                          (attention scores)
+               + a safety margin on the activation terms
+
+for a micro-batch of B sequences padded to W tokens. The parameter terms come from the
+model (or its ``config.json``). The three activation coefficients depend on what MLX keeps
+for the backward pass on this machine: the probe measures them (peak memory at a few
+sequence lengths, fitted exactly by ``fixed + a*W + b*W^2``); from a config alone they
+come from the counts below, set from measurements of Qwen3-architecture models on MLX's
+CPU backend and rounded up. Every activation term grows with B and W, so the largest batch
+size or sequence length that fits is a binary search over the estimate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from scu_tui.check.model_facts import ModelFacts
+
+MEASURED_MARGIN = 0.10  # on measured activation terms: the fit is exact to a few %
+CONFIG_MARGIN = 0.25  # on activation terms derived from the config alone
+ADAM_STATES = 2  # AdamW keeps two float32 moments per trainable parameter
+
+# Activation elements kept per token per block, in multiples of the block's widths:
+# 7 x hidden (norm inputs/outputs, residuals, projections out), 4 x query and 4 x
+# key/value widths (projection, q/k norm, rotary, attention out), 5 x intermediate (gate,
+# up, the SiLU's sigmoid and product), 7 x rank per adapted layer; one more block's worth
+# for the embedding and final norm. 16-bit models keep some in float32 (norms, softmax):
+# 3.2 bytes per element on average, measured.
+HIDDEN_COPIES, QUERY_COPIES, KV_COPIES, INTERMEDIATE_COPIES, RANK_COPIES = 7, 4, 4, 5, 7
+F32_ACT_BYTES, HALF_ACT_BYTES = 4.0, 3.2
+LOGIT_BYTES = {4: 18.0, 2: 10.0}  # per vocabulary entry per token: logits, softmax, grads
+ATTN_BYTES = {4: 8.0, 2: 4.0}  # per score (head x W x W) per block
+# With gradient checkpointing a block keeps ~6 float32 copies of its input; three blocks'
+# full activations are alive while one is recomputed; one block's attention scores.
+CKPT_HIDDEN_BYTES = 24.0
+CKPT_LIVE_BLOCKS = 3
+CKPT_ATTN_BYTES = {4: 16.0, 2: 6.0}
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    """The shape-dependent part of the estimate, in bytes."""
+
+    fixed_extra: float  # at the peak, beyond weights, LoRA and optimizer state
+    per_token_layers: float  # per sequence position (B x W), in the blocks
+    per_token_vocab: float  # per sequence position, logits and loss
+    per_token_sq: float  # per B x W^2, attention
+    measured: bool  # True: fitted to this machine's peaks; False: from the config
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fixed_extra_bytes": self.fixed_extra,
+            "per_token_layers_bytes": self.per_token_layers,
+            "per_token_vocab_bytes": self.per_token_vocab,
+            "per_token_sq_bytes": self.per_token_sq,
+            "source": "measured" if self.measured else "config",
+        }
+
+
+@dataclass(frozen=True)
+class Term:
+    name: str
+    grows_with: str
+    bytes: float
+    source: str  # "config" (derived), "measured" (probe) or "config-estimate"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    batch: int
+    width: int
+    grad_checkpoint: bool
+    terms: tuple[Term, ...]
+
+    @property
+    def total(self) -> float:
+        return sum(t.bytes for t in self.terms)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batch_size": self.batch,
+            "sequence_length": self.width,
+            "grad_checkpoint": self.grad_checkpoint,
+            "peak_memory_gb": self.total / 1e9,
+            "terms": [
+                {
+                    "name": t.name,
+                    "grows_with": t.grows_with,
+                    "gb": t.bytes / 1e9,
+                    "source": t.source,
+                }
+                for t in self.terms
+            ],
+        }
+
+
+def _act_bytes(f: ModelFacts) -> float:
+    return F32_ACT_BYTES if f.act_bytes >= 4 else HALF_ACT_BYTES
+
+
+def block_elements(f: ModelFacts) -> float:
+    """Activation elements one block keeps per token (for the backward pass)."""
+    query, kv = f.heads * f.head_dim, f.kv_heads * f.head_dim
+    elements = (
+        HIDDEN_COPIES * f.hidden
+        + QUERY_COPIES * query
+        + KV_COPIES * kv
+        + INTERMEDIATE_COPIES * f.intermediate
+        + RANK_COPIES * f.lora_rank * f.lora_modules / max(f.layers, 1)
+    )
+    if f.lora_dropout:  # a kept mask per LoRA input element (q, k, v, o, gate, up, down)
+        elements += 5 * f.hidden + query + f.intermediate
+    return float(elements)
+
+
+def from_config(f: ModelFacts, grad_checkpoint: bool) -> Coefficients:
+    """Coefficients from the model's shape alone (before any weights are downloaded)."""
+    size = 4 if f.act_bytes >= 4 else 2
+    block = block_elements(f) * _act_bytes(f)
+    if grad_checkpoint:
+        layers = f.layers * CKPT_HIDDEN_BYTES * f.hidden + CKPT_LIVE_BLOCKS * block
+        sq = f.heads * CKPT_ATTN_BYTES[size]
+    else:
+        layers = (f.layers + 1) * block
+        sq = f.layers * f.heads * ATTN_BYTES[size]
+    return Coefficients(
+        fixed_extra=float(f.trainable_bytes),  # the gradients
+        per_token_layers=layers,
+        per_token_vocab=f.vocab * LOGIT_BYTES[size],
+        per_token_sq=sq,
+        measured=False,
+    )
+
+
+def fitted(
+    f: ModelFacts, grad_checkpoint: bool, fixed: float, per_token: float, per_token_sq: float
+) -> Coefficients:
+    """Coefficients from a probe's fit ``peak(1, W) = fixed + per_token*W + per_token_sq*W^2``.
+
+    The per-token part is split between the blocks and the logits in the proportion the
+    config-derived counts give; ``fixed`` is the whole step's fixed peak, so the parameter
+    terms derived from the model are taken off it.
+    """
+    prior = from_config(f, grad_checkpoint)
+    prior_total = prior.per_token_layers + prior.per_token_vocab
+    vocab_share = prior.per_token_vocab / prior_total if prior_total > 0 else 0.0
+    return Coefficients(
+        fixed_extra=max(0.0, fixed - parameter_bytes(f)),
+        per_token_layers=per_token * (1 - vocab_share),
+        per_token_vocab=per_token * vocab_share,
+        per_token_sq=per_token_sq,
+        measured=True,
+    )
+
+
+def parameter_bytes(f: ModelFacts) -> float:
+    """Weights, LoRA weights and AdamW's moments: always resident during training."""
+    return float(f.weight_bytes + f.trainable_bytes * (1 + ADAM_STATES))
+
+
+def estimate(
+    f: ModelFacts,
+    c: Coefficients,
+    batch: int,
+    width: int,
+    *,
+    grad_checkpoint: bool = False,
+    accumulation: int = 1,
+) -> Estimate:
+    """Peak memory of a step on ``batch`` sequences padded to ``width`` tokens."""
+    source = "measured" if c.measured else "config-estimate"
+    tokens = batch * width
+    activations = (
+        Term("activations (blocks)", "batch x sequence", tokens * c.per_token_layers, source),
+        Term("logits and loss", "batch x seq x vocab", tokens * c.per_token_vocab, source),
+        Term("attention scores", "batch x sequence^2", tokens * width * c.per_token_sq, source),
+    )
+    grads = c.fixed_extra + (f.trainable_bytes if accumulation > 1 else 0)
+    share = MEASURED_MARGIN if c.measured else CONFIG_MARGIN
+    quant = "" if f.quantization == "none" else f" ({f.quantization})"
+    terms = (
+        Term(f"weights{quant}", "parameters", float(f.weight_bytes), "config"),
+        Term("LoRA weights", "parameters", float(f.trainable_bytes), "config"),
+        Term("optimizer state", "parameters", float(f.trainable_bytes * ADAM_STATES), "config"),
+        Term("gradients, buffers", "parameters", grads, source),
+        *activations,
+        Term(
+            f"safety margin ({share:.0%})",
+            "batch x sequence",
+            share * sum(t.bytes for t in activations),
+            source,
+        ),
+    )
+    return Estimate(batch, width, grad_checkpoint, terms)
+
+
+def largest(fits: Callable[[int], bool], low: int, high: int) -> int:
+    """The largest ``n`` in ``[low, high]`` with ``fits(n)`` (``fits`` is monotone: true up
+    to some n, false after), or ``low - 1`` when even ``low`` does not fit."""
+    if not fits(low):
+        return low - 1
+    if fits(high):
+        return high
+    lo, hi = low, high  # fits(lo), not fits(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+MAX_BATCH = 4096
+MAX_WIDTH = 1 << 20
+
+
+def largest_batch(
+    f: ModelFacts,
+    c: Coefficients,
+    width: int,
+    limit: float,
+    *,
+    grad_checkpoint: bool,
+    accumulation: int,
+) -> int:
+    """The largest micro-batch size whose step fits in ``limit`` bytes at ``width`` (0: none)."""
+    return largest(
+        lambda b: (
+            estimate(
+                f, c, b, width, grad_checkpoint=grad_checkpoint, accumulation=accumulation
+            ).total
+            <= limit
+        ),
+        1,
+        MAX_BATCH,
+    )
+
+
+def largest_width(
+    f: ModelFacts,
+    c: Coefficients,
+    batch: int,
+    limit: float,
+    *,
+    grad_checkpoint: bool,
+    accumulation: int,
+) -> int:
+    """The longest sequence (tokens) whose step fits in ``limit`` bytes at ``batch`` (0: none).
+
+    Capped at the model's context length when its config gives one.
+    """
+    cap = f.max_positions if f.max_positions > 0 else MAX_WIDTH
+    found = largest(
+        lambda w: (
+            estimate(
+                f, c, batch, w, grad_checkpoint=grad_checkpoint, accumulation=accumulation
+            ).total
+            <= limit
+        ),
+        8,
+        cap,
+    )
+    return max(found, 0) if found >= 8 else 0

@@ -1,0 +1,359 @@
+"""`scu-tui check`: the command as a user runs it, and the pieces it is built from."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import scu
+
+from scu_tui.check.data_report import batch_width, loss_tokens, report
+from scu_tui.check.find_lr import suggest
+from scu_tui.check.memory import (
+    Coefficients,
+    estimate,
+    from_config,
+    largest,
+    largest_batch,
+    largest_width,
+)
+from scu_tui.check.model_facts import ModelFacts
+from scu_tui.check.watchdog import MemoryWatchdog
+from scu_tui.demo import MODEL_DIR
+from scu_tui.presets import load_preset
+from scu_tui.training.data import DataBundle, Split
+
+#: config.json of Qwen/Qwen3-4B-MLX-4bit, the reference workload's model.
+QWEN3_4B_MLX_4BIT = {
+    "architectures": ["Qwen3ForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "hidden_size": 2560,
+    "initializer_range": 0.02,
+    "intermediate_size": 9728,
+    "max_position_embeddings": 40960,
+    "max_window_layers": 36,
+    "model_type": "qwen3",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 36,
+    "num_key_value_heads": 8,
+    "quantization": {"group_size": 64, "bits": 4},
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": None,
+    "rope_theta": 1000000,
+    "sliding_window": None,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "use_cache": True,
+    "use_sliding_window": False,
+    "vocab_size": 151936,
+}
+
+REQUIRED_JSON = ("peak_memory_gb", "seconds_per_step", "tokens_per_step", "fits", "verdict")
+
+
+def check(*args: str) -> tuple[int, dict[str, Any] | None, str]:
+    done = scu("check", *args, "--json", timeout=300)
+    data = json.loads(done.stdout) if done.returncode == 0 else None
+    return done.returncode, data, done.stderr
+
+
+def config_folder(root: Path, config: dict[str, Any], tokenizer: bool = False) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    if tokenizer:
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(MODEL_DIR / name, root / name)
+    return root
+
+
+def demo_config() -> dict[str, Any]:
+    config: dict[str, Any] = json.loads((MODEL_DIR / "config.json").read_text(encoding="utf-8"))
+    return config
+
+
+# --- the command --------------------------------------------------------------------------
+
+
+def test_demo_check_reports_everything_in_80_columns() -> None:
+    done = scu("check", "--preset", "demo", timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    sections = {"environment", "model", "data", "memory", "time", "verdict"}
+    assert sections <= set(lines)
+    text = done.stdout
+    assert "656,768" in text and "65,536 trainable" in text  # the demo's parameters
+    assert "1,161" in text  # train rows
+    assert "padding" in text and "fits: peak" in text
+    assert "per step" in text and "ETA" in text
+
+
+def test_demo_json_has_the_promised_keys_and_a_measured_time() -> None:
+    code, data, err = check("--preset", "demo", "--max-steps", "300")
+    assert code == 0, err
+    assert data is not None
+    assert all(key in data for key in REQUIRED_JSON)
+    assert data["fits"] is True and data["verdict"].startswith("fits")
+    assert data["seconds_per_step"] > 0 and data["tokens_per_step"] > 0
+    assert data["eta_seconds"] >= 300 * data["seconds_per_step"]
+    assert data["model"]["trainable"] == 65536 and data["model_source"] == "weights"
+    # 1,161 train rows in batches of 4: the longest row is left out of every epoch
+    assert data["data"]["rows_per_epoch"] == 1160
+    assert data["epochs"] == pytest.approx(300 * 4 / 1160)
+    terms = {t["grows_with"] for t in data["memory"]["terms"]}
+    assert {"parameters", "batch x sequence", "batch x sequence^2", "batch x seq x vocab"} <= terms
+    assert sum(t["gb"] for t in data["memory"]["terms"]) == pytest.approx(data["peak_memory_gb"])
+    assert data["memory"]["other"]["grad_checkpoint"] is True
+
+
+def test_config_alone_gives_an_estimate_without_a_time(tmp_path: Path) -> None:
+    folder = config_folder(tmp_path / "demo-config", demo_config())
+    code, data, err = check("--preset", "demo", "--model", str(folder))
+    assert code == 0, err
+    assert data is not None
+    assert data["model_source"] == "config" and data["seconds_per_step"] is None
+    assert data["model"]["parameters"] == 656768 and data["model"]["trainable"] == 65536
+    assert data["peak_memory_gb"] > 0 and data["fits"] is True
+    assert data["data"]["tokenized"] is False  # no tokenizer: rows only
+    assert [s["rows"] for s in data["data"]["splits"]] == [1161, 174, 117]
+    assert data["memory"]["sequence_length"] == 128  # max_seq_length: no lengths known
+    text = scu("check", "--preset", "demo", "--model", str(folder), timeout=300)
+    assert text.returncode == 0 and "not measured: no weights" in text.stdout
+
+
+def test_config_alone_with_a_tokenizer_counts_tokens(tmp_path: Path) -> None:
+    folder = config_folder(tmp_path / "demo-config", demo_config(), tokenizer=True)
+    code, data, err = check("--preset", "demo", "--model", str(folder))
+    assert code == 0, err
+    assert data is not None and data["data"]["tokenized"] is True
+    assert data["memory"]["sequence_length"] == 65  # the widest batch the demo data gives
+    assert data["seconds_per_step"] is None
+
+
+def test_reference_workload_from_its_config_alone(tmp_path: Path) -> None:
+    """Qwen3-4B, 4-bit, group 64, r=32, batch 2 at 2048 tokens, before any download."""
+    folder = config_folder(tmp_path / "qwen3-4b", QWEN3_4B_MLX_4BIT)
+    code, data, err = check(
+        "--preset", "qwen3-4b-mlx-4bit", "--model", str(folder), "--data", "@demo"
+    )
+    assert code == 0, err
+    assert data is not None
+    model = data["model"]
+    assert model["parameters"] == pytest.approx(4.02e9, rel=0.01)
+    assert model["quantization"] == "4-bit, group 64"
+    assert model["weight_bytes"] / 1e9 == pytest.approx(2.26, abs=0.02)
+    assert model["trainable"] == 66060288  # r=32 on q, k, v, o, gate, up, down of 36 blocks
+    memory = data["memory"]
+    assert (memory["batch_size"], memory["sequence_length"]) == (2, 2048)
+    weights = {t["name"]: t["gb"] for t in memory["terms"]}
+    assert weights["optimizer state"] == pytest.approx(2 * weights["LoRA weights"])
+    assert memory["other"]["peak_memory_gb"] < data["peak_memory_gb"]  # checkpointing helps
+    assert data["seconds_per_step"] is None and isinstance(data["fits"], bool)
+    if not data["fits"]:
+        assert data["fixes"] and data["verdict"].startswith("does not fit")
+
+
+def test_grad_checkpoint_setting_is_recommended_when_it_makes_the_run_fit(tmp_path: Path) -> None:
+    """A config-only estimate against this machine's budget: long sequences do not fit
+    without checkpointing, and the verdict says what to change."""
+    folder = config_folder(tmp_path / "qwen3-4b", QWEN3_4B_MLX_4BIT)
+    code, data, err = check(
+        "--preset", "qwen3-4b-mlx-4bit", "--model", str(folder), "--data", "@demo",
+        "--set", "data.max_seq_length=40960", "--set", "training.batch_size=64",
+    )  # fmt: skip
+    assert code == 0, err
+    assert data is not None and data["fits"] is False
+    assert data["verdict"].startswith("does not fit")
+    assert any("training.batch_size" in f or "max_seq_length" in f for f in data["fixes"])
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--set", "training.lr=1e-3"], "unknown key 'training.lr'"),
+        (["--model", "/nonexistent/model"], "no such directory"),
+        (["--data", "/nonexistent/data.jsonl"], "no such file"),
+        (["--preset", "no-such-preset"], "unknown preset"),
+        (["--set", "training.batch_size=0"], "training.batch_size"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], says: str) -> None:
+    done = scu("check", *args, timeout=300)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("scu-tui: error: ") and says in lines[0]
+    assert done.stdout == ""
+
+
+def test_bad_model_folders_are_bad_input(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json", encoding="utf-8")
+    unknown = config_folder(tmp_path / "unknown", {"model_type": "no-such-architecture"})
+    for folder, says in (
+        (empty, "no config.json"),
+        (broken, "not valid JSON"),
+        (unknown, "cannot build it from config.json"),
+    ):
+        done = scu("check", "--model", str(folder), timeout=300)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and says in lines[0] and str(folder) in lines[0]
+
+
+def test_find_lr_on_the_demo_suggests_a_rate_where_the_tuned_one_sits() -> None:
+    """docs/benchmarks.md's sweep: 1e-3 is the demo's best base LR; 5e-4 and 2e-3, its
+    neighbours on the grid, end within 50 % of it, 2e-4 and 5e-3 far worse."""
+    code, data, err = check("--preset", "demo", "--find-lr")
+    assert code == 0, err
+    assert data is not None
+    suggested = data["find_lr"]["suggested_learning_rate"]
+    assert 5e-4 <= suggested <= 2e-3
+    curve = data["find_lr"]["curve"]
+    assert len(curve) >= 50 and curve[0]["lr"] < 1e-5
+    text = scu("check", "--preset", "demo", "--find-lr", timeout=300)
+    assert text.returncode == 0
+    assert "--set training.learning_rate=" in text.stdout
+    assert max(len(line) for line in text.stdout.splitlines()) <= 80
+
+
+# --- the pieces ---------------------------------------------------------------------------
+
+
+def facts(**changes: Any) -> ModelFacts:
+    base: dict[str, Any] = {
+        "model_type": "qwen3", "parameters": 10_000_000, "weight_bytes": 40_000_000,
+        "trainable": 100_000, "trainable_bytes": 400_000, "lora_modules": 28, "lora_rank": 8,
+        "lora_dropout": False, "quantization": "none", "dtype": "float32", "act_bytes": 4,
+        "layers": 4, "hidden": 256, "intermediate": 768, "heads": 4, "kv_heads": 2,
+        "head_dim": 64, "vocab": 1000, "max_positions": 4096,
+    }  # fmt: skip
+    base.update(changes)
+    return ModelFacts(**base)
+
+
+def test_estimate_grows_with_batch_and_sequence_and_terms_add_up() -> None:
+    f = facts()
+    c = from_config(f, grad_checkpoint=False)
+    small, wide, big = (estimate(f, c, b, w) for b, w in ((1, 64), (1, 256), (4, 256)))
+    assert small.total < wide.total < big.total
+    assert big.total == pytest.approx(sum(t.bytes for t in big.terms))
+    by_name = {t.name: t.bytes for t in big.terms}
+    assert by_name["weights"] == 40_000_000
+    assert by_name["optimizer state"] == 2 * by_name["LoRA weights"] == 800_000
+    # attention grows with the square of the sequence, the rest linearly
+    attn = {w: {t.name: t.bytes for t in estimate(f, c, 1, w).terms} for w in (100, 200)}
+    assert attn[200]["attention scores"] == pytest.approx(4 * attn[100]["attention scores"])
+    assert attn[200]["logits and loss"] == pytest.approx(2 * attn[100]["logits and loss"])
+    ckpt = from_config(f, grad_checkpoint=True)
+    assert estimate(f, ckpt, 4, 1024).total < estimate(f, c, 4, 1024).total
+
+
+def test_largest_batch_and_width_are_the_limits_of_the_estimate() -> None:
+    f = facts()
+    c = Coefficients(0.0, 50_000.0, 2_000.0, 30.0, measured=True)
+    limit = 2e9
+    b = largest_batch(f, c, 512, limit, grad_checkpoint=False, accumulation=1)
+    assert estimate(f, c, b, 512).total <= limit < estimate(f, c, b + 1, 512).total
+    w = largest_width(f, c, 8, limit, grad_checkpoint=False, accumulation=1)
+    assert estimate(f, c, 8, w).total <= limit < estimate(f, c, 8, w + 1).total
+    assert largest_batch(f, c, 512, 1e6, grad_checkpoint=False, accumulation=1) == 0
+    assert largest_width(f, c, 1, 1e12, grad_checkpoint=False, accumulation=1) == 4096  # context
+    assert largest(lambda n: n <= 37, 1, 1000) == 37
+
+
+def test_watchdog_pauses_once_per_level_near_the_budget() -> None:
+    dog = MemoryWatchdog(limit_bytes=10_000_000_000)
+    assert dog.check(5e9) is None and dog.check(9.1e9) is None
+    reason = dog.check(9.3e9)
+    assert reason is not None and "9.30 GB" in reason and "93%" in reason
+    assert "checkpoint" in reason and "training.grad_checkpoint" in reason
+    assert dog.check(9.3e9) is None and dog.check(9.6e9) is None  # a person resumed
+    assert dog.check(9.8e9) is not None  # ... and it grew further
+    assert MemoryWatchdog(limit_bytes=0).check(1e12) is None
+
+
+def test_memory_limit_is_a_share_of_this_machine() -> None:
+    from scu_tui.check import environment
+
+    env = environment.detect()
+    assert 0 < env.memory_limit <= env.memory_total
+    assert environment.memory_limit_bytes() == env.memory_limit
+    assert env.backend in ("CPU", "Metal", "CUDA", "GPU")
+
+
+def test_data_report_padding_dropped_rows_and_loss_tokens() -> None:
+    settings = load_preset("demo").replace(
+        {"training.batch_size": 2, "data.max_seq_length": 64, "data.mask_prompt": True}
+    )
+    rows = [([1] * n, off) for n, off in ((10, 2), (20, 5), (40, 0), (100, 70), (5, 1))]
+    split = Split("train", "t.jsonl", rows)
+    bundle = DataBundle(split, Split("valid", "v.jsonl", rows[:2]), None, "completions")
+    r = report(bundle, settings)
+    # sorted by length 5, 10 | 20, 40 | 100 (left out): widths 33 and 64 (the cap)
+    assert r.batch_widths == {33: 1, 64: 1} and r.max_width == 64 and r.rows_per_epoch == 4
+    assert r.padding_share == pytest.approx(1 - (5 + 10 + 20 + 40) / (2 * 33 + 2 * 64))
+    assert any("1 longest train row" in d for d in r.dropped)
+    train = r.splits[0]
+    assert (train.rows, train.max, train.truncated) == (5, 100, 1)
+    assert train.cut_share == pytest.approx(36 / 175)
+    assert r.cut_share(64) == pytest.approx(36 / 175) and r.cut_share(1000) == 0
+    assert batch_width([100], 64) == 64 and batch_width([33], 128) == 65
+    assert loss_tokens(10, 2, 33, 64) == 9 and loss_tokens(100, 70, 64, 64) == 0
+
+
+def test_lr_suggestion_is_a_decade_below_the_smoothed_minimum() -> None:
+    lrs = [1e-6 * 1.2**i for i in range(80)]
+    loss = [5 - 3 * math.exp(-((math.log10(lr) + 2.5) ** 2)) for lr in lrs]
+    suggested, lowest = suggest(lrs, loss)
+    assert lowest is not None and suggested is not None
+    assert math.log10(lowest) == pytest.approx(-2.5, abs=0.1)
+    assert suggested == pytest.approx(lowest / 10)
+    assert suggest(lrs[:4], loss[:4]) == (None, None)
+
+
+def test_grad_checkpoint_trains_the_same_with_less_memory() -> None:
+    """training.grad_checkpoint: identical losses (no dropout), a lower peak, and only this
+    model's blocks are affected (mlx-lm patches a class, which is per model here)."""
+    import mlx.core as mx
+
+    from scu_tui.training.data import load_data
+    from scu_tui.training.model import apply_lora, load_model
+    from scu_tui.training.trainer import Trainer
+
+    def run(grad_checkpoint: bool) -> tuple[list[float], float, Trainer]:
+        settings = load_preset("demo").replace(
+            {"training.grad_checkpoint": grad_checkpoint, "training.warmup_steps": 0}
+        )
+        model, tokenizer = load_model("@demo")
+        data = load_data(settings.data, tokenizer, 0)
+        mx.random.seed(0)
+        apply_lora(model, settings.lora, "@demo")
+        trainer = Trainer(model, data, settings)
+        trainer.train_step()  # compile, then measure
+        mx.reset_peak_memory()
+        resident = mx.get_active_memory()  # other tests' and models' arrays included
+        losses = [trainer.train_step().loss for _ in range(4)]
+        return losses, mx.get_peak_memory() - resident, trainer
+
+    plain, plain_peak, plain_trainer = run(False)
+    ckpt, ckpt_peak, ckpt_trainer = run(True)
+    assert ckpt == plain
+    assert ckpt_peak < plain_peak
+    blocks = ckpt_trainer.model.layers
+    assert all(getattr(type(b), "_scu_checkpointed", False) for b in blocks)
+    assert not any(getattr(type(b), "_scu_checkpointed", False) for b in plain_trainer.model.layers)
+    again, _, fresh = run(False)
+    assert again == plain
+    assert not any(getattr(type(b), "_scu_checkpointed", False) for b in fresh.model.layers)
