@@ -412,17 +412,33 @@ class BatchStream:
         self._order = self._permutation(self.epoch)
 
 
+def eval_batch_rows(split: Split, batch_size: int, limit: int) -> list[list[int]]:
+    """The rows of each validation batch: those ``mlx_lm.lora`` evaluates, so that
+    ``val_loss`` is the number it reports on the same data and settings.
+
+    mlx-lm groups the rows in file order (its length sort sees every row of its cached
+    data set as equally long: ml-explore/mlx-lm#596) into batches of ``batch_size``, leaves
+    out the rows that do not fill a last batch, and evaluates ``limit`` of the batches (all
+    when -1). It draws those at random on each pass; here they are the same on every pass,
+    so validation losses are comparable across a run, and spread evenly over the batches
+    ordered by their token count, so that short and long rows weigh in as they do in the
+    whole split. A split smaller than a batch is one batch of all its rows (mlx-lm refuses
+    it).
+    """
+    size = min(batch_size, len(split))
+    batches = [list(range(i, i + size)) for i in range(0, len(split) - size + 1, size)]
+    if limit != -1 and limit < len(batches):
+        tokens = [sum(len(split.sequences[i][0]) for i in rows) for rows in batches]
+        by_tokens = sorted(range(len(batches)), key=lambda b: tokens[b])
+        picks = np.unique(np.linspace(0, len(batches) - 1, limit).round().astype(int))
+        batches = [batches[b] for b in sorted(by_tokens[int(p)] for p in picks)]
+    return batches
+
+
 def eval_batches(
     split: Split, batch_size: int, max_seq_length: int, limit: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``limit`` length-sorted batches spread evenly over all lengths (all when -1).
-
-    The same set every time, so validation losses are comparable across a run.
-    """
-    size = min(batch_size, len(split))
-    batches = length_sorted_batches(split, size)
-    if limit != -1 and limit < len(batches):
-        picks = np.unique(np.linspace(0, len(batches) - 1, limit).round().astype(int))
-        batches = [batches[i] for i in picks]
-    for indices in batches:
+    """The validation batches of :func:`eval_batch_rows`, padded and truncated as mlx-lm's
+    ``iterate_batches`` does."""
+    for indices in eval_batch_rows(split, batch_size, limit):
         yield make_batch([split.sequences[i] for i in indices], max_seq_length)
