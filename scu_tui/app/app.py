@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any, ClassVar, Protocol
@@ -58,21 +58,27 @@ from scu_tui.app.widgets import (
 )
 from scu_tui.config import Settings
 from scu_tui.errors import UserError
-from scu_tui.events import (
+from scu_tui.presets import load_preset
+from scu_tui.protocol import (
     CheckpointEvent,
     Command,
+    CommandKind,
     DecisionEvent,
     DoneEvent,
     EvalEvent,
     Event,
     MessageEvent,
+    Mode,
     ModeEvent,
     PauseEvent,
     ProposalEvent,
     ResumeEvent,
     RollbackEvent,
+    RunFile,
+    StartEvent,
+    event_from_dict,
+    read_events,
 )
-from scu_tui.presets import load_preset
 from scu_tui.remote.attach import COMMAND_FAILED, NOT_RUNNING
 from scu_tui.run import Run
 from scu_tui.sinks import Sink
@@ -81,7 +87,7 @@ from scu_tui.themes import DEFAULT_THEME, find_theme, textual_themes, theme_name
 #: A run's message levels as notification severities.
 SEVERITY: dict[str, SeverityLevel] = {"error": "error", "warning": "warning"}
 #: ``m`` cycles the S-SCU through these modes.
-MODE_CYCLE = ("ask", "auto", "observe")
+MODE_CYCLE = (Mode.ASK, Mode.AUTO, Mode.OBSERVE)
 #: Terminals at least this tall get taller panels.
 TALL_HEIGHT = 34
 #: After a hang-up and the run's end, how long the app may take to exit on its own.
@@ -240,6 +246,8 @@ class ScuApp(App[int]):
         """Build the run here (cheap), train it on a worker thread, drain it on a timer."""
         self.settings = settings
         self.state = RunState(window=settings.scu.window)
+        if self.resume is not None:  # the plots show the whole surviving history
+            self.state.load_history(past_events(self.resume / RunFile.EVENTS))
         self.dashboard.query_one(StatusPanel).show_settings(
             settings.name, settings.model.path, settings.training.max_steps
         )
@@ -481,6 +489,9 @@ class ScuApp(App[int]):
         """What an event means for the person watching, beyond the panels' numbers."""
         if event.time < self._history_until and not isinstance(event, DoneEvent):
             return  # replayed on attach: the panels show it, a pop-up would be old news
+        if isinstance(event, StartEvent) and self._mode_target == event.mode:
+            self._mode_target = None  # pressed while loading, for the mode it starts in
+            self._effects.pop("mode", None)
         if isinstance(event, PauseEvent | ResumeEvent):
             self._pause_target = None
             self._effects.pop("pause", None)
@@ -597,17 +608,17 @@ class ScuApp(App[int]):
     def action_toggle_pause(self) -> None:
         paused = self._pause_target if self._pause_target is not None else self.state.paused
         target = not paused
-        if self._submit(Command("pause" if target else "resume")):
+        if self._submit(Command(CommandKind.PAUSE if target else CommandKind.RESUME)):
             self._pause_target = target
             self._effect("pause", "pausing…" if target else "resuming…")
 
     def action_accept(self) -> None:
-        self._answer("accept", "accepting…")
+        self._answer(CommandKind.ACCEPT, "accepting…")
 
     def action_veto(self) -> None:
-        self._answer("veto", "vetoing…")
+        self._answer(CommandKind.VETO, "vetoing…")
 
-    def _answer(self, kind: str, text: str) -> None:
+    def _answer(self, kind: CommandKind, text: str) -> None:
         """Answer the proposal the banner names, by its id; the run refuses an id that is
         no longer pending (expired a moment ago, say) instead of answering another."""
         target = self.answer_target()
@@ -622,18 +633,18 @@ class ScuApp(App[int]):
             self._show_banner()
 
     def action_save(self) -> None:
-        if self._submit(Command("save")):
+        if self._submit(Command(CommandKind.SAVE)):
             self._effect("save", "saving…")
 
     def action_evaluate(self) -> None:
-        if self._submit(Command("eval")):
+        if self._submit(Command(CommandKind.EVAL)):
             self._effect("eval", "evaluating…")
 
     def action_cycle_mode(self) -> None:
         current = self._mode_target or self.state.mode
         index = MODE_CYCLE.index(current) if current in MODE_CYCLE else -1
         target = MODE_CYCLE[(index + 1) % len(MODE_CYCLE)]
-        if not self._submit(Command("mode", value=target)):
+        if not self._submit(Command(CommandKind.MODE, value=target)):
             return
         if target == self.state.mode:  # back where the run is: it will say nothing
             self._mode_target = None
@@ -697,7 +708,7 @@ class ScuApp(App[int]):
         )
 
     def _confirmed_stop(self, yes: bool | None) -> None:
-        if yes and self._submit(Command("stop")):
+        if yes and self._submit(Command(CommandKind.STOP)):
             self._effect("stop", "stopping…")
 
     async def action_quit(self) -> None:
@@ -730,6 +741,17 @@ class ScuApp(App[int]):
         self.quitting = True
         self.training_run.request_stop("user")
         self._effect("stop", "stopping…")
+
+
+def past_events(path: Path) -> Iterator[Event]:
+    """The events a run folder already holds (none when it has no readable events file)."""
+    try:
+        for data in read_events(path):
+            event = event_from_dict(data)
+            if event is not None:
+                yield event
+    except UserError:
+        return
 
 
 def release_mlx_thread() -> None:

@@ -16,12 +16,12 @@ import heapq
 import math
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from scu_tui.control.policy import HIGH_VARIABILITY
-from scu_tui.events import (
+from scu_tui.protocol import (
     AnalysisEvent,
     CheckpointEvent,
     DecisionEvent,
@@ -47,6 +47,11 @@ HISTORY_POINTS = 4096
 DECISION_LINES = 200
 #: Steps averaged for the tokens/s figure (one step's rate jitters too much to read).
 THROUGHPUT_STEPS = 20
+#: Steps whose wall-clock times give the ETA: long enough to include the evaluations and
+#: checkpoints of a period, so the estimate does not swing with each batch's length.
+ETA_STEPS = 200
+#: Decision and rollback markers kept for the plots.
+MARKERS = 1000
 
 #: The done status an attached follower gives a run that vanished without a done event
 #: (``kill -9``, a crash); the run itself never writes it. See scu_tui.remote.attach.
@@ -188,7 +193,7 @@ class RunState:
     batch_size: int = 0
     tokens_per_second: float = math.nan
     peak_memory_gb: float = math.nan
-    eta_seconds: float = math.nan
+    eta_seconds: float = math.nan  # the run's own estimate (its recent step times only)
     mode: str = ""
     paused: bool = False
     status: str = "starting"  # starting | running | paused | <DoneEvent status> | lost
@@ -207,6 +212,13 @@ class RunState:
     val_history: History = field(default_factory=History)
     lr_history: History = field(default_factory=History)
     grad_history: History = field(default_factory=History)
+    weight_decay_history: History = field(default_factory=History)
+    dropout_history: History = field(default_factory=History)
+    accumulation_history: History = field(default_factory=History)
+    #: (step, kind) for the plots: "decision" where a knob changed, "rollback" where
+    #: training went back to
+    markers: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=MARKERS))
+    _step_times: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=ETA_STEPS))
     pending: dict[str, ProposalEvent] = field(default_factory=dict)
     decisions: deque[DecisionRecord] = field(default_factory=lambda: deque(maxlen=DECISION_LINES))
     _throughput: deque[tuple[int, float]] = field(
@@ -234,6 +246,17 @@ class RunState:
         if self.done is None:
             return None
         return DONE_EXIT_CODES.get(self.done.status, 1)
+
+    @property
+    def eta(self) -> float:
+        """Seconds to ``max_steps`` at the wall-clock pace of the newest steps (evaluations
+        and checkpoints included, pauses not); nan until a few steps have been timed."""
+        if len(self._step_times) < 5 or self.done is not None:
+            return math.nan
+        (s0, t0), (s1, t1) = self._step_times[0], self._step_times[-1]
+        if s1 <= s0 or t1 <= t0:
+            return math.nan
+        return max(self.max_steps - self.step, 0) * (t1 - t0) / (s1 - s0)
 
     @property
     def oldest_pending(self) -> ProposalEvent | None:
@@ -264,7 +287,24 @@ class RunState:
         if handler is not None:
             handler(event)
 
+    def load_history(self, events: Iterable[Event]) -> None:
+        """Fold a run's past (a resumed run's, before this process) into the state: the
+        plots then show its whole surviving history. Its end is no end of this run, and its
+        unanswered proposals lapsed with the process that made them."""
+        for event in events:
+            if not isinstance(event, DoneEvent):
+                self.fold(event)
+        for pid in list(self.pending):
+            record = self.record(pid)
+            if record is not None and record.outcome == "pending":
+                record.outcome, record.by = "expired", "resume"
+        self.pending.clear()
+        self.paused = False
+        self._step_times.clear()
+
     def _on_start(self, e: StartEvent) -> None:
+        if e.resumed:  # the steps a killed process trained past its checkpoint are gone
+            self._cut_after(e.step)
         self.preset, self.model, self.data = e.preset, e.model, e.data
         self.output_dir = e.output_dir
         self.trainable_parameters = e.trainable_parameters
@@ -275,6 +315,8 @@ class RunState:
         self.status = "running"
 
     def _on_step(self, e: StepEvent) -> None:
+        if self.losses and e.step <= self.losses[-1][0]:  # a rewind the file did not name
+            self._cut_after(e.step - 1)
         self.step, self.max_steps = e.step, e.max_steps
         self.loss, self.grad_norm, self.lr = e.loss, e.grad_norm, e.lr
         self.losses.append((e.step, e.loss))
@@ -286,6 +328,10 @@ class RunState:
         if math.isfinite(e.grad_norm):
             self.grad_history.append(e.step, e.grad_norm)
         self.lr_history.append(e.step, e.lr)
+        self.weight_decay_history.append(e.step, e.weight_decay)
+        self.dropout_history.append(e.step, e.dropout)
+        self.accumulation_history.append(e.step, float(e.accumulation))
+        self._step_times.append((e.step, e.time))
         self.knobs.update(
             lr=e.lr, weight_decay=e.weight_decay, dropout=e.dropout, accumulation=e.accumulation
         )
@@ -309,12 +355,14 @@ class RunState:
 
     def _on_knob(self, e: KnobEvent) -> None:
         self.knobs[e.knob] = e.after
+        self.markers.append((e.step, "decision"))
 
     def _on_pause(self, e: PauseEvent) -> None:
         self.paused, self.status = True, "paused"
 
     def _on_resume(self, e: ResumeEvent) -> None:
         self.paused, self.status = False, "running"
+        self._step_times.clear()  # the pause is no part of the pace
 
     def _on_mode(self, e: ModeEvent) -> None:
         self.mode = e.mode
@@ -362,18 +410,37 @@ class RunState:
         """One timeline: what the abandoned branch trained is gone from every view (its
         proposals stay in the log, where the run marks them cancelled)."""
         self.rollbacks += 1
-        self.step = e.to_step
+        self._cut_after(e.to_step)
+        self.markers.append((e.to_step, "rollback"))
+
+    def _cut_after(self, to_step: int) -> None:
+        """Drop every point after ``to_step``: a rollback, or a resume from a checkpoint
+        older than the last step a killed process wrote."""
+        self.step = to_step
         for series in (self.losses, self.grad_norms, self.val_losses):
-            kept = [(s, v) for s, v in series if s <= e.to_step]
+            kept = [(s, v) for s, v in series if s <= to_step]
             series.clear()
             series.extend(kept)
-        for history in (self.loss_history, self.val_history, self.lr_history, self.grad_history):
-            history.cut_after(e.to_step)
+        histories = (
+            self.loss_history,
+            self.val_history,
+            self.lr_history,
+            self.grad_history,
+            self.weight_decay_history,
+            self.dropout_history,
+            self.accumulation_history,
+        )
+        for history in histories:
+            history.cut_after(to_step)
+        marks = [m for m in self.markers if m[0] <= to_step]
+        self.markers.clear()
+        self.markers.extend(marks)
+        self._step_times.clear()
         self.best_train_loss = min(self.loss_history.values, default=math.nan)
         self.best_val_loss = min(self.val_history.values, default=math.nan)
         self.loss = self.losses[-1][1] if self.losses else math.nan
         self.val_loss = self.val_losses[-1][1] if self.val_losses else math.nan
-        if self.analysis is not None and self.analysis.step > e.to_step:
+        if self.analysis is not None and self.analysis.step > to_step:
             self.analysis = None
 
     def _on_message(self, e: MessageEvent) -> None:
@@ -440,6 +507,6 @@ def trend_words(analysis: AnalysisEvent | None) -> str:
         return "trend: waiting for the S-SCU"
     change = trend_change(analysis.trend, analysis.period)
     rate = "--" if change is None else f"{100 * change:+.1f}%"
-    if change is not None and abs(change) >= 10:
+    if change is not None and abs(change) >= 0.1:  # 10 % and more: whole percents
         rate = f"{100 * change:+.0f}%"
     return f"{trend_word(analysis.trend)} {rate}/{analysis.period} steps"

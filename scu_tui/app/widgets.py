@@ -24,7 +24,7 @@ from scu_tui.app.feed import (
     gradient_status,
     trend_words,
 )
-from scu_tui.events import AnalysisEvent, ProposalEvent
+from scu_tui.protocol import AnalysisEvent, ProposalEvent
 from scu_tui.sinks import format_duration
 
 
@@ -104,19 +104,9 @@ class StatusPanel(Vertical):
             self.query_one("#progress", ProgressBar).update(
                 total=state.max_steps, progress=state.step
             )
-        tps = state.tokens_per_second
-        numbers = (
-            f"step {state.step}/{state.max_steps}  ETA {format_duration(state.eta_seconds)}  "
-            f"{num(tps, ',.0f')} tok/s  peak {num(state.peak_memory_gb, '.2f')} GB"
-        )
-        if state.rollbacks:
-            numbers += f"  rollbacks {state.rollbacks}"
         failed = state.done is not None and state.done.status == "failed"
         self.set_class(failed or state.lost, "-failed")
-        if failed:
-            numbers = f"failed at step {state.step}: {state.message or 'see the notification'}"
-        elif state.lost:  # no ETA: nothing is running any more
-            numbers = f"lost at step {state.step}: {state.message or 'the run is gone'}"
+        numbers = status_numbers(state)
         k = state.knobs
         accumulation = int(k.get("accumulation", 0))
         batch = f"{state.batch_size}×{accumulation}" if state.batch_size else "--"
@@ -134,6 +124,23 @@ class StatusPanel(Vertical):
         """The one word that says what the run is doing; also called straight from keys."""
         word, kind = state_word(state, transient)
         self.query_one("#status-word", Readout).show(word, kind)
+
+
+def status_numbers(state: RunState) -> str:
+    """The status panel's line of numbers: progress, ETA (or why there is none), speed."""
+    if state.done is not None and state.done.status == "failed":
+        return f"failed at step {state.step}: {state.message or 'see the notification'}"
+    if state.lost:  # no ETA: nothing is running any more
+        return f"lost at step {state.step}: {state.message or 'the run is gone'}"
+    eta = "paused" if state.paused else format_duration(state.eta)
+    numbers = (
+        f"step {state.step}/{state.max_steps}  ETA {eta}  "
+        f"{num(state.tokens_per_second, ',.0f')} tok/s  "
+        f"peak {num(state.peak_memory_gb, '.2f')} GB"
+    )
+    if state.rollbacks:
+        numbers += f"  rollbacks {state.rollbacks}"
+    return numbers
 
 
 def state_word(state: RunState, transient: str) -> tuple[str, str]:
