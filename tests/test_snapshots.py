@@ -189,3 +189,49 @@ async def test_the_inspector_shows_the_whole_reason_and_absolute_values() -> Non
         assert "weight decay 0 → 0.01" in text and "vetoed by user" in text
         assert "none (the change was not made)" in text
         await pilot.press("escape", "q", "y")
+
+
+#: After the recording: an accepted weight-decay raise, then a rollback to step 140.
+ROLLED_BACK = [
+    {"type": "knob", "step": 150, "time": 0.0, "knob": "weight_decay", "before": 0.0,
+     "after": 0.01, "by": "user"},
+    {"type": "rollback", "step": 158, "time": 0.0, "to_step": 140, "reason": "Erratic"},
+]  # fmt: skip
+
+
+class RolledBack(RecordedRun):
+    extra = ROLLED_BACK
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_plots_with_markers(snap_compare: Any, size: tuple[int, int]) -> None:
+    app = recorded_app("scu-dark", RolledBack)
+    assert snap_compare(app, terminal_size=size, run_before=all_drawn, press=["g"])
+
+
+def fake_run(root: Path, name: str, status: str, steps: int, best: float, started: float) -> None:
+    """A run folder as a finished run leaves it (its files written here, for a fixed view)."""
+    run = root / name
+    (run / "checkpoints" / f"step-{steps:06d}").mkdir(parents=True)
+    settings = {"name": "demo", "model": {"path": "@demo"}, "training": {"max_steps": 800}}
+    (run / "simple_training_config.json").write_text(json.dumps({"settings": settings}))
+    summary = {"status": status, "steps": steps, "max_steps": 800, "best_val_loss": best}
+    (run / "scu_training_summary.json").write_text(json.dumps(summary))
+    start = {"type": "start", "step": 0, "time": started}
+    (run / "events.jsonl").write_text(json.dumps(start) + "\n")
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_the_runs_list(
+    snap_compare: Any, size: tuple[int, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "UTC")
+    import time as _time
+
+    _time.tzset()
+    fake_run(tmp_path / "runs", "demo-20261130-090000", "completed", 800, 0.2941, 1796029200.0)
+    fake_run(tmp_path / "runs", "demo-20261201-101500", "interrupted", 412, 0.3518, 1796120100.0)
+    fake_run(tmp_path / "runs", "hot-20261201-111500", "failed", 60, 5.9213, 1796123700.0)
+    monkeypatch.chdir(tmp_path)
+    app = make_app(None, load=lambda name: load_preset(name))
+    assert snap_compare(app, terminal_size=size, press=["r"])

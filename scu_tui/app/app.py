@@ -47,6 +47,7 @@ from scu_tui.app.screens import (
     InspectorScreen,
     PlotsScreen,
     PresetPicker,
+    RunChoice,
 )
 from scu_tui.app.widgets import (
     DecisionLog,
@@ -80,7 +81,7 @@ from scu_tui.protocol import (
     read_events,
 )
 from scu_tui.remote.attach import COMMAND_FAILED, NOT_RUNNING
-from scu_tui.run import Run
+from scu_tui.run import Run, load_run_settings
 from scu_tui.sinks import Sink
 from scu_tui.themes import DEFAULT_THEME, find_theme, textual_themes, theme_names
 
@@ -238,9 +239,28 @@ class ScuApp(App[int]):
         else:
             self.push_screen(PresetPicker(self.load), self._picked)
 
-    def _picked(self, settings: Settings | None) -> None:
-        if settings is not None:
-            self.start(settings)
+    def _picked(self, choice: Settings | RunChoice | None) -> None:
+        """A preset to train, or a run from the runs list to watch or go on with."""
+        if isinstance(choice, Settings):
+            self.start(choice)
+        elif isinstance(choice, RunChoice):
+            try:
+                self.open_run(choice)
+            except UserError as exc:
+                self.notify(str(exc), title="Cannot open the run", severity="error")
+                self.push_screen(PresetPicker(self.load), self._picked)
+
+    def open_run(self, choice: RunChoice) -> None:
+        """Attach to a run (live: steerable; finished: read-only), or resume it here."""
+        if choice.action == "resume":
+            self.resume, self.output_dir = choice.path, None
+            self.start(load_run_settings(choice.path))
+            return
+        from scu_tui.remote.attach import RemoteRun
+
+        remote = RemoteRun(choice.path)
+        self.run_factory = lambda *args, **kwargs: remote
+        self.start(remote.settings)
 
     def start(self, settings: Settings) -> None:
         """Build the run here (cheap), train it on a worker thread, drain it on a timer."""

@@ -7,7 +7,10 @@ app's :class:`~scu_tui.app.feed.RunState`.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
@@ -24,6 +27,8 @@ from scu_tui.app.widgets import change_text
 from scu_tui.config import Settings
 from scu_tui.errors import UserError
 from scu_tui.presets import PresetInfo, list_presets, save_user_preset
+from scu_tui.protocol import RunFile, event_from_dict, read_events
+from scu_tui.runs import RunInfo, list_runs
 
 if TYPE_CHECKING:
     from textual.events import Resize
@@ -324,7 +329,16 @@ class InspectorScreen(ModalScreen[None]):
 # --- preset picker ------------------------------------------------------------------------
 
 
-class PresetPicker(Screen[Settings]):
+@dataclass(frozen=True)
+class RunChoice:
+    """A run picked in the runs list: watch it (``attach``, live or finished) or go on
+    with it from its newest checkpoint (``resume``)."""
+
+    path: Path
+    action: str  # "attach" | "resume"
+
+
+class PresetPicker(Screen["Settings | RunChoice"]):
     """Shipped and user presets with their key settings; Enter trains with the selected one.
 
     ``load`` turns a preset name into settings; the CLI passes one that also applies the
@@ -342,16 +356,21 @@ class PresetPicker(Screen[Settings]):
             priority=True,  # before the table's own Enter, and shown in the footer
         ),
         Binding("n", "save_as", "Save as", id="picker.save_as", tooltip="Copy under a new name"),
+        Binding("r", "runs", "Runs", id="picker.runs", tooltip="Runs under runs/: open, compare"),
         Binding("escape,q", "app.quit", "Quit", id="picker.quit", tooltip="Leave scu-tui"),
     ]
 
-    def __init__(self, load: Callable[[str], Settings]) -> None:
+    def __init__(self, load: Callable[[str], Settings], runs_dir: Path = Path("runs")) -> None:
         super().__init__()
         self.load = load
+        self.runs_dir = runs_dir
         self.loaded: dict[str, Settings | str] = {}  # name -> settings, or why not
 
     def compose(self) -> ComposeResult:
-        yield Static("[b]Choose a preset[/b] — Enter trains, n saves a copy", id="picker-title")
+        yield Static(
+            "[b]Choose a preset[/b] — Enter trains, n saves a copy, r lists your runs",
+            id="picker-title",
+        )
         yield DataTable(cursor_type="row", zebra_stripes=True, id="preset-table")
         yield Static("", id="preset-detail")
         yield Footer()
@@ -439,6 +458,15 @@ class PresetPicker(Screen[Settings]):
             self.notify(settings, title=f"Cannot use {name}", severity="error")
             return
         self.dismiss(settings)
+
+    def action_runs(self) -> None:
+        """The runs list; a run chosen there ends the picker with it."""
+
+        def chosen(choice: RunChoice | None) -> None:
+            if choice is not None:
+                self.dismiss(choice)
+
+        self.app.push_screen(RunsScreen(self.runs_dir), chosen)
 
     def action_save_as(self) -> None:
         choice = self.selected()
@@ -675,6 +703,203 @@ class PlotsScreen(Screen[None]):
     def action_toggle_log(self) -> None:
         self.log_y = not self.log_y
         self.draw()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+# --- runs -----------------------------------------------------------------------------------
+
+
+def _when(started: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started else "--"
+
+
+class RunsScreen(Screen[RunChoice | None]):
+    """The runs under ``runs/``: name, status, steps, best validation loss, when it started,
+    whether it is live. Enter opens one (a live run: attached, steerable; a finished one:
+    read-only; an interrupted one: asks whether to resume it); space marks runs and ``c``
+    overlays their loss curves."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "open", "Open", id="runs.open", tooltip="Open the run", priority=True),
+        Binding("space", "mark", "Mark", id="runs.mark", tooltip="Mark for comparison"),
+        Binding("c", "compare", "Compare", id="runs.compare", tooltip="Overlay marked runs"),
+        Binding("f5", "refill", "Refresh", id="runs.refresh", tooltip="List the runs again"),
+        Binding("escape,q", "close", "Back", id="runs.close", tooltip="Back to the presets"),
+    ]
+
+    def __init__(self, runs_dir: Path) -> None:
+        super().__init__()
+        self.runs_dir = runs_dir
+        self.runs: dict[str, RunInfo] = {}
+        self.marked: set[str] = set()
+
+    def compose(self) -> ComposeResult:
+        yield Static(
+            f"[b]Runs under {self.runs_dir}/[/b] — Enter opens, space marks, c compares",
+            id="picker-title",
+        )
+        yield DataTable(cursor_type="row", zebra_stripes=True, id="runs-table")
+        yield Static("", id="runs-detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        table.add_columns(" ", "run", "status", "steps", "best val", "started")
+        self.action_refill()
+        table.focus()
+
+    def action_refill(self) -> None:
+        table = self.query_one(DataTable)
+        table.clear()
+        self.runs = {str(info.path): info for info in list_runs(self.runs_dir)}
+        for key, info in self.runs.items():
+            table.add_row(*self._row(info), key=key)
+        detail = self.query_one("#runs-detail", Static)
+        if not self.runs:
+            detail.update(f"No runs under {self.runs_dir}/ yet: train one from the presets.")
+
+    def _row(self, info: RunInfo) -> tuple[str, ...]:
+        status = f"{info.status} (live)" if info.live else info.status
+        best = f"{info.best_val_loss:.4f}" if info.best_val_loss is not None else "--"
+        mark = "✓" if str(info.path) in self.marked else ""
+        steps = f"{info.steps}/{info.max_steps}"
+        return (mark, info.name, status, steps, best, _when(info.started))
+
+    def selected(self) -> RunInfo | None:
+        table = self.query_one(DataTable)
+        if table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return self.runs.get(str(key))
+
+    @on(DataTable.RowHighlighted)
+    def highlighted(self, event: DataTable.RowHighlighted) -> None:
+        info = self.selected()
+        if info is None:
+            return
+        what = (
+            "live: Enter attaches (every key works)"
+            if info.live
+            else "interrupted: Enter offers to resume it"
+            if info.resumable
+            else "Enter shows it read-only"
+        )
+        self.query_one("#runs-detail", Static).update(
+            Text(f"{info.path}\n{info.preset} · {info.model} · {info.checkpoints} checkpoints"
+                 f" · {what}")
+        )  # fmt: skip
+
+    def action_open(self) -> None:
+        info = self.selected()
+        if info is None:
+            return
+        if info.resumable:
+            self.app.push_screen(
+                ConfirmScreen(
+                    f"{info.name} stopped at step {info.steps} ({info.status}).\n"
+                    "Resume it from its newest checkpoint?",
+                    yes="Resume",
+                    no="Just look",
+                ),
+                lambda yes: self.dismiss(RunChoice(info.path, "resume" if yes else "attach")),
+            )
+            return
+        self.dismiss(RunChoice(info.path, "attach"))
+
+    def action_mark(self) -> None:
+        info = self.selected()
+        if info is None:
+            return
+        key = str(info.path)
+        self.marked ^= {key}
+        table = self.query_one(DataTable)
+        table.update_cell(key, table.ordered_columns[0].key, "✓" if key in self.marked else "")
+
+    def action_compare(self) -> None:
+        chosen = [self.runs[k] for k in self.runs if k in self.marked]
+        if len(chosen) < 2:
+            self.notify("Mark two or more runs with space first", severity="warning")
+            return
+        self.app.push_screen(CompareScreen(chosen))
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+def run_history(path: Path) -> RunState:
+    """A finished or live run's surviving history, folded from its events file."""
+    state = RunState()
+    try:
+        events = [event_from_dict(data) for data in read_events(path / RunFile.EVENTS)]
+    except UserError:
+        return state
+    state.load_history(e for e in events if e is not None)
+    return state
+
+
+def render_comparison(
+    runs: Sequence[tuple[str, RunState]], width: int, height: int, colors: Sequence[RGB]
+) -> str:
+    """Validation loss and the training loss's moving average of several runs, overlaid."""
+    import plotext as plt
+
+    fig: Any = plt.figure
+    fig.clear()
+    fig.subplots(2, 1)
+    fig.plot_size(max(width, 30), max(height, 12))
+    fig.theme("colorless")
+    for row, (title, pick) in enumerate(
+        (("validation loss", "val"), ("training loss (moving average)", "train")), start=1
+    ):
+        sub = fig.subplot(row, 1)
+        sub.title(title + " — " + "  ".join(f"{i + 1}:{name}" for i, (name, _) in enumerate(runs)))
+        for index, (_, state) in enumerate(runs):
+            history = state.val_history if pick == "val" else state.loss_history
+            xs, ys = thin(history)
+            if not xs:
+                continue
+            ys = ys if pick == "val" else ema(ys)
+            color = colors[index % len(colors)] if colors else None
+            signal = sub.signal(xs, ys, marker=plt.marker("braille", color))
+            signal.lines()
+            sub.draw(signal)
+    return str(fig.build().string())
+
+
+class CompareScreen(Screen[None]):
+    """Several runs' loss curves on one plot."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,q,c", "close", "Back", id="compare.close", tooltip="Back to the runs"),
+    ]
+
+    def __init__(self, runs: Sequence[RunInfo]) -> None:
+        super().__init__()
+        self.runs = [(info.name, run_history(info.path)) for info in runs]
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="plot")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.draw()
+
+    def on_resize(self, event: Resize) -> None:
+        self.draw()
+
+    def draw(self) -> None:
+        plot = self.query_one("#plot", Static)
+        theme = self.app.current_theme
+        picks = [theme.primary, theme.accent, theme.warning, theme.success, theme.secondary]
+        colors = [Color.parse(c).rgb for c in picks if c]
+        text = render_comparison(self.runs, plot.size.width - 2, plot.size.height, colors)
+        plot.update(Text.from_ansi(text, no_wrap=True))
+
+    @property
+    def text(self) -> str:
+        return str(self.query_one("#plot", Static).render())
 
     def action_close(self) -> None:
         self.dismiss(None)
