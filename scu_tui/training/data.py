@@ -8,7 +8,7 @@ The training stream is deterministic and resumable: its position is two integers
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -328,6 +328,19 @@ def tokenize_rows(
             ) from None
         out.append((list(tokens), int(offset)))
     return out
+
+
+def raw_split(
+    settings: DataSettings, names: Sequence[str], seed: int
+) -> tuple[str, RawSplit, str]:
+    """The first of ``names`` the data has, as read (before tokenization), and its format."""
+    raw, _ = _read_raw(resolve_data_path(settings.path), seed)
+    train = raw["train"]
+    fmt = detect_format(list(train.rows.column_names), settings.format, train.label)
+    for name in names:
+        if name in raw and len(raw[name].rows):
+            return name, raw[name], fmt
+    raise UserError(f"data {settings.path}: no {' or '.join(names)} split")
 
 
 def load_data(settings: DataSettings, tokenizer: Any, seed: int) -> DataBundle:
