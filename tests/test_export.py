@@ -1,0 +1,64 @@
+"""A run's metrics as CSV and TensorBoard files: one row per step of its one timeline."""
+
+from __future__ import annotations
+
+import csv
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from scu_tui.export import timeline, write_csv, write_tensorboard
+
+DATA = Path(__file__).parent / "data" / "hot-lr-observe-events.jsonl"
+
+
+def run_with_rollback(tmp_path: Path) -> Path:
+    """The recorded hot run, rolled back at step 70 to 40, then trained on from there."""
+    events = [json.loads(line) for line in DATA.read_text().splitlines()]
+    first = [e for e in events if e["type"] != "done" and e["step"] <= 70]
+    rollback = {"type": "rollback", "step": 70, "time": 0.0, "to_step": 40, "reason": "x"}
+    branch = [e for e in events if e["type"] in ("step", "eval") and e["step"] > 40]
+    decided = {"type": "decision", "step": 20, "time": 0.0, "id": "p0001",
+               "outcome": "observed", "by": "controller"}  # fmt: skip
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [*first, decided, rollback, *branch]
+    (run / "events.jsonl").write_text("\n".join(json.dumps(e) for e in lines) + "\n")
+    return run
+
+
+def test_csv_has_one_row_per_surviving_step_and_every_decision(tmp_path: Path) -> None:
+    run = run_with_rollback(tmp_path)
+    metrics, decisions = write_csv(run, tmp_path / "out")
+    rows = list(csv.DictReader(metrics.open()))
+    assert [int(r["step"]) for r in rows] == list(range(0, 101))  # 0: the first evaluation
+    step_60 = next(r for r in rows if r["step"] == "60")
+    originals = [json.loads(line) for line in DATA.read_text().splitlines()]
+    second_branch = [e for e in originals if e["type"] == "step" and e["step"] == 60][-1]
+    assert float(step_60["loss"]) == pytest.approx(second_branch["loss"])
+    assert rows[0]["val_loss"] and not rows[1]["val_loss"]
+    proposals = list(csv.DictReader(decisions.open()))
+    assert proposals[0]["id"] == "p0001" and proposals[0]["outcome"] == "observed"
+    assert "Erratic gradients" in proposals[0]["reason"]
+
+
+def test_tensorboard_event_files_hold_the_scalars(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboardX")
+    from tensorboardX.proto.event_pb2 import Event
+
+    out = write_tensorboard(run_with_rollback(tmp_path), tmp_path / "tb")
+    (events_file,) = out.glob("events.out.tfevents.*")
+    tags: dict[str, list[int]] = {}
+    data = events_file.read_bytes()
+    at = 0
+    while at < len(data):  # TFRecords: length (8), its CRC (4), the record, its CRC (4)
+        length = struct.unpack("<Q", data[at : at + 8])[0]
+        event = Event.FromString(data[at + 12 : at + 12 + length])
+        at += 16 + length
+        for value in event.summary.value:
+            tags.setdefault(value.tag, []).append(event.step)
+    assert tags["train/loss"] == list(range(1, 101))
+    assert "valid/loss" in tags and "knobs/learning_rate" in tags
+    assert len(timeline(tmp_path / "run").steps) == 101
