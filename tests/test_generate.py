@@ -1,0 +1,44 @@
+"""Trying a run's adapters: scu-tui's own generate, and the mlx_lm command it prints."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers import scu
+
+from scu_tui.generate import example_prompt, generate_with_run, mlx_lm_command
+from scu_tui.run import load_run_settings
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("generate") / "run"
+    result = scu("--headless", "--preset", "demo", "--max-steps", "150", "--output-dir",
+                 str(out), "--set", "scu.enabled=false")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_the_adapters_answer_a_test_prompt_the_base_cannot(trained: Path) -> None:
+    settings = load_run_settings(trained)
+    prompt, answer = generate_with_run(trained, settings, None)
+    assert prompt == example_prompt(settings) == "What is 3 plus 14?"
+    assert answer == "3 plus 14 is 17."
+    _, base = generate_with_run(trained, settings, prompt, base=True)
+    assert base != answer
+
+
+@pytest.mark.skipif(shutil.which("mlx_lm.generate") is None, reason="mlx-lm's CLI not on PATH")
+def test_the_printed_mlx_lm_command_runs_as_printed(trained: Path, tmp_path: Path) -> None:
+    settings = load_run_settings(trained)
+    command = mlx_lm_command(trained, settings, "What is 3 plus 14?")
+    assert "@demo" not in command  # a path mlx-lm can load
+    done = subprocess.run(
+        shlex.split(command), cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "3 plus 14 is 17." in done.stdout
