@@ -24,13 +24,14 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import tomli_w
 
 from scu_tui.errors import UserError
+from scu_tui.protocol import Mode
 
 #: The model and data paths that mean "the tiny model and data set shipped in the package".
 EMBEDDED_DEMO = "@demo"
 
 FORMATS = ("auto", "text", "completions", "chat")
 SCHEDULES = ("constant", "cosine", "plateau")
-MODES = ("auto", "ask", "observe")
+MODES = tuple(mode.value for mode in Mode)
 
 
 class ConfigError(UserError):
@@ -241,6 +242,9 @@ class ScuSettings:
 class UiSettings:
     theme: str = setting("scu-dark", "colour theme name", nonempty)
     refresh_hz: float = setting(8.0, "dashboard refreshes per second", in_range(0.5, 60))
+    notify: bool = setting(
+        True, "bell and desktop notification (OSC 9) when a proposal waits or the run ends"
+    )
 
 
 @dataclass(frozen=True)

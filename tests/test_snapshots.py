@@ -235,3 +235,21 @@ def test_the_runs_list(
     monkeypatch.chdir(tmp_path)
     app = make_app(None, load=lambda name: load_preset(name))
     assert snap_compare(app, terminal_size=size, press=["r"])
+
+
+@pytest.mark.parametrize("notify", [True, False])
+async def test_a_waiting_proposal_rings_unless_turned_off(notify: bool) -> None:
+    settings = load_preset("demo").replace(
+        {"scu.mode": "ask", "ui.refresh_hz": 20.0, "ui.notify": notify}
+    )
+    app = make_app(settings, run_factory=RecordedRun)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await all_drawn(pilot)
+        if notify:
+            assert app.alerts == [
+                "p0001 waits for an answer: Erratic gradients (variability 1.04) - rolling "
+                "back with lower LR"
+            ]
+        else:
+            assert app.alerts == []
+        await pilot.press("q", "y")

@@ -216,6 +216,7 @@ class ScuApp(App[int]):
         self._history_until = 0.0  # attached: events before this are replayed history
         self._charts_stale = False  # events arrived that the charts do not show yet
         self._charts_at = -math.inf  # monotonic time of the last chart redraw
+        self.alerts: list[str] = []  # bells rung (see alert)
         for textual_theme in textual_themes():
             self.register_theme(textual_theme)
         self.theme = theme
@@ -505,10 +506,27 @@ class ScuApp(App[int]):
         if record is not None:
             self.push_screen(InspectorScreen(lambda: self.state.record(proposal_id)))
 
+    def alert(self, text: str) -> None:
+        """Call the person back to the terminal: the bell, and a desktop notification
+        (OSC 9, which iTerm2, WezTerm, Windows Terminal and others show) unless
+        ``ui.notify`` is off. Counted in :attr:`alerts` (tests read it)."""
+        if self.settings is not None and not self.settings.ui.notify:
+            return
+        self.alerts.append(text)
+        if self.is_headless or self._driver is None:
+            return
+        clean = "".join(c for c in text if c.isprintable())[:200]
+        self._driver.write(f"\x1b]9;scu-tui: {clean}\x07\x07")
+
     def _react(self, event: Event) -> None:
         """What an event means for the person watching, beyond the panels' numbers."""
         if event.time < self._history_until and not isinstance(event, DoneEvent):
             return  # replayed on attach: the panels show it, a pop-up would be old news
+        asking = self.state.mode == Mode.ASK
+        if isinstance(event, ProposalEvent) and asking and event.rule != "rollback":
+            self.alert(f"{event.id} waits for an answer: {event.reason}")  # (rollback: at once)
+        elif isinstance(event, DoneEvent) and not self.quitting:
+            self.alert(f"training {event.status} at step {event.step}")
         if isinstance(event, StartEvent) and self._mode_target == event.mode:
             self._mode_target = None  # pressed while loading, for the mode it starts in
             self._effects.pop("mode", None)
