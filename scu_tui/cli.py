@@ -17,9 +17,9 @@ from scu_tui import __version__
 from scu_tui.config import MODES, Settings, apply_assignments, to_toml
 from scu_tui.errors import UserError
 from scu_tui.presets import list_presets, load_preset
-from scu_tui.run import check_output_dir, load_run_settings
+from scu_tui.protocol import ExitCode, Mode
+from scu_tui.run import check_output_dir, install_signal_handlers, load_run_settings
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 TEST_RUN_STEPS = 100
 
 
@@ -41,7 +41,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> Any:  # pragma: no cover - exercised via main()
         self.print_usage(sys.stderr)
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+        self.exit(ExitCode.BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,7 +168,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.mode is not None:
         flags["scu.mode"] = args.mode
     elif args.headless and "scu.mode" not in _assigned(args):
-        flags["scu.mode"] = "auto"
+        flags["scu.mode"] = Mode.AUTO.value
     if args.theme is not None:
         flags["ui.theme"] = args.theme
     return settings.replace(flags, source="command line")
@@ -177,13 +177,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def _cmd_presets(args: argparse.Namespace) -> int:
     if args.presets_command == "show":
         print(to_toml(load_preset(args.name)), end="")
-        return EXIT_OK
+        return ExitCode.OK
     presets = list_presets()
     width = max((len(p.name) for p in presets), default=4)
     print(f"{'NAME':<{width}}  ORIGIN   DESCRIPTION")
     for p in presets:
         print(f"{p.name:<{width}}  {p.origin:<7}  {p.description}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -201,7 +201,7 @@ def _cmd_attach(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else find_live_run(Path("runs"))
     app = attach_app(run_dir, theme=args.attach_theme or args.theme)
     app.run()
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -212,6 +212,18 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return run_check(settings, as_json=args.json, find_lr=args.find_lr)
 
 
+def run_headless(settings: Settings, output_dir: Path | None, resume: Path | None) -> int:
+    """Train on this thread with console output and the control socket; returns the exit
+    code."""
+    from scu_tui.remote.control import listening_run
+    from scu_tui.sinks import ConsoleSink
+
+    run = listening_run(settings, output_dir=output_dir, resume=resume)
+    run.add_sink(ConsoleSink(settings.training.report_every))
+    install_signal_handlers(run)
+    return run.execute()
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     output_dir = Path(args.output_dir) if args.output_dir else None
@@ -219,8 +231,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         check_output_dir(output_dir)  # before the app takes the terminal
     resume = Path(args.resume) if args.resume else None
     if args.headless:
-        from scu_tui.run import run_headless
-
         return run_headless(settings, output_dir=output_dir, resume=resume)
 
     from scu_tui.themes import find_theme
@@ -232,12 +242,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return settings_from_args(argparse.Namespace(**{**vars(args), "preset": name}))
 
     from scu_tui.app import make_app
+    from scu_tui.remote.control import listening_run
 
     pick = not (args.preset or args.resume or args.model or args.data)
     app = make_app(
         None if pick else settings,
         output_dir=output_dir,
         resume=resume,
+        run_factory=listening_run,
         load=load,
         theme=settings.ui.theme,
     )
@@ -262,6 +274,6 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         message = " ".join(str(exc).splitlines())  # one line, whatever the input held
         print(f"scu-tui: error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return ExitCode.BAD_INPUT
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED

@@ -1,15 +1,32 @@
-"""The names every layer shares: knobs, commands, modes, outcomes, statuses, exit codes and
-the files of a run folder.
+"""The protocol every layer shares: the names (knobs, commands, modes, outcomes, deciders,
+statuses, exit codes, run-folder files), the events that flow out of a run, the commands
+that flow in, and the one tolerant reader of ``events.jsonl``.
 
-Each is a ``StrEnum`` (or ``IntEnum``), so it compares equal to the plain string (or
-number) that goes into ``events.jsonl``, the control socket and the summaries, while
-mypy follows it by type from a key press to the optimizer. Adding a knob means adding
-it here, to the policy that may move it and to the trainer that applies it.
+The names are ``StrEnum`` (or ``IntEnum``) members, so each compares equal to the plain
+string (or number) that goes into ``events.jsonl``, the control socket and the summaries,
+while mypy follows it by type from a key press to the optimizer. Adding a knob means
+adding it to :class:`Knob`, to the policy that may move it and to the trainer that
+applies it.
+
+Events and commands are small, frozen, plain-data dataclasses: no MLX, no Textual. Every
+event serialises to one JSON object with at least ``type``, ``step`` and ``time``. An
+event field that carries one of the names above is typed ``str``: that is what a reader
+gets back from a file, and a name that a newer writer adds must not make its event
+unreadable. Writers pass the enum members.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
 from enum import IntEnum, StrEnum
+from pathlib import Path
+from typing import Any, ClassVar, get_args, get_origin, get_type_hints
+
+from scu_tui.errors import UserError
 
 
 class Knob(StrEnum):
@@ -21,6 +38,28 @@ class Knob(StrEnum):
     ACCUMULATION = "accumulation"  # micro-batches per optimizer step
 
 
+class Rollback(StrEnum):
+    """The one thing a proposal may move that is not a knob: the run itself, back to its
+    last good checkpoint (resuming with the lower LR multiplier the proposal names)."""
+
+    ROLLBACK = "rollback"
+
+
+#: What a proposal moves: a knob, or the run back to a checkpoint.
+Target = Knob | Rollback
+
+
+def target(name: str) -> Target:
+    """The knob (or rollback) a name stands for; ValueError for a name that is neither."""
+    if name == Rollback.ROLLBACK:
+        return Rollback.ROLLBACK
+    try:
+        return Knob(name)
+    except ValueError:
+        known = ", ".join([*Knob, Rollback.ROLLBACK])
+        raise ValueError(f"unknown knob '{name}' (known: {known})") from None
+
+
 class Mode(StrEnum):
     """What the S-SCU does with a proposal."""
 
@@ -30,6 +69,8 @@ class Mode(StrEnum):
 
 
 class CommandKind(StrEnum):
+    """What a :class:`Command` asks of a run."""
+
     PAUSE = "pause"
     RESUME = "resume"
     SAVE = "save"
@@ -67,9 +108,12 @@ class Decider(StrEnum):
     GUARD = "guard"  # the divergence guard
     RESUME = "resume"
     ROLLBACK = "rollback"
+    SIGNAL = "signal"  # SIGINT, SIGTERM or SIGHUP: stop with a checkpoint
 
 
 class RunStatus(StrEnum):
+    """How a run stands or ended (the ``done`` event and the summary say it)."""
+
     RUNNING = "running"
     COMPLETED = "completed"
     STOPPED = "stopped"  # by a person; a checkpoint was saved
@@ -78,6 +122,8 @@ class RunStatus(StrEnum):
 
 
 class ExitCode(IntEnum):
+    """The process's exit status, as ``scu-tui --help`` documents it."""
+
     OK = 0  # done, or stopped by a person
     FAILED = 1  # training failed
     BAD_INPUT = 2  # a bad flag, preset, model, data or folder
@@ -97,3 +143,386 @@ class RunFile(StrEnum):
     ADAPTER_CONFIG = "adapter_config.json"
     CHECKPOINTS = "checkpoints"
     BEST = "best"
+
+
+# --- events ----------------------------------------------------------------------------
+
+
+def _now() -> float:
+    return round(time.time(), 3)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: non-finite floats become strings ("nan", "inf")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base event; subclasses set ``type`` and add fields."""
+
+    type: ClassVar[str] = "event"
+    step: int
+    time: float = field(default_factory=_now, kw_only=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"type": self.type, **asdict(self)}
+        return dict(_clean(data))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+
+
+@dataclass(frozen=True)
+class StartEvent(Event):
+    type: ClassVar[str] = "start"
+    max_steps: int
+    preset: str
+    model: str
+    data: str
+    output_dir: str
+    trainable_parameters: int
+    total_parameters: int
+    train_examples: int
+    valid_examples: int
+    truncated: int
+    resumed: bool
+    knobs: dict[str, float]  # "lr" (the effective rate) and every Knob
+    mode: str  # a Mode
+
+
+@dataclass(frozen=True)
+class StepEvent(Event):
+    type: ClassVar[str] = "step"
+    loss: float
+    grad_norm: float
+    lr: float
+    tokens: int
+    tokens_per_second: float
+    peak_memory_gb: float
+    step_seconds: float
+    eta_seconds: float
+    max_steps: int
+    weight_decay: float
+    dropout: float
+    batch_size: int
+    accumulation: int
+    skipped: bool = False
+
+
+@dataclass(frozen=True)
+class EvalEvent(Event):
+    type: ClassVar[str] = "eval"
+    val_loss: float
+    best_val_loss: float
+    is_best: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CheckpointEvent(Event):
+    type: ClassVar[str] = "checkpoint"
+    path: str
+    reason: str  # "schedule", "user", "signal", "final", "best"
+
+
+@dataclass(frozen=True)
+class KnobEvent(Event):
+    """A knob changed in the running optimizer or model."""
+
+    type: ClassVar[str] = "knob"
+    knob: str  # a Knob
+    before: float
+    after: float
+    by: str  # a Decider
+
+
+@dataclass(frozen=True)
+class PauseEvent(Event):
+    type: ClassVar[str] = "pause"
+    by: str = Decider.USER
+
+
+@dataclass(frozen=True)
+class ResumeEvent(Event):
+    type: ClassVar[str] = "resume"
+    by: str = Decider.USER
+
+
+@dataclass(frozen=True)
+class ModeEvent(Event):
+    type: ClassVar[str] = "mode"
+    mode: str  # a Mode
+    by: str = Decider.USER
+
+
+@dataclass(frozen=True)
+class ProposalEvent(Event):
+    type: ClassVar[str] = "proposal"
+    id: str
+    rule: str
+    reason: str
+    action: str
+    knob: str  # a Target: a Knob, or "rollback"
+    before: float
+    after: float
+    evidence: dict[str, Any]
+    diagnosis: str = ""
+    #: the step of the ``analysis`` event it came from; -1: the per-step divergence guard
+    analysis: int = -1
+
+
+@dataclass(frozen=True)
+class DecisionEvent(Event):
+    type: ClassVar[str] = "decision"
+    id: str
+    outcome: str  # an Outcome: applied, accepted, vetoed, expired, ..., cancelled
+    by: str  # a Decider: controller, user, remote, ttl, guard, resume, rollback
+
+
+@dataclass(frozen=True)
+class AnalysisEvent(Event):
+    """What the S-SCU computed on a control step, exactly as it decided on it.
+
+    ``trend``, ``gradients``, ``wavelet`` and ``validation`` are the signal families
+    (see scu_tui.control.signals); ``rule`` and ``proposal`` name what fired (empty when
+    nothing did) and ``why`` says, in words, why it did or why nothing did; ``effects``
+    holds the effect checks judged on this step (proposal id, metric, before, after,
+    change, verdict). Views render these; none recomputes them.
+    """
+
+    type: ClassVar[str] = "analysis"
+    diagnosis: str
+    why: str
+    period: int
+    window: int
+    nonfinite: int
+    trend: dict[str, Any]
+    gradients: dict[str, Any]
+    wavelet: dict[str, Any]
+    validation: dict[str, Any]
+    rule: str = ""
+    proposal: str = ""
+    effects: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RollbackEvent(Event):
+    type: ClassVar[str] = "rollback"
+    to_step: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class MessageEvent(Event):
+    """A line for the person watching: a warning or a note."""
+
+    type: ClassVar[str] = "message"
+    level: str  # info | warning | error
+    text: str
+
+
+@dataclass(frozen=True)
+class DoneEvent(Event):
+    type: ClassVar[str] = "done"
+    status: str  # a RunStatus: completed | stopped | interrupted | failed
+    message: str = ""
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.type: cls
+    for cls in (
+        StartEvent,
+        StepEvent,
+        EvalEvent,
+        CheckpointEvent,
+        KnobEvent,
+        PauseEvent,
+        ResumeEvent,
+        ModeEvent,
+        ProposalEvent,
+        DecisionEvent,
+        AnalysisEvent,
+        RollbackEvent,
+        MessageEvent,
+        DoneEvent,
+    )
+}
+
+
+_NON_FINITE = ("nan", "inf", "-inf")
+_BAD = object()
+
+
+def _field_types(cls: type[Event]) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+#: event type -> {field: its annotation}, to check what a file says against it
+FIELD_TYPES: dict[str, dict[str, Any]] = {t: _field_types(c) for t, c in EVENT_TYPES.items()}
+
+
+def _typed(hint: Any, value: Any) -> Any:
+    """``value`` as ``hint`` says (non-finite floats come back from their strings), or _BAD."""
+    if hint is Any:
+        return value
+    if hint is bool:
+        return value if isinstance(value, bool) else _BAD
+    if isinstance(value, bool):
+        return _BAD
+    if hint is int:
+        return value if isinstance(value, int) else _BAD
+    if hint is float:
+        if isinstance(value, float):
+            return value
+        if isinstance(value, int):
+            return float(value) if abs(value) < 2**1023 else _BAD
+        return float(value) if value in _NON_FINITE else _BAD
+    if hint is str:
+        return value if isinstance(value, str) else _BAD
+    if get_origin(hint) is list:
+        (item_hint,) = get_args(hint)
+        if not isinstance(value, list):
+            return _BAD
+        items = [_typed(item_hint, v) for v in value]
+        return _BAD if any(v is _BAD for v in items) else items
+    if get_origin(hint) is dict:
+        _, value_hint = get_args(hint)
+        if not isinstance(value, dict):
+            return _BAD
+        out = {k: _typed(value_hint, v) for k, v in value.items()}
+        if any(not isinstance(k, str) or v is _BAD for k, v in out.items()):
+            return _BAD
+        return out
+    return _BAD
+
+
+def event_from_dict(data: Any) -> Event | None:
+    """Rebuild an event from its JSON form; None for unknown types (newer writers) and for
+    anything that is not one: a missing field, or a field of the wrong type."""
+    if not isinstance(data, dict):
+        return None
+    cls = EVENT_TYPES.get(data["type"]) if isinstance(data.get("type"), str) else None
+    if cls is None:
+        return None
+    kwargs: dict[str, Any] = {}
+    for name, hint in FIELD_TYPES[cls.type].items():
+        if name in data:
+            value = _typed(hint, data[name])
+            if value is _BAD:
+                return None
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError:  # a required field is missing
+        return None
+
+
+# --- reading events.jsonl ---------------------------------------------------------------
+
+
+def parse_event_line(line: str | bytes) -> dict[str, Any] | None:
+    """The event object on one line of ``events.jsonl``, or None when the line is not one:
+    not JSON, not an object, or without a string ``type`` and an integer ``step``."""
+    if isinstance(line, bytes):
+        line = line.decode("utf-8", errors="replace")
+    try:
+        data = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        return None
+    step = data.get("step")
+    return data if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+class EventLines:
+    """The events of an ``events.jsonl``, read tolerantly; iterate it once or more.
+
+    A run killed mid-write leaves a partial last line, and a resumed run ends it with a
+    newline, so a damaged line can sit anywhere: such lines are skipped and counted in
+    :attr:`skipped`, bytes that are not UTF-8 are replaced, and an unterminated last line
+    that does not parse is a write in progress (neither read nor counted).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise UserError(f"{self.path}: cannot be read: {exc.strerror or exc}") from None
+        self.skipped = 0
+        lines = data.split(b"\n")
+        last = len(lines) - 1  # the text after the final newline ("" when it ends with one)
+        for number, raw in enumerate(lines):
+            if not raw.strip():
+                continue
+            event = parse_event_line(raw)
+            if event is not None:
+                yield event
+            elif number != last:
+                self.skipped += 1
+
+
+def read_events(path: Path) -> EventLines:
+    """Every event in a run's ``events.jsonl`` as a dict, skipping lines that are not events.
+
+    Raises :class:`UserError` only when the file cannot be read at all.
+    """
+    return EventLines(path)
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KnobSetting:
+    """The value of a ``set`` command: a knob and what to set it to."""
+
+    knob: Knob
+    value: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "knob", Knob(self.knob))  # ValueError for an unknown name
+
+
+#: What a command carries: a mode (``mode``), a proposal id (``accept``/``veto``; empty =
+#: the oldest pending one), a reason (``stop``), a knob setting (``set``), or nothing.
+CommandValue = str | KnobSetting | None
+
+
+@dataclass(frozen=True)
+class Command:
+    """A request to a run, carried out between two steps."""
+
+    kind: CommandKind
+    value: CommandValue = None
+    by: Decider = Decider.USER
+
+    def __post_init__(self) -> None:
+        try:
+            kind = CommandKind(self.kind)
+        except ValueError:
+            known = ", ".join(CommandKind)
+            raise ValueError(f"unknown command '{self.kind}' (known: {known})") from None
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "by", Decider(self.by))
+        if kind == CommandKind.SET and not isinstance(self.value, KnobSetting):
+            raise ValueError("a 'set' command carries a KnobSetting")
+        if kind != CommandKind.SET and isinstance(self.value, KnobSetting):
+            raise ValueError(f"a '{kind}' command carries no knob setting")
+
+    @classmethod
+    def set_knob(cls, knob: Knob, value: float, by: Decider = Decider.USER) -> Command:
+        """Set ``knob`` to ``value`` before the next step."""
+        return cls(CommandKind.SET, KnobSetting(knob, value), by)

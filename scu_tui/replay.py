@@ -16,28 +16,27 @@ from scu_tui.config import Settings
 from scu_tui.control.controller import Controller
 from scu_tui.control.policy import Proposal
 from scu_tui.errors import UserError
-from scu_tui.events import (
+from scu_tui.protocol import (
     EvalEvent,
+    Knob,
     KnobEvent,
+    Outcome,
     RollbackEvent,
+    RunFile,
     StepEvent,
     event_from_dict,
     read_events,
 )
-from scu_tui.protocol import Outcome
-from scu_tui.run import EVENTS_FILE
-
-__all__ = ["print_replay", "read_events", "replay"]
 
 
 def replay(run_dir: Path, settings: Settings) -> tuple[list[Proposal], int]:
     """The proposals the controller makes over the run's step and eval history, and how
     many lines of ``events.jsonl`` were skipped as damaged (not events of known shape)."""
-    path = run_dir / EVENTS_FILE
+    path = run_dir / RunFile.EVENTS
     if not path.is_file():
-        raise UserError(f"replay {run_dir}: not a scu-tui run (no {EVENTS_FILE})")
+        raise UserError(f"replay {run_dir}: not a scu-tui run (no {RunFile.EVENTS})")
     controller = Controller(settings.scu, settings.training)
-    knobs: dict[str, float] = {"lr_multiplier": 1.0}
+    knobs: dict[str, float] = {Knob.LR_MULTIPLIER: 1.0}
     proposals: list[Proposal] = []
     lines = read_events(path)
     malformed = 0
@@ -60,12 +59,10 @@ def replay(run_dir: Path, settings: Settings) -> tuple[list[Proposal], int]:
             controller.observe(
                 event.step, event.loss, event.grad_norm, event.lr, skipped=event.skipped
             )
-            knobs.update(
-                lr=event.lr,
-                weight_decay=event.weight_decay,
-                dropout=event.dropout,
-                accumulation=float(event.accumulation),
-            )
+            knobs["lr"] = event.lr
+            knobs[Knob.WEIGHT_DECAY] = event.weight_decay
+            knobs[Knob.DROPOUT] = event.dropout
+            knobs[Knob.ACCUMULATION] = float(event.accumulation)
             # as in the run: the divergence guard on every step, else the control check
             proposal = controller.check_divergence(event.step, knobs) or controller.decide(
                 event.step, knobs
@@ -81,7 +78,7 @@ def replay(run_dir: Path, settings: Settings) -> tuple[list[Proposal], int]:
 
 def _recorded_proposals(run_dir: Path) -> int | None:
     """How many actions the run recorded, or None when its metrics file is missing or bad."""
-    metrics = run_dir / "scu_training_metrics.json"
+    metrics = run_dir / RunFile.METRICS
     try:
         recorded = json.loads(metrics.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
@@ -98,7 +95,7 @@ def print_replay(
         lines = "line was" if skipped == 1 else "lines were"
         print(
             f"scu-tui: note: {skipped} {lines} not events and skipped "
-            f"({run_dir / EVENTS_FILE})",
+            f"({run_dir / RunFile.EVENTS})",
             file=err,
         )
     for p in proposals:

@@ -1,7 +1,13 @@
-"""A run: loads the model and data, drives the trainer, takes commands, emits events.
+"""A run: drives the trainer over what its loader built, takes commands, emits events.
 
 The run owns every file in the output directory. Commands arrive on a thread-safe
 queue and are carried out between two steps; events go to every attached sink.
+
+Its collaborators come in from outside: the :class:`~scu_tui.training.loader.Loader`
+that builds the model and data (mlx-lm's by default), the S-SCU controller, and, from the
+entry point, ``listen``, which starts the control socket once the folder is claimed
+(:func:`scu_tui.remote.control.serve`). A run started without it trains with no socket,
+and this module never imports :mod:`scu_tui.remote`.
 """
 
 from __future__ import annotations
@@ -17,39 +23,48 @@ import signal
 import tempfile
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from scu_tui import blas
-from scu_tui.config import MODES, Settings, merge
+from scu_tui.config import Settings, merge
 from scu_tui.control.controller import Controller
 from scu_tui.control.policy import ROLLBACK, Proposal
 from scu_tui.control.proposals import ProposalBook
 from scu_tui.errors import UserError
-from scu_tui.events import (
+from scu_tui.protocol import (
     AnalysisEvent,
     CheckpointEvent,
     Command,
+    CommandKind,
+    Decider,
     DecisionEvent,
     DoneEvent,
     EvalEvent,
     Event,
+    ExitCode,
+    Knob,
     KnobEvent,
+    KnobSetting,
     MessageEvent,
+    Mode,
     ModeEvent,
+    Outcome,
     PauseEvent,
     ProposalEvent,
     ResumeEvent,
     RollbackEvent,
+    RunFile,
+    RunStatus,
     StartEvent,
     StepEvent,
 )
-from scu_tui.protocol import Decider, Knob, Mode, Outcome
 from scu_tui.runlock import RunLock
-from scu_tui.sinks import ConsoleSink, JsonlSink, Sink
+from scu_tui.sinks import JsonlSink, Sink
 from scu_tui.training.checkpoint import (
     atomic_write,
     atomic_write_json,
@@ -60,16 +75,11 @@ from scu_tui.training.checkpoint import (
     remove_stale_temporaries,
     staging_folder,
 )
+from scu_tui.training.loader import Loaded, Loader, LoraInfo, MlxLmLoader
 
-if TYPE_CHECKING:  # the trainer imports MLX: only the type, here
-    from scu_tui.training.trainer import StepResult
-
-CONFIG_FILE = "simple_training_config.json"
-SUMMARY_FILE = "scu_training_summary.json"
-METRICS_FILE = "scu_training_metrics.json"
-EVENTS_FILE = "events.jsonl"
-
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+if TYPE_CHECKING:  # the trainer imports MLX: only the types, here
+    from scu_tui.training.data import DataBundle
+    from scu_tui.training.trainer import StepResult, Trainer
 
 #: Training losses kept for the summary's final loss.
 RECENT_LOSSES = 100
@@ -85,11 +95,11 @@ def default_output_dir(settings: Settings) -> Path:
 
 def load_run_settings(run_dir: Path) -> Settings:
     """The settings a run was started with (its ``simple_training_config.json``)."""
-    path = run_dir / CONFIG_FILE
+    path = run_dir / RunFile.CONFIG
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such directory")
     if not path.is_file():
-        raise UserError(f"{run_dir}: not a scu-tui run (no {CONFIG_FILE})")
+        raise UserError(f"{run_dir}: not a scu-tui run (no {RunFile.CONFIG})")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
@@ -100,18 +110,35 @@ def load_run_settings(run_dir: Path) -> Settings:
 
 
 @dataclass
-class RunStatus:
+class RunProgress:
     """Plain numbers about the run, for summaries and watchers."""
 
     started: float = field(default_factory=time.time)
     losses: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_LOSSES))
     first_val_loss: float = math.nan
-    status: str = "running"
+    status: RunStatus = RunStatus.RUNNING
     message: str = ""
 
 
+class Closeable(Protocol):
+    """What ``listen`` hands back: closed when the run ends."""
+
+    def close(self) -> None: ...
+
+
+#: Starts a run's control channel once its folder is claimed (the entry point passes
+#: :func:`scu_tui.remote.control.serve`). Raises OSError when it cannot: the run then
+#: trains on with a warning and no socket.
+Listen = Callable[["Run"], Closeable]
+
+
 class Run:
-    """One training run. Create, add sinks, then :meth:`execute` on the training thread."""
+    """One training run. Create, add sinks, then :meth:`execute` on the training thread.
+
+    ``loader`` builds the model and data (default: mlx-lm's); ``controller`` is the S-SCU
+    (default: a fresh one when ``scu.enabled``); ``listen`` starts the control socket
+    (default: none).
+    """
 
     attached = False  # it runs in this process (see scu_tui.remote.attach.RemoteRun)
 
@@ -120,22 +147,27 @@ class Run:
         settings: Settings,
         output_dir: Path | None = None,
         resume: Path | None = None,
-        listen: bool = True,
         controller: Controller | None = None,
+        *,
+        loader: Loader | None = None,
+        listen: Listen | None = None,
     ) -> None:
         self.settings = settings
         self.resume_dir = resume
         self.output_dir = resume or output_dir or default_output_dir(settings)
         self.commands: queue.Queue[Command] = queue.Queue()
         self.sinks: list[Sink] = []
-        self.status = RunStatus()
-        self.mode = settings.scu.mode
+        self.status = RunProgress()
+        self.mode = Mode(settings.scu.mode)
         self.paused = False
         self._notes: list[str] = []  # warnings from setup, emitted once the run has started
-        self._stop: str | None = None
+        self._stop: Decider | None = None  # who asked to stop: a person or a signal
         self._last_saved_step = -1
-        self.trainer: Any = None
-        self.lora_info: Any = None
+        self.loader: Loader = loader or MlxLmLoader()
+        self.tokenizer: Any = None
+        self.trainer: Trainer | None = None  # set up by execute()
+        self.lora_info: LoraInfo | None = None
+        self.data: DataBundle | None = None
         if controller is None and settings.scu.enabled:
             controller = Controller(settings.scu, settings.training)
         self.controller = controller
@@ -145,7 +177,7 @@ class Run:
         self.rollbacks_since_progress = 0
         self._rolled_back_from = -1  # the step the newest rollback left
         self.listen = listen
-        self.control: Any = None
+        self.control: Closeable | None = None
         self.lock = RunLock(self.output_dir)
         self.saving = False  # inside a checkpoint write: a second signal must not cut it
         self._created_output_dir = False
@@ -190,6 +222,19 @@ class Run:
     def step(self) -> int:
         return int(self.trainer.step) if self.trainer is not None else 0
 
+    @property
+    def _trainer(self) -> Trainer:
+        """The trainer, for code that runs once :meth:`_setup` has built it."""
+        if self.trainer is None:
+            raise RuntimeError("the run is not set up yet")
+        return self.trainer
+
+    @property
+    def _lora(self) -> LoraInfo:
+        if self.lora_info is None:
+            raise RuntimeError("the run is not set up yet")
+        return self.lora_info
+
     # --- setup ----------------------------------------------------------------------------
 
     def _claim_output_dir(self) -> None:
@@ -202,7 +247,8 @@ class Run:
         self._created_output_dir = ensure_writable_dir(self.output_dir, flag)
         self.lock.acquire(flag)
         if self.resume_dir is None and (
-            (self.output_dir / EVENTS_FILE).exists() or (self.output_dir / CONFIG_FILE).exists()
+            (self.output_dir / RunFile.EVENTS).exists()
+            or (self.output_dir / RunFile.CONFIG).exists()
         ):
             raise UserError(
                 f"--output-dir {self.output_dir}: already holds a run; continue it with "
@@ -215,70 +261,72 @@ class Run:
         self.lock.release()
         if self._created_output_dir:
             with contextlib.suppress(OSError):
-                (self.output_dir / ".lock").unlink()
+                (self.output_dir / RunFile.LOCK).unlink()
                 self.output_dir.rmdir()
 
     def _setup(self) -> None:
-        import mlx.core as mx
-
-        from scu_tui.training.data import load_data
-        from scu_tui.training.model import apply_lora, load_model
         from scu_tui.training.trainer import Trainer
 
         s = self.settings
         self._claim_output_dir()
         if self.resume_dir is not None and not list_checkpoints(self.resume_dir):
             raise UserError(f"--resume {self.resume_dir}: no complete checkpoint to resume")
-        model, tokenizer = load_model(s.model.path)
-        self.tokenizer = tokenizer
-        data = load_data(s.data, tokenizer, s.training.seed)
-        mx.random.seed(s.training.seed)
-        self.lora_info = apply_lora(model, s.lora, s.model.path)
-        self.trainer = Trainer(model, data, s)
-        self.data = data
+        loaded: Loaded = self.loader.load(s)
+        self.tokenizer = loaded.tokenizer
+        self.lora_info = loaded.lora
+        self.data = loaded.data
+        self.trainer = t = Trainer(loaded.model, loaded.data, s)
         if self.resume_dir is not None:
             self._load_newest_intact_checkpoint()
-            self._last_saved_step = self.trainer.step
-            if self.controller is not None and "controller" in self.trainer.extra_state:
+            self._last_saved_step = t.step
+            if self.controller is not None and "controller" in t.extra_state:
                 try:
-                    self.controller.load_state(self.trainer.extra_state["controller"])
+                    self.controller.load_state(t.extra_state["controller"])
                 except (ValueError, KeyError, TypeError):
                     self._notes.append(
                         "the S-SCU's saved state is from another version: it starts afresh"
                     )
                 # proposals still waiting at the checkpoint lapse: nobody can answer them now
-                self.book.expire_open(self.trainer.step, Decider.RESUME)
-            self.status.first_val_loss = float(
-                self.trainer.extra_state.get("first_val_loss", math.nan)
-            )
-            if self.trainer.step >= s.training.max_steps:
+                self.book.expire_open(t.step, Decider.RESUME)
+            self.status.first_val_loss = float(t.extra_state.get("first_val_loss", math.nan))
+            if t.step >= s.training.max_steps:
                 raise UserError(
-                    f"--resume {self.resume_dir}: already at step {self.trainer.step} of "
+                    f"--resume {self.resume_dir}: already at step {t.step} of "
                     f"{s.training.max_steps}; raise --max-steps to train further"
                 )
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.add_sink(JsonlSink(self.output_dir / EVENTS_FILE))
+        self.add_sink(JsonlSink(self.output_dir / RunFile.EVENTS))
         atomic_write_json(
-            self.output_dir / CONFIG_FILE,
-            {"settings": s.to_dict(), "resolved": self._resolved_paths()},
+            self.output_dir / RunFile.CONFIG,
+            {"settings": s.to_dict(), "resolved": dict(loaded.resolved)},
         )
         if self.resume_dir is None:
-            atomic_write_json(self.output_dir / METRICS_FILE, self.book.metrics())
-        if not self.listen:  # a killed run's control.json must not outlive the takeover
-            from scu_tui.remote.control import clear_stale
+            atomic_write_json(self.output_dir / RunFile.METRICS, self.book.metrics())
+        self._start_listening()
 
-            clear_stale(self.output_dir)
-        if self.listen:
-            from scu_tui.remote.control import ControlServer
+    def _start_listening(self) -> None:
+        """Start the control channel, if the entry point asked for one.
 
-            self.control = ControlServer(self, self.output_dir)
-            try:
-                self.control.start()
-            except OSError as exc:
-                self.control = None
-                self.emit(
-                    MessageEvent(0, level="warning", text=f"no control socket (attach off): {exc}")
-                )
+        Without one, a ``control.json`` left in the folder is a killed run's (this run
+        holds the folder's lock, so no live run can be writing there): it goes, so that
+        watchers do not take this run for that dead one.
+        """
+        if self.listen is None:
+            with contextlib.suppress(FileNotFoundError):
+                (self.output_dir / RunFile.CONTROL).unlink()
+            return
+        try:
+            self.control = self.listen(self)
+        except OSError as exc:
+            self.control = None
+            self.emit(
+                MessageEvent(0, level="warning", text=f"no control socket (attach off): {exc}")
+            )
+
+    def _stop_listening(self) -> None:
+        control, self.control = self.control, None
+        if control is not None:
+            control.close()
 
     def _load_newest_intact_checkpoint(self) -> Path:
         """Restore the newest checkpoint that loads; a damaged newer one is passed over
@@ -286,7 +334,7 @@ class Run:
         damaged: list[str] = []
         for _, folder in reversed(list_checkpoints(self.output_dir)):
             try:
-                self.trainer.load_state(folder)
+                self._trainer.load_state(folder)
             except (UserError, KeyError, TypeError, ValueError) as exc:
                 damaged.append(f"{folder.name} ({exc})")
                 continue
@@ -296,15 +344,6 @@ class Run:
         raise UserError(
             f"{self.output_dir}: no intact checkpoint to go back to: " + "; ".join(damaged)
         )
-
-    def _resolved_paths(self) -> dict[str, str]:
-        from scu_tui.training.data import resolve_data_path
-        from scu_tui.training.model import resolve_model_path
-
-        return {
-            "model": resolve_model_path(self.settings.model.path),
-            "data": resolve_data_path(self.settings.data.path),
-        }
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -324,10 +363,12 @@ class Run:
         try:
             return self._train()
         finally:
+            self._stop_listening()  # after a failure too (a third Ctrl-C, say)
             self.lock.release()
 
     def _train(self) -> int:
-        s, t = self.settings, self.trainer
+        s, t, data = self.settings, self._trainer, self.data
+        assert data is not None
         self.emit(
             StartEvent(
                 t.step,
@@ -336,17 +377,17 @@ class Run:
                 model=s.model.path,
                 data=s.data.path,
                 output_dir=str(self.output_dir),
-                trainable_parameters=self.lora_info.trainable,
-                total_parameters=self.lora_info.total,
-                train_examples=len(self.data.train),
-                valid_examples=len(self.data.valid),
-                truncated=self.data.train.truncated,
+                trainable_parameters=self._lora.trainable,
+                total_parameters=self._lora.total,
+                train_examples=len(data.train),
+                valid_examples=len(data.valid),
+                truncated=data.train.truncated,
                 resumed=self.resume_dir is not None,
                 knobs=self._knob_values(),
                 mode=self.mode,
             )
         )
-        for note in self.data.notes:
+        for note in data.notes:
             self.emit(MessageEvent(t.step, level="info", text=note))
         for note in self._notes:
             self.emit(MessageEvent(t.step, level="warning", text=note))
@@ -364,11 +405,12 @@ class Run:
                 self._one_step()
             if self._stop is None:
                 self._finish_checkpoint("final")
-                return self._done("completed", EXIT_OK)
-            self._finish_checkpoint("signal" if self._stop == "signal" else "user")
-            if self._stop == "signal":
-                return self._done("interrupted", EXIT_INTERRUPTED)
-            return self._done("stopped", EXIT_OK)
+                return self._done(RunStatus.COMPLETED, ExitCode.OK)
+            if self._stop == Decider.SIGNAL:
+                self._finish_checkpoint("signal")
+                return self._done(RunStatus.INTERRUPTED, ExitCode.INTERRUPTED)
+            self._finish_checkpoint("user")
+            return self._done(RunStatus.STOPPED, ExitCode.OK)
         except Exception as exc:  # a failure in training: report it, keep the last checkpoint
             if isinstance(exc, OSError):
                 message = write_failure_text(exc)
@@ -377,12 +419,12 @@ class Run:
             else:
                 message = f"{type(exc).__name__}: {exc}"
             self._emit_quietly(MessageEvent(self.step, level="error", text=message))
-            return self._done("failed", EXIT_FAILED, message)
+            return self._done(RunStatus.FAILED, ExitCode.FAILED, message)
 
     def _one_step(self) -> None:
         import mlx.core as mx
 
-        s, t = self.settings, self.trainer
+        s, t = self.settings, self._trainer
         result = t.train_step()
         if math.isfinite(result.loss):
             self.status.losses.append(result.loss)
@@ -425,7 +467,7 @@ class Run:
             self.save_checkpoint("schedule")
 
     def _evaluate(self) -> None:
-        t = self.trainer
+        t = self._trainer
         tic = time.perf_counter()
         previous_best = t.best_val_loss
         val_loss = t.evaluate()
@@ -484,7 +526,7 @@ class Run:
         if urgent:
             if self.mode == Mode.OBSERVE:
                 self._decide(proposal.id, Outcome.OBSERVED, Decider.GUARD)
-                self._apply(Command("pause", by=Decider.GUARD))
+                self._apply(Command(CommandKind.PAUSE, by=Decider.GUARD))
                 self.emit(MessageEvent(self.step, level="warning", text=self._paused_hint()))
             else:
                 self._decide(proposal.id, Outcome.APPLIED, Decider.GUARD)
@@ -492,19 +534,20 @@ class Run:
         elif self.mode == Mode.AUTO:
             self._apply_proposal(proposal, Outcome.APPLIED, Decider.CONTROLLER)
         elif asking:
-            atomic_write_json(self.output_dir / METRICS_FILE, self.book.metrics())
+            atomic_write_json(self.output_dir / RunFile.METRICS, self.book.metrics())
         else:
             self._decide(proposal.id, Outcome.OBSERVED, Decider.CONTROLLER)
 
-    def _apply_proposal(self, proposal: Proposal, outcome: Outcome, by: str) -> None:
-        if proposal.knob == ROLLBACK:  # the controller's own, in auto or once accepted
+    def _apply_proposal(self, proposal: Proposal, outcome: Outcome, by: Decider) -> None:
+        knob = proposal.knob
+        if knob is ROLLBACK:  # the controller's own, in auto or once accepted
             self._decide(proposal.id, outcome, by)
             self._rollback(proposal, by=by)
             return
-        self.set_knob(proposal.knob, proposal.after, by=by)
+        self.set_knob(knob, proposal.after, by=by)
         self._decide(proposal.id, outcome, by)
 
-    def _answer(self, proposal_id: str, accept: bool, by: str) -> None:
+    def _answer(self, proposal_id: str, accept: bool, by: Decider) -> None:
         """Accept or veto a pending proposal by its id (the oldest when none is given). An
         id that is no longer pending is refused, never redirected to another proposal."""
         pending = self.book.pending()
@@ -527,7 +570,7 @@ class Run:
         else:
             self._decide(record.id, Outcome.VETOED, by)
 
-    def _decide(self, proposal_id: str, outcome: Outcome, by: str) -> None:
+    def _decide(self, proposal_id: str, outcome: Outcome, by: Decider) -> None:
         """Record what became of a proposal (and of one it closes): book, event, metrics."""
         assert self.controller is not None
         closed = self.controller.record_outcome(proposal_id, outcome, by, self.step)
@@ -535,7 +578,7 @@ class Run:
         for record in closed:
             assert record.outcome is not None and record.by is not None
             self.emit(DecisionEvent(self.step, id=record.id, outcome=record.outcome, by=record.by))
-        atomic_write_json(self.output_dir / METRICS_FILE, self.book.metrics())
+        atomic_write_json(self.output_dir / RunFile.METRICS, self.book.metrics())
 
     def _paused_hint(self) -> str:
         """How to go on after the guard paused an observe-mode run (nobody may be watching)."""
@@ -543,12 +586,12 @@ class Run:
             f"training paused at step {self.step}: the loss diverged and the S-SCU is in "
             f"observe mode. To continue, run 'scu-tui attach {self.output_dir}' and press p "
             "(m switches the mode), or send {\"cmd\": \"resume\"} to the socket named in "
-            f"{self.output_dir / 'control.json'}"
+            f"{self.output_dir / RunFile.CONTROL}"
         )
 
-    def _rollback(self, proposal: Proposal, by: str) -> None:
+    def _rollback(self, proposal: Proposal, by: Decider) -> None:
         """Back to the last checkpoint, past the offending batches, with a lower LR."""
-        t = self.trainer
+        t = self._trainer
         self.rollbacks += 1
         self.rollbacks_since_progress += 1
         if self.rollbacks_since_progress > MAX_ROLLBACKS:
@@ -572,10 +615,12 @@ class Run:
         self.emit(RollbackEvent(from_step, to_step=t.step, reason=proposal.reason))
         for record in cancelled:  # their branch is gone, and with it what they changed
             self.emit(
-                DecisionEvent(t.step, id=record.id, outcome=Outcome.CANCELLED, by="rollback")
+                DecisionEvent(
+                    t.step, id=record.id, outcome=Outcome.CANCELLED, by=Decider.ROLLBACK
+                )
             )
         if cancelled:
-            atomic_write_json(self.output_dir / METRICS_FILE, self.book.metrics())
+            atomic_write_json(self.output_dir / RunFile.METRICS, self.book.metrics())
 
     # --- commands -------------------------------------------------------------------------
 
@@ -593,63 +638,60 @@ class Run:
                 return
 
     def _apply(self, command: Command) -> None:
-        t = self.trainer
-        kind = command.kind
-        if kind == "pause" and not self.paused:
+        t = self._trainer
+        kind, value = command.kind, command.value
+        if kind == CommandKind.PAUSE and not self.paused:
             self.paused = True
             self.emit(PauseEvent(t.step, by=command.by))
-        elif kind == "resume" and self.paused:
+        elif kind == CommandKind.RESUME and self.paused:
             self.paused = False
             self.emit(ResumeEvent(t.step, by=command.by))
-        elif kind == "save":
+        elif kind == CommandKind.SAVE:
             self.save_checkpoint("user")
-        elif kind == "eval":
-            self._evaluate()
-        elif kind == "stop":
-            self._stop = str(command.value or "user")
+        elif kind == CommandKind.STOP:
+            self._stop = Decider.SIGNAL if value == Decider.SIGNAL else Decider.USER
             self.paused = False
-        elif kind == "mode":
-            mode = str(command.value)
-            if mode in MODES and mode != self.mode:
-                self.mode = mode
-                self.emit(ModeEvent(t.step, mode=mode, by=command.by))
-        elif kind in ("accept", "veto"):
-            self._answer(str(command.value or ""), kind == "accept", command.by)
-        elif kind == "set":
-            value = dict(command.value)
-            self.set_knob(str(value["knob"]), float(value["value"]), by=command.by)
+        elif kind == CommandKind.EVAL:
+            self._evaluate()
+        elif kind == CommandKind.MODE:
+            if isinstance(value, str) and value in tuple(Mode) and value != self.mode:
+                self.mode = Mode(value)
+                self.emit(ModeEvent(t.step, mode=self.mode, by=command.by))
+        elif kind in (CommandKind.ACCEPT, CommandKind.VETO):
+            proposal_id = value if isinstance(value, str) else ""
+            self._answer(proposal_id, kind == CommandKind.ACCEPT, command.by)
+        elif kind == CommandKind.SET and isinstance(value, KnobSetting):
+            self.set_knob(value.knob, value.value, by=command.by)
 
-    def set_knob(self, knob: str, value: float, by: str) -> None:
+    def set_knob(self, knob: Knob, value: float, by: Decider) -> None:
+        """Change a knob before the next step (a person's, the S-SCU's or a rollback's)."""
         try:
-            before, after = self.trainer.set_knob(knob, value)
+            before, after = self._trainer.set_knob(knob, value)
         except ValueError as exc:
             self.emit(MessageEvent(self.step, level="warning", text=f"cannot set {knob}: {exc}"))
             return
         self.emit(KnobEvent(self.step, knob=knob, before=before, after=after, by=by))
 
     def _knob_values(self) -> dict[str, float]:
-        k = self.trainer.knobs
-        return {
-            "lr": self.trainer.current_lr(),
-            "lr_multiplier": k.lr_multiplier,
-            "weight_decay": k.weight_decay,
-            "dropout": k.dropout,
-            "accumulation": k.accumulation,
-        }
+        """The effective lr and every knob, by name (what the controller and events see)."""
+        t = self._trainer
+        return {"lr": t.current_lr(), **t.knobs.values()}
 
-    def request_stop(self, reason: str = "signal") -> None:
-        """Thread- and signal-safe: stop after the current step, saving a checkpoint."""
-        self.submit(Command("stop", value=reason, by=reason))
+    def request_stop(self, reason: str = Decider.SIGNAL) -> None:
+        """Thread- and signal-safe: stop after the current step, saving a checkpoint.
+        ``reason``: ``"signal"`` (exit 130) or anything else (a person's stop, exit 0)."""
+        by = Decider.SIGNAL if reason == Decider.SIGNAL else Decider.USER
+        self.submit(Command(CommandKind.STOP, value=by, by=by))
 
     # --- files ----------------------------------------------------------------------------
 
     def save_checkpoint(self, reason: str) -> Path:
         """Write ``checkpoints/step-NNNNNN`` atomically, then refresh the top-level adapters."""
-        t = self.trainer
+        t = self._trainer
         if self.controller is not None:
             t.extra_state["controller"] = self.controller.state()
         t.extra_state["first_val_loss"] = self.status.first_val_loss
-        final = self.output_dir / "checkpoints" / checkpoint_name(t.step)
+        final = self.output_dir / RunFile.CHECKPOINTS / checkpoint_name(t.step)
         tmp = staging_folder(final)
         self.saving = True
         try:
@@ -668,36 +710,36 @@ class Run:
         return final
 
     def _finish_checkpoint(self, reason: str) -> None:
-        if self._last_saved_step != self.trainer.step:
+        if self._last_saved_step != self._trainer.step:
             self.save_checkpoint(reason)
         else:
             self._write_top_level_adapters()
 
     def _write_adapter_config(self, folder: Path) -> None:
-        atomic_write_json(folder / "adapter_config.json", self.lora_info.adapter_config)
+        atomic_write_json(folder / RunFile.ADAPTER_CONFIG, self._lora.adapter_config)
 
     def _write_top_level_adapters(self) -> None:
-        atomic_write(self.output_dir / "adapters.safetensors", self._save_adapters_to)
+        atomic_write(self.output_dir / RunFile.ADAPTERS, self._save_adapters_to)
         self._write_adapter_config(self.output_dir)
 
     def _save_adapters_to(self, tmp: Path) -> None:
         # mx.save_safetensors appends ".safetensors" unless the name already ends with it
         target = tmp.with_name(tmp.name + ".safetensors")
         try:
-            save_or_raise_oserror(lambda: self.trainer.save_adapters(target), target)
+            save_or_raise_oserror(lambda: self._trainer.save_adapters(target), target)
             target.replace(tmp)
         finally:
             with contextlib.suppress(OSError):
                 target.unlink()
 
     def _save_best(self) -> None:
-        final = self.output_dir / "best"
+        final = self.output_dir / RunFile.BEST
         tmp = staging_folder(final)
         try:
-            self._save_adapters_to(tmp / "adapters.safetensors")
+            self._save_adapters_to(tmp / RunFile.ADAPTERS)
             self._write_adapter_config(tmp)
             atomic_write_json(
-                tmp / "best.json", {"step": self.step, "val_loss": self.trainer.best_val_loss}
+                tmp / "best.json", {"step": self.step, "val_loss": self._trainer.best_val_loss}
             )
             publish_folder(tmp, final)
         finally:
@@ -706,7 +748,7 @@ class Run:
         self.emit(CheckpointEvent(self.step, path=str(final), reason="best"))
 
     def _write_summary(self) -> None:
-        t = self.trainer
+        t = self._trainer
         losses = list(self.status.losses)
         by_kind = Counter(str(r.proposal.knob) for r in self.book.taken())
         summary = {
@@ -730,10 +772,10 @@ class Run:
             "model": self.settings.model.path,
             "data": self.settings.data.path,
         }
-        atomic_write_json(self.output_dir / SUMMARY_FILE, summary)
-        atomic_write_json(self.output_dir / METRICS_FILE, self.book.metrics())
+        atomic_write_json(self.output_dir / RunFile.SUMMARY, summary)
+        atomic_write_json(self.output_dir / RunFile.METRICS, self.book.metrics())
 
-    def _done(self, status: str, code: int, message: str = "") -> int:
+    def _done(self, status: RunStatus, code: ExitCode, message: str = "") -> int:
         """Record the end; after a failure, every write is best effort (the disk may be full)
         and nothing here may raise over the message the user must see."""
         self.status.status = status
@@ -741,14 +783,13 @@ class Run:
         try:
             self._write_summary()
         except (OSError, RuntimeError):
-            if code == EXIT_OK:
+            if code == ExitCode.OK:
                 raise
-        if code == EXIT_OK:
+        if code == ExitCode.OK:
             self.emit(DoneEvent(self.step, status=status, message=message))
         else:
             self._emit_quietly(DoneEvent(self.step, status=status, message=message))
-        if self.control is not None:
-            self.control.close()
+        self._stop_listening()
         for sink in self.sinks:
             with contextlib.suppress(Exception):
                 sink.close()
@@ -845,7 +886,7 @@ def install_signal_handlers(run: Run) -> None:
     def handler(signum: int, frame: FrameType | None) -> None:
         hits["n"] += 1
         if hits["n"] == 1:
-            run.request_stop("signal")
+            run.request_stop(Decider.SIGNAL)
         if hits["n"] <= 2 or run.saving:
             with contextlib.suppress(OSError):  # os.write: safe inside a signal handler
                 os.write(2, STOPPING_NOTE if hits["n"] == 1 else STILL_STOPPING_NOTE)
@@ -862,10 +903,3 @@ STOPPING_NOTE = (
 )
 STILL_STOPPING_NOTE = b"scu-tui: still stopping: the checkpoint is being saved\n"
 
-
-def run_headless(settings: Settings, output_dir: Path | None, resume: Path | None) -> int:
-    """Train on this thread with console output; returns the exit code."""
-    run = Run(settings, output_dir=output_dir, resume=resume)
-    run.add_sink(ConsoleSink(settings.training.report_every))
-    install_signal_handlers(run)
-    return run.execute()

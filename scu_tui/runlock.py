@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from scu_tui.errors import UserError
+from scu_tui.protocol import RunFile
 
-LOCK_FILE = ".lock"
 #: A watcher's liveness probe holds a shared lock for microseconds: a writer that finds the
 #: lock taken tries again a few times before it concludes that a run is live.
 PROBE_RETRIES = 5
@@ -29,7 +29,7 @@ PROBE_RETRY_SECONDS = 0.05
 def holder_info(run_dir: Path) -> dict[str, Any]:
     """Who wrote the lock file last (pid, host, since); empty when unknown."""
     try:
-        data = json.loads((run_dir / LOCK_FILE).read_text(encoding="utf-8"))
+        data = json.loads((run_dir / RunFile.LOCK).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -37,7 +37,7 @@ def holder_info(run_dir: Path) -> dict[str, Any]:
 
 def is_locked(run_dir: Path) -> bool:
     """Whether a live process holds the run folder's lock (a live run writes there)."""
-    path = run_dir / LOCK_FILE
+    path = run_dir / RunFile.LOCK
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -75,7 +75,7 @@ class RunLock:
 
     def acquire(self, what: str = "--output-dir") -> None:
         """Lock the folder (created if needed) or raise :class:`UserError` naming the holder."""
-        path = self.run_dir / LOCK_FILE
+        path = self.run_dir / RunFile.LOCK
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as exc:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Protocol, TextIO
 
-from scu_tui.events import (
+from scu_tui.protocol import (
     CheckpointEvent,
     DecisionEvent,
     DoneEvent,

@@ -13,7 +13,7 @@ from helpers import read_events, scu, scu_popen, until, wait_for_line
 
 from scu_tui.app.screens import ConfirmScreen
 from scu_tui.errors import UserError
-from scu_tui.events import Command, Event
+from scu_tui.protocol import Command, Event
 from scu_tui.remote.attach import RemoteRun, attach_app, find_live_run
 
 

@@ -23,7 +23,7 @@ from scu_tui.control.policy import (
     bounded_value,
     moves,
 )
-from scu_tui.events import ProposalEvent
+from scu_tui.protocol import ProposalEvent
 
 SCU = ScuSettings(
     control_frequency=20,
@@ -431,10 +431,27 @@ def test_state_round_trip_resumes_exactly() -> None:
     assert resumed.controller.state() == original.controller.state()
 
 
-def test_controller_is_pure() -> None:
+HEAVY = ("mlx", "mlx_lm", "textual", "datasets", "transformers")
+
+
+@pytest.mark.parametrize(
+    ("module", "forbidden"),
+    [
+        # the decision path is pure: numbers in, proposals out
+        ("scu_tui.control", HEAVY),
+        ("scu_tui.control.controller", HEAVY),
+        # the protocol is the bottom layer: nothing of the product above it
+        ("scu_tui.protocol", (*HEAVY, "scu_tui.config", "scu_tui.control", "scu_tui.run")),
+        # the run imports no MLX until it trains, and never the control socket above it
+        ("scu_tui.run", (*HEAVY, "scu_tui.remote", "scu_tui.app")),
+    ],
+)
+def test_imports_point_down(module: str, forbidden: tuple[str, ...]) -> None:
     code = (
-        "import sys, scu_tui.control.controller; "
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm', 'textual')]; "
-        "sys.exit(bool(bad))"
+        f"import sys, {module}; "
+        f"bad = sorted(m for m in sys.modules for f in {forbidden!r} "
+        "if m == f or m.startswith(f + '.')); "
+        "print(bad); sys.exit(bool(bad))"
     )
-    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    assert done.returncode == 0, f"importing {module} imports {done.stdout.strip()}{done.stderr}"

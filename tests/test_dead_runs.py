@@ -21,15 +21,13 @@ from helpers import scu, scu_popen, until, wait_for_line
 from scu_tui.app import ScuApp
 from scu_tui.app.widgets import Readout
 from scu_tui.errors import UserError
-from scu_tui.events import Command, Event
+from scu_tui.protocol import Command, Event, RunFile
 from scu_tui.remote.attach import LOST, RemoteRun, attach_app, find_live_run
 from scu_tui.remote.control import (
-    CONTROL_FILE,
     ControlClient,
     ControlServer,
     run_liveness,
 )
-from scu_tui.run import CONFIG_FILE
 
 TIMEOUT = 120.0
 #: "Within a few seconds", with room for a busy machine.
@@ -100,7 +98,7 @@ async def test_a_killed_run_shows_lost_in_the_attached_app(tmp_path: Path) -> No
     out = tmp_path / "run"
     proc = start_headless(out, "--set", "ui.refresh_hz=20.0")
     try:
-        info = json.loads((out / CONTROL_FILE).read_text())
+        info = json.loads((out / RunFile.CONTROL).read_text())
         assert info["pid"] == proc.pid and info["host"] == socket.gethostname()
         app = attach_app(out)
         async with app.run_test(size=(80, 24), notifications=True) as pilot:
@@ -146,10 +144,10 @@ def test_after_a_kill_attach_sees_lost_and_find_skips_it_until_resumed(tmp_path:
     resumed: subprocess.Popen[str] | None = None
     try:
         wait_for_line(proc, "save ")  # a checkpoint to resume from
-        stale_socket = Path(json.loads((out / CONTROL_FILE).read_text())["socket"])
+        stale_socket = Path(json.loads((out / RunFile.CONTROL).read_text())["socket"])
         kill_9(proc)
         proc.communicate()
-        assert (out / CONTROL_FILE).exists() and stale_socket.exists()  # what kill -9 leaves
+        assert (out / RunFile.CONTROL).exists() and stale_socket.exists()  # what kill -9 leaves
         assert run_liveness(out) == "dead"
         with pytest.raises(UserError, match="no live run"):
             find_live_run(runs)
@@ -171,7 +169,7 @@ def test_after_a_kill_attach_sees_lost_and_find_skips_it_until_resumed(tmp_path:
 
         resumed = scu_popen("--headless", "--resume", str(out))
         wait_for_line(resumed, "step")
-        info = json.loads((out / CONTROL_FILE).read_text())
+        info = json.loads((out / RunFile.CONTROL).read_text())
         assert info["pid"] == resumed.pid  # the stale file is replaced
         assert find_live_run(runs) == out
         client = ControlClient(out)
@@ -179,7 +177,7 @@ def test_after_a_kill_attach_sees_lost_and_find_skips_it_until_resumed(tmp_path:
         client.close()
         resumed.communicate(timeout=TIMEOUT)
         assert resumed.returncode == 0
-        assert not (out / CONTROL_FILE).exists() and not stale_socket.exists()
+        assert not (out / RunFile.CONTROL).exists() and not stale_socket.exists()
     finally:
         for p in (proc, resumed):
             if p is not None and p.poll() is None:
@@ -210,17 +208,17 @@ def test_the_process_in_control_json_decides_before_the_socket(tmp_path: Path) -
     runs = tmp_path / "runs"
     run_dir = runs / "a"
     run_dir.mkdir(parents=True)
-    (run_dir / CONFIG_FILE).write_text("{}")  # all find_live_run looks for
+    (run_dir / RunFile.CONFIG).write_text("{}")  # all find_live_run looks for
     server = ControlServer(Recorder(), run_dir)
     server.start()
     try:
-        info = json.loads((run_dir / CONTROL_FILE).read_text())
+        info = json.loads((run_dir / RunFile.CONTROL).read_text())
         assert info["pid"] == os.getpid() and info["host"] == socket.gethostname()
         assert run_liveness(run_dir) == "listening"
         assert find_live_run(runs) == run_dir
 
         def rewrite(**changes: Any) -> None:
-            (run_dir / CONTROL_FILE).write_text(json.dumps({**info, **changes}))
+            (run_dir / RunFile.CONTROL).write_text(json.dumps({**info, **changes}))
 
         rewrite(pid=reaped_pid())  # its socket answers, but not for the process named
         assert run_liveness(run_dir) == "dead"
@@ -246,13 +244,13 @@ def test_a_new_server_clears_a_killed_runs_files_but_never_a_live_ones(tmp_path:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
         dead.bind(str(old_socket))  # bound, never accepting again: what a kill leaves
     stale = {"socket": str(old_socket), "pid": reaped_pid(), "host": socket.gethostname()}
-    (run_dir / CONTROL_FILE).write_text(json.dumps(stale))
+    (run_dir / RunFile.CONTROL).write_text(json.dumps(stale))
 
     first = ControlServer(Recorder(), run_dir)
     first.start()
     try:
         assert not old_socket.exists() and not old_folder.exists()
-        assert json.loads((run_dir / CONTROL_FILE).read_text())["pid"] == os.getpid()
+        assert json.loads((run_dir / RunFile.CONTROL).read_text())["pid"] == os.getpid()
         second = ControlServer(Recorder(), run_dir)
         with pytest.raises(OSError, match="another process listens"):
             second.start()

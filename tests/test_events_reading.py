@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from scu_tui.errors import UserError
-from scu_tui.events import (
+from scu_tui.protocol import (
     EvalEvent,
     MessageEvent,
     ProposalEvent,

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from scu_tui.config import Settings, all_keys, apply_assignments, load_file, merge
 from scu_tui.errors import UserError
-from scu_tui.events import EVENT_TYPES, Event, event_from_dict, read_events
+from scu_tui.protocol import EVENT_TYPES, Event, event_from_dict, read_events
 
 #: Modest counts (the suite runs on two cores); no example database in the checkout.
 EXAMPLES = settings(

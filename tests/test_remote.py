@@ -10,13 +10,14 @@ from pathlib import Path
 
 from helpers import read_events, scu_popen, wait_for_line
 
-from scu_tui.remote.control import CONTROL_FILE, ControlClient, is_live
+from scu_tui.protocol import RunFile
+from scu_tui.remote.control import ControlClient, is_live
 
 HOT = ["--set", "training.learning_rate=3e-2", "--set", "scu.lr_bounds=[1e-5, 1e-1]"]
 
 
 def raw(run_dir: Path) -> socket.socket:
-    path = json.loads((run_dir / CONTROL_FILE).read_text())["socket"]
+    path = json.loads((run_dir / RunFile.CONTROL).read_text())["socket"]
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(10)
     sock.connect(path)
@@ -40,7 +41,7 @@ def test_remote_pause_resume_veto_save_and_stop(tmp_path: Path) -> None:
         *HOT,
     )
     wait_for_line(proc, "step      1/")
-    sock_path = Path(json.loads((out / CONTROL_FILE).read_text())["socket"])
+    sock_path = Path(json.loads((out / RunFile.CONTROL).read_text())["socket"])
     assert stat.S_IMODE(sock_path.stat().st_mode) == 0o600
     assert stat.S_IMODE(sock_path.parent.stat().st_mode) == 0o700
 
@@ -88,12 +89,12 @@ def test_remote_pause_resume_veto_save_and_stop(tmp_path: Path) -> None:
     decisions = [e for e in events if e["type"] == "decision"]
     assert any(d["outcome"] == "vetoed" and d["by"] == "remote" for d in decisions)
     assert events[-1]["type"] == "done" and events[-1]["status"] == "stopped"
-    assert not (out / CONTROL_FILE).exists() and not sock_path.exists()
+    assert not (out / RunFile.CONTROL).exists() and not sock_path.exists()
     assert not is_live(out)
 
 
 def test_finished_or_foreign_folder_is_not_live(tmp_path: Path) -> None:
     assert not is_live(tmp_path)
-    (tmp_path / CONTROL_FILE).write_text(json.dumps({"socket": str(tmp_path / "gone.sock")}))
+    (tmp_path / RunFile.CONTROL).write_text(json.dumps({"socket": str(tmp_path / "gone.sock")}))
     assert not is_live(tmp_path)
-    assert os.path.exists(tmp_path / CONTROL_FILE)
+    assert os.path.exists(tmp_path / RunFile.CONTROL)

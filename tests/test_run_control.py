@@ -24,9 +24,9 @@ from mlx.utils import tree_flatten, tree_unflatten
 from scu_tui.config import Settings
 from scu_tui.control.controller import Controller
 from scu_tui.control.policy import Proposal, action_text
-from scu_tui.events import Command, Event
 from scu_tui.presets import load_preset
-from scu_tui.remote.control import ControlClient
+from scu_tui.protocol import Command, Event
+from scu_tui.remote.control import ControlClient, serve
 from scu_tui.run import Run
 
 SHORT = {
@@ -106,7 +106,8 @@ def start(
 ) -> tuple[Run, Recorder, int]:
     settings = load_preset("demo").replace({**base, "scu.mode": mode, **updates})
     controller = ScriptedController(settings, script) if script is not None else None
-    run = Run(settings, output_dir=tmp_path / "run", controller=controller)
+    # as the command line starts it: with the control socket
+    run = Run(settings, output_dir=tmp_path / "run", controller=controller, listen=serve)
     recorder = Recorder(react)
     recorder.run = run
     run.add_sink(recorder)

@@ -17,10 +17,9 @@ from typing import Any
 import pytest
 from helpers import scu, scu_popen, wait_for_line
 
-from scu_tui.events import Command
+from scu_tui.protocol import Command, RunFile
 from scu_tui.remote import control
 from scu_tui.remote.control import (
-    CONTROL_FILE,
     ControlClient,
     ControlServer,
     is_private_dir,
@@ -64,7 +63,7 @@ def serve(run_dir: Path, **kwargs: Any) -> tuple[ControlServer, Recorder]:
 
 
 def socket_of(run_dir: Path) -> Path:
-    return Path(json.loads((run_dir / CONTROL_FILE).read_text())["socket"])
+    return Path(json.loads((run_dir / RunFile.CONTROL).read_text())["socket"])
 
 
 def raw(run_dir: Path) -> socket.socket:
@@ -194,7 +193,7 @@ def test_start_raises_oserror_when_no_socket_can_be_made(
     run_dir.mkdir()
     with pytest.raises(OSError, match="too long"):
         ControlServer(Recorder(), run_dir).start()
-    assert not (run_dir / CONTROL_FILE).exists()
+    assert not (run_dir / RunFile.CONTROL).exists()
 
 
 def test_without_a_socket_the_run_trains_on_with_one_warning(tmp_path: Path) -> None:
@@ -214,7 +213,7 @@ def test_without_a_socket_the_run_trains_on_with_one_warning(tmp_path: Path) -> 
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert output.count("attach off") == 1 and "Traceback" not in output
-    assert not (out / CONTROL_FILE).exists()
+    assert not (out / RunFile.CONTROL).exists()
 
 
 # --- who may talk to it ---------------------------------------------------------------------
@@ -253,7 +252,7 @@ def test_the_client_trusts_only_a_socket_of_this_user(
         fake_dir.mkdir()
 
         def point_at(path: Path) -> None:
-            (fake_dir / CONTROL_FILE).write_text(json.dumps({"socket": str(path)}))
+            (fake_dir / RunFile.CONTROL).write_text(json.dumps({"socket": str(path)}))
 
         link_folder = shared / "links"
         link_folder.mkdir(mode=0o700)

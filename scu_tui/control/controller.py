@@ -10,9 +10,9 @@ How a run drives it (all plain numbers, on the training thread)::
         proposal = controller.decide(step, knobs)  # None except on some control steps
         if proposal:
             emit ProposalEvent(**proposal.to_dict())
-            auto: apply it        -> controller.record_outcome(proposal.id, "applied")
-            ask:  queue it        -> later "accepted" (then applied), "vetoed" or "expired"
-            observe: only log it  -> controller.record_outcome(proposal.id, "observed")
+            auto: apply it        -> controller.record_outcome(proposal.id, Outcome.APPLIED)
+            ask:  queue it        -> later ACCEPTED (then applied), VETOED or EXPIRED
+            observe: only log it  -> controller.record_outcome(proposal.id, Outcome.OBSERVED)
         analysis = controller.last_analysis   # what it computed, on every control step
         every step: divergence = controller.check_divergence(step, knobs)  # the guard
         knob "rollback": restore the last good checkpoint with lr multiplier ``after``,
@@ -67,7 +67,7 @@ from scu_tui.control.policy import (
 )
 from scu_tui.control.proposals import ProposalBook, ProposalRecord
 from scu_tui.control.signals import MAD_TO_SIGMA, Signals, compute_signals, json_safe
-from scu_tui.protocol import TAKEN, Outcome
+from scu_tui.protocol import TAKEN, Decider, Outcome
 
 OUTCOMES = tuple(Outcome)
 REJECTED = (Outcome.VETOED, Outcome.REVERTED)  # the rule backs off
@@ -243,7 +243,8 @@ class Controller:
             self._knob_moved_at[knob] = min(moved, step)
         cancelled = [r for r in self.book.on_branch_after(step) if r.id != keep]
         for record in cancelled:
-            record.outcome, record.by, record.decided_step = Outcome.CANCELLED, "rollback", step
+            record.outcome, record.by = Outcome.CANCELLED, Decider.ROLLBACK
+            record.decided_step = step
             record.check = "done"
         return cancelled
 
@@ -471,7 +472,11 @@ class Controller:
         record.mode, record.expires_at = mode, expires_at
 
     def record_outcome(
-        self, proposal_id: str, outcome: str, by: str = "", step: int | None = None
+        self,
+        proposal_id: str,
+        outcome: Outcome,
+        by: Decider | None = None,
+        step: int | None = None,
     ) -> list[ProposalRecord]:
         """What became of a proposal; only applied/accepted ones move cooldowns and get
         checked. Returns the further records this closes (a revert closes what it undoes)."""
@@ -481,7 +486,7 @@ class Controller:
         if record is None:
             return []
         at = max(self._last_step, record.proposal.step) if step is None else step
-        record.outcome, record.by, record.decided_step = Outcome(outcome), by or None, at
+        record.outcome, record.by, record.decided_step = Outcome(outcome), by, at
         closed: list[ProposalRecord] = []
         if outcome in TAKEN:
             if record.check == "issued":
@@ -490,7 +495,7 @@ class Controller:
             if record.proposal.rule.startswith("revert_") and reverted is not None:
                 reverted.outcome, reverted.by, reverted.decided_step = (
                     Outcome.REVERTED,
-                    "controller",
+                    Decider.CONTROLLER,
                     at,
                 )
                 closed.append(reverted)

@@ -39,6 +39,7 @@ from typing import Any
 
 from scu_tui.config import ScuSettings, TrainingSettings
 from scu_tui.control.signals import VAL_RISE_FRACTION, Signals, json_safe
+from scu_tui.protocol import Knob, Rollback, Target, target
 
 
 class Diagnosis(StrEnum):
@@ -53,15 +54,16 @@ class Diagnosis(StrEnum):
     NOISY = "noisy"  # improving, but with gradients too noisy to trust a bigger step
 
 
-LR = "lr_multiplier"
-WEIGHT_DECAY = "weight_decay"
-DROPOUT = "dropout"
-ACCUMULATION = "accumulation"
-ROLLBACK = "rollback"
+LR = Knob.LR_MULTIPLIER
+WEIGHT_DECAY = Knob.WEIGHT_DECAY
+DROPOUT = Knob.DROPOUT
+ACCUMULATION = Knob.ACCUMULATION
+#: The target of a rollback proposal, and the rule of the guard's (and of a blow-up's).
+ROLLBACK = Rollback.ROLLBACK
 #: The rule of a rollback for erratic gradients alone: unlike a blow-up's, it follows the
 #: mode (waits for an answer in ask mode, is only logged in observe mode).
 ERRATIC_ROLLBACK = "rollback_erratic"
-KNOBS = (LR, WEIGHT_DECAY, DROPOUT, ACCUMULATION)
+KNOBS = tuple(Knob)
 
 # --- diagnosis thresholds ------------------------------------------------------------------
 
@@ -123,12 +125,16 @@ class Proposal:
     step: int
     rule: str
     diagnosis: str
-    knob: str  # lr_multiplier | weight_decay | dropout | accumulation | rollback
+    knob: Target  # a Knob, or a rollback
     before: float
     after: float  # for rollback: the lr multiplier to resume with
     reason: str
     action: str
     evidence: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # restored from a checkpoint, the knob is a plain name: ValueError when unknown
+        object.__setattr__(self, "knob", target(self.knob))
 
     def to_dict(self) -> dict[str, Any]:
         return dict(json_safe(asdict(self)))
@@ -160,8 +166,8 @@ class Knobs:
         """The base schedule's lr at this step: lr / multiplier (0 when unknown)."""
         return self.lr / self.lr_multiplier if self.lr_multiplier > 0 else 0.0
 
-    def value(self, knob: str) -> float:
-        return float(getattr(self, LR if knob == ROLLBACK else knob))
+    def value(self, knob: Target) -> float:
+        return float(getattr(self, LR if knob == ROLLBACK else knob.value))
 
 
 @dataclass(frozen=True)
@@ -169,7 +175,7 @@ class Move:
     """What a rule asks for, before bounds: ``direction`` is +1 (raise) or -1 (cut)."""
 
     rule: str
-    knob: str
+    knob: Target
     target: float
     direction: int
     reason: str
@@ -424,14 +430,14 @@ def plateau_move(s: Signals, knobs: Knobs) -> Move:
 # --- safety limits --------------------------------------------------------------------------
 
 
-def hard_bounds(knob: str, knobs: Knobs, scu: ScuSettings) -> tuple[float, float]:
+def hard_bounds(knob: Target, knobs: Knobs, scu: ScuSettings) -> tuple[float, float]:
     """The preset's limits for a knob; the lr limits apply to the effective lr."""
     if knob in (LR, ROLLBACK):
         base = knobs.base_lr
         if base <= 0:
             return knobs.lr_multiplier, knobs.lr_multiplier  # no schedule known: no LR move
         return scu.lr_bounds[0] / base, scu.lr_bounds[1] / base
-    limits: dict[str, list[float] | list[int]] = {
+    limits: dict[Target, list[float] | list[int]] = {
         WEIGHT_DECAY: scu.weight_decay_bounds,
         DROPOUT: scu.dropout_bounds,
         ACCUMULATION: scu.accumulation_bounds,
@@ -440,7 +446,7 @@ def hard_bounds(knob: str, knobs: Knobs, scu: ScuSettings) -> tuple[float, float
     return float(low), float(high)
 
 
-def step_limits(knob: str, before: float) -> tuple[float, float]:
+def step_limits(knob: Target, before: float) -> tuple[float, float]:
     """The most one action may move a knob from ``before``."""
     if knob == ROLLBACK:
         return before * ERRATIC_LR_FACTOR, before
@@ -454,7 +460,9 @@ def step_limits(knob: str, before: float) -> tuple[float, float]:
     return math.ceil(before * MAX_ACCUMULATION_DOWN), before * MAX_ACCUMULATION_UP
 
 
-def bounded_value(knob: str, before: float, target: float, knobs: Knobs, scu: ScuSettings) -> float:
+def bounded_value(
+    knob: Target, before: float, target: float, knobs: Knobs, scu: ScuSettings
+) -> float:
     """``target`` within the preset's bounds, then within one action's reach of ``before``.
 
     The step limit wins: a knob already outside its bounds moves toward them by at most one
@@ -474,7 +482,7 @@ def moves(before: float, after: float, direction: int) -> bool:
     return (after > before) == (direction > 0)
 
 
-def action_text(knob: str, before: float, after: float) -> str:
+def action_text(knob: Target, before: float, after: float) -> str:
     """A short description: ``lr x1.5``, ``weight_decay 0 -> 0.01``, ``rollback, lr x0.5``."""
     factor = f"x{after / before:.3g}" if before > 0 else f"-> {after:.3g}"
     if knob == LR:

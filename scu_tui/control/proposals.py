@@ -15,7 +15,7 @@ from typing import Any
 
 from scu_tui.control.policy import Proposal
 from scu_tui.control.signals import json_safe
-from scu_tui.protocol import TAKEN, Outcome
+from scu_tui.protocol import TAKEN, Decider, Outcome
 
 
 @dataclass
@@ -25,8 +25,8 @@ class ProposalRecord:
     proposal: Proposal
     mode: str = ""  # the S-SCU mode it met
     signals: dict[str, Any] = field(default_factory=dict)  # what the controller saw
-    outcome: str | None = None  # an Outcome once decided
-    by: str | None = None  # a Decider
+    outcome: Outcome | None = None  # once decided
+    by: Decider | None = None
     decided_step: int | None = None
     expires_at: int | None = None  # ask mode: the step it lapses at, unanswered
     # the effect check: what the move was meant to improve, and the verdict
@@ -75,6 +75,10 @@ class ProposalRecord:
         p["before"], p["after"] = float(p["before"]), float(p["after"])
         for key in ("baseline", "baseline_se", "val_trend"):
             values[key] = float(values[key])
+        if values.get("outcome") is not None:
+            values["outcome"] = Outcome(values["outcome"])
+        if values.get("by") is not None:
+            values["by"] = Decider(values["by"])
         return cls(proposal=Proposal(**p), **values)
 
 
@@ -124,7 +128,7 @@ class ProposalBook:
         for item in data:
             self.add(ProposalRecord.from_state(item))
 
-    def expire_open(self, step: int, by: str) -> list[ProposalRecord]:
+    def expire_open(self, step: int, by: Decider) -> list[ProposalRecord]:
         """Close every undecided proposal as expired (a resume: nobody answered them)."""
         closed = [r for r in self._records.values() if r.outcome is None]
         for r in closed:

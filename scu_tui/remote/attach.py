@@ -14,7 +14,6 @@ it as running.
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
@@ -23,9 +22,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scu_tui.errors import UserError
-from scu_tui.events import Command, DoneEvent, Event, MessageEvent, ModeEvent, event_from_dict
-from scu_tui.remote.control import ControlClient, Liveness, is_live, read_control, run_liveness
-from scu_tui.run import CONFIG_FILE, EVENTS_FILE, load_run_settings
+from scu_tui.protocol import (
+    Command,
+    DoneEvent,
+    Event,
+    MessageEvent,
+    ModeEvent,
+    RunFile,
+    event_from_dict,
+    parse_event_line,
+)
+from scu_tui.remote.control import (
+    COMMANDS,
+    ControlClient,
+    Liveness,
+    is_live,
+    read_control,
+    run_liveness,
+)
+from scu_tui.run import load_run_settings
 from scu_tui.sinks import Sink
 
 if TYPE_CHECKING:
@@ -62,9 +77,10 @@ class RemoteRun:
     def __init__(self, run_dir: Path, history_lines: int = HISTORY_LINES) -> None:
         if not run_dir.is_dir():
             raise UserError(f"attach {run_dir}: no such directory")
-        if not (run_dir / EVENTS_FILE).is_file() or not (run_dir / CONFIG_FILE).is_file():
+        if not (run_dir / RunFile.EVENTS).is_file() or not (run_dir / RunFile.CONFIG).is_file():
             raise UserError(
-                f"attach {run_dir}: not a scu-tui run (expected {EVENTS_FILE} and {CONFIG_FILE})"
+                f"attach {run_dir}: not a scu-tui run "
+                f"(expected {RunFile.EVENTS} and {RunFile.CONFIG})"
             )
         self.output_dir = run_dir
         self.settings = load_run_settings(run_dir)
@@ -98,6 +114,10 @@ class RemoteRun:
         if self.lost:
             self.emit(MessageEvent(self.last_step, level="warning", text=NOT_RUNNING))
             return
+        if command.kind not in COMMANDS:
+            text = f"command refused: '{command.kind}' is not available to an attached app"
+            self.emit(MessageEvent(self.last_step, level="error", text=text))
+            return
         if not self.live:
             self.emit(
                 MessageEvent(
@@ -113,7 +133,7 @@ class RemoteRun:
 
     def execute(self) -> int:
         """Replay then follow ``events.jsonl`` until the run is done (or lost) or we detach."""
-        path = self.output_dir / EVENTS_FILE
+        path = self.output_dir / RunFile.EVENTS
         lines, offset = tail_lines(path, self.history_lines)
         done = False
         for line in lines:
@@ -170,13 +190,10 @@ class RemoteRun:
         return done, offset, pending
 
     def _emit_line(self, line: str) -> bool:
-        if not line.strip():
-            return False
-        try:
-            data = json.loads(line)
-        except (ValueError, RecursionError):
-            return False
-        event = event_from_dict(data) if isinstance(data, dict) else None
+        """Emit the event on one line (a line that is not one is skipped, as every reader of
+        ``events.jsonl`` does); True when it is the done event."""
+        data = parse_event_line(line) if line.strip() else None
+        event = event_from_dict(data) if data is not None else None
         if event is None:
             return False
         if isinstance(event, ModeEvent):
@@ -236,7 +253,7 @@ class RemoteRun:
 
 def find_live_run(parent: Path) -> Path:
     """The one run under ``parent`` that is listening (``scu-tui attach`` with no DIR)."""
-    candidates = sorted(p.parent for p in parent.glob(f"*/{CONFIG_FILE}"))
+    candidates = sorted(p.parent for p in parent.glob(f"*/{RunFile.CONFIG}"))
     live = [run for run in candidates if is_live(run)]
     if len(live) == 1:
         return live[0]

@@ -18,6 +18,9 @@ cannot hold every slot.
 ``control.json`` in the run folder names the socket (run folders can be longer than a
 socket path may be) and the run's process (pid, host, start time), so watchers can tell
 a live run from a killed one.
+
+The entry points start the server for a run they create (:func:`listening_run`, or
+``Run(..., listen=serve)``); the run itself never imports this module.
 """
 
 from __future__ import annotations
@@ -37,13 +40,17 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from scu_tui.config import MODES
-from scu_tui.events import Command
+from scu_tui.protocol import Command, CommandKind, Decider, Mode, RunFile
 from scu_tui.training.checkpoint import atomic_write_json
 
-CONTROL_FILE = "control.json"
+if TYPE_CHECKING:
+    from scu_tui.config import Settings
+    from scu_tui.control.controller import Controller
+    from scu_tui.run import Run
+    from scu_tui.training.loader import Loader
+
 MAX_LINE = 64 * 1024  # bytes; a longer request is refused and the connection closed
 MAX_REPLY = 1024 * 1024  # bytes; a status reply is a few kilobytes
 MAX_CLIENTS = 16
@@ -54,7 +61,10 @@ BACKLOG = 128
 IDLE_TIMEOUT = 10.0
 #: ``sun_path`` holds 104 bytes on macOS and the BSDs, 108 on Linux (with the final NUL).
 SUN_PATH_MAX = 108 if sys.platform.startswith("linux") else 104
-COMMANDS = ("pause", "resume", "save", "eval", "stop", "mode", "accept", "veto", "status")
+#: What a client may send: every command but ``set``, and ``status``.
+STATUS = "status"
+COMMANDS = (*(kind.value for kind in CommandKind if kind != CommandKind.SET), STATUS)
+MODES = tuple(mode.value for mode in Mode)
 
 #: What a watcher can tell about a run from its folder (see :func:`run_liveness`).
 Liveness = Literal["listening", "unreachable", "dead", "ended", "unknown"]
@@ -66,6 +76,34 @@ class Controllable(Protocol):
     def submit(self, command: Command) -> None: ...
 
     def status_snapshot(self) -> dict[str, Any]: ...
+
+
+class Listenable(Controllable, Protocol):
+    """A run that names its folder: what :func:`serve` needs."""
+
+    @property
+    def output_dir(self) -> Path: ...
+
+
+def serve(run: Listenable) -> ControlServer:
+    """Start the control socket of a run whose folder it has claimed (``Run``'s
+    ``listen`` hook). Raises OSError when it cannot; the run trains on without it."""
+    server = ControlServer(run, run.output_dir)
+    server.start()
+    return server
+
+
+def listening_run(
+    settings: Settings,
+    output_dir: Path | None = None,
+    resume: Path | None = None,
+    controller: Controller | None = None,
+    loader: Loader | None = None,
+) -> Run:
+    """A run that serves its control socket: what the command line and the app start."""
+    from scu_tui.run import Run
+
+    return Run(settings, output_dir, resume, controller, loader=loader, listen=serve)
 
 
 # --- whom to trust ------------------------------------------------------------------------
@@ -187,16 +225,20 @@ def parse_request(line: bytes) -> Command | None:
     if not isinstance(cmd, str) or cmd not in COMMANDS:
         shown = repr(cmd) if isinstance(cmd, str | int | float | bool | None) else "of that type"
         raise BadRequest(f"unknown command {shown[:80]} (known: {', '.join(COMMANDS)})")
-    value = request.get("value")
-    if cmd == "mode" and (not isinstance(value, str) or value not in MODES):
-        raise BadRequest(f"mode must be one of {', '.join(MODES)}")
-    if cmd in ("accept", "veto") and value is not None and not isinstance(value, str):
-        raise BadRequest('a proposal id is a string like "p0003"')
-    if cmd == "status":
+    if cmd == STATUS:
         return None
-    if cmd == "stop":
-        value = None  # a remote stop is always the user's: it saves and exits normally
-    return Command(cmd, value=value, by="remote")
+    kind = CommandKind(cmd)
+    value = request.get("value")
+    if kind == CommandKind.MODE:
+        if not isinstance(value, str) or value not in MODES:
+            raise BadRequest(f"mode must be one of {', '.join(MODES)}")
+        return Command(kind, value=Mode(value), by=Decider.REMOTE)
+    if kind in (CommandKind.ACCEPT, CommandKind.VETO):
+        if value is not None and not isinstance(value, str):
+            raise BadRequest('a proposal id is a string like "p0003"')
+        return Command(kind, value=value, by=Decider.REMOTE)
+    # the rest carry nothing: a remote stop is always the user's (it saves and exits 0)
+    return Command(kind, by=Decider.REMOTE)
 
 
 class _Dropped(Exception):
@@ -251,7 +293,7 @@ class ControlServer:
         process_started = process_start(os.getpid())
         if process_started is not None:
             info["process_start"] = process_started
-        atomic_write_json(self.run_dir / CONTROL_FILE, info)
+        atomic_write_json(self.run_dir / RunFile.CONTROL, info)
 
     def _listen(self, path: Path) -> None:
         if len(os.fsencode(path)) >= SUN_PATH_MAX:
@@ -278,7 +320,7 @@ class ControlServer:
             with contextlib.suppress(OSError):
                 self._sock.close()
         with contextlib.suppress(FileNotFoundError):
-            (self.run_dir / CONTROL_FILE).unlink()
+            (self.run_dir / RunFile.CONTROL).unlink()
         self._remove_socket()
 
     def _remove_socket(self) -> None:
@@ -387,7 +429,7 @@ class ControlClient:
     def __init__(self, run_dir: Path, timeout: float = 5.0) -> None:
         info = read_control(run_dir)
         if info is None:
-            raise ConnectionRefusedError(errno.ECONNREFUSED, f"{run_dir}: no {CONTROL_FILE}")
+            raise ConnectionRefusedError(errno.ECONNREFUSED, f"{run_dir}: no {RunFile.CONTROL}")
         self.path = Path(str(info["socket"]))
         self.timeout = timeout
         self.sock, self.reader = self._connect()
@@ -461,7 +503,7 @@ class ControlClient:
 def read_control(run_dir: Path) -> dict[str, Any] | None:
     """``control.json`` as a dict with a socket path; None when absent or unreadable."""
     try:
-        info = json.loads((run_dir / CONTROL_FILE).read_text(encoding="utf-8"))
+        info = json.loads((run_dir / RunFile.CONTROL).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(info, dict) or not isinstance(info.get("socket"), str):
@@ -569,4 +611,4 @@ def clear_stale(run_dir: Path) -> None:
             if old.parent.name.startswith(f"scu-tui-{uid}-"):  # a fresh folder of its own
                 old.parent.rmdir()  # only if empty
     with contextlib.suppress(FileNotFoundError):
-        (run_dir / CONTROL_FILE).unlink()
+        (run_dir / RunFile.CONTROL).unlink()

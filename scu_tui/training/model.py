@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from mlx.utils import tree_flatten
 
 from scu_tui.config import EMBEDDED_DEMO, LoraSettings
 from scu_tui.errors import UserError
+from scu_tui.training.loader import LoraInfo
 
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 #: How a ModelArgs dataclass says that config.json lacks keys it needs.
@@ -158,13 +158,6 @@ def load_model(path: str) -> tuple[nn.Module, Any]:
             f"{resolved} --local-dir DIR`) and pass --model DIR."
         ) from None
     return model, tokenizer
-
-
-@dataclass(frozen=True)
-class LoraInfo:
-    trainable: int
-    total: int
-    adapter_config: dict[str, Any]
 
 
 def apply_lora(model: nn.Module, lora: LoraSettings, model_path: str) -> LoraInfo:

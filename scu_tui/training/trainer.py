@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -27,6 +27,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from scu_tui.config import Settings, TrainingSettings
 from scu_tui.errors import UserError
+from scu_tui.protocol import Knob
 from scu_tui.training.checkpoint import STATE_FILE, atomic_write_json
 from scu_tui.training.data import BatchStream, DataBundle, eval_batches
 from scu_tui.training.model import set_lora_dropout
@@ -99,15 +100,20 @@ def use_grad_checkpoint(model: nn.Module) -> int:
 
 @dataclass
 class Knobs:
-    """What the S-SCU (or a person) may change between two steps."""
+    """What the S-SCU (or a person) may change between two steps: one field per
+    :class:`~scu_tui.protocol.Knob`, named by its value."""
 
     lr_multiplier: float
     weight_decay: float
     dropout: float
     accumulation: int
 
+    def value(self, knob: Knob) -> float:
+        return float(getattr(self, knob.value))
 
-KNOB_NAMES = ("lr_multiplier", "weight_decay", "dropout", "accumulation")
+    def values(self) -> dict[str, float]:
+        """Every knob by name, as events and summaries show them."""
+        return {knob.value: getattr(self, knob.value) for knob in Knob}
 
 
 class BaseSchedule:
@@ -251,26 +257,34 @@ class Trainer:
     def current_lr(self) -> float:
         return self.schedule.lr(self.step) * self.knobs.lr_multiplier
 
-    def set_knob(self, name: str, value: float) -> tuple[float, float]:
-        """Change a knob before the next step; returns ``(before, after)``."""
-        if name not in KNOB_NAMES:
-            raise ValueError(f"unknown knob '{name}'")
-        before = float(getattr(self.knobs, name))
-        if name == "accumulation":
-            value = int(value)
-            if value < 1:
-                raise ValueError("accumulation must be >= 1")
-        elif name == "dropout" and not 0 <= value < 1:
-            raise ValueError("dropout must be in [0, 1)")
-        elif value < 0:
-            raise ValueError(f"{name} must be >= 0")
-        setattr(self.knobs, name, value)
-        if name == "weight_decay":
-            self.optimizer.state["weight_decay"] = mx.array(float(value))
-        elif name == "dropout":
-            set_lora_dropout(self.model, float(value))
-            self._compile()
-        return before, float(value)
+    def set_knob(self, knob: Knob, value: float) -> tuple[float, float]:
+        """Change a knob before the next step; returns ``(before, after)``. Raises
+        ValueError for a value the knob cannot take."""
+        knob = Knob(knob)  # a plain name from an untyped caller: ValueError when unknown
+        before = self.knobs.value(knob)
+        match knob:
+            case Knob.LR_MULTIPLIER:  # the next step's rate: schedule x multiplier
+                if value < 0:
+                    raise ValueError(f"{knob} must be >= 0")
+                self.knobs.lr_multiplier = float(value)
+            case Knob.WEIGHT_DECAY:  # an array in the optimizer state: no recompiling
+                if value < 0:
+                    raise ValueError(f"{knob} must be >= 0")
+                self.knobs.weight_decay = float(value)
+                self.optimizer.state["weight_decay"] = mx.array(float(value))
+            case Knob.DROPOUT:  # a float baked into the compiled step: recompile
+                if not 0 <= value < 1:
+                    raise ValueError("dropout must be in [0, 1)")
+                self.knobs.dropout = float(value)
+                set_lora_dropout(self.model, float(value))
+                self._compile()
+            case Knob.ACCUMULATION:  # micro-batches the step loop feeds
+                if int(value) < 1:
+                    raise ValueError("accumulation must be >= 1")
+                self.knobs.accumulation = int(value)
+            case _ as unhandled:  # mypy: a new Knob needs its case here
+                assert_never(unhandled)
+        return before, self.knobs.value(knob)
 
     # --- steps ----------------------------------------------------------------------------
 
