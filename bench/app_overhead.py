@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scu_tui import replay
-from scu_tui.run import EVENTS_FILE
+from scu_tui.protocol import RunFile
+from scu_tui.protocol import read_events as read_event_lines
 
 WARMUP_STEPS = 10  # compile and first evaluation: left out of the measured span
 POLL_SECONDS = 0.2
@@ -36,8 +36,8 @@ POLL_SECONDS = 0.2
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:
     """The run's events so far (none before it starts; a half-written last line waits)."""
-    path = run_dir / EVENTS_FILE
-    return list(replay.read_events(path)) if path.exists() else []
+    path = run_dir / RunFile.EVENTS
+    return list(read_event_lines(path)) if path.exists() else []
 
 
 def throughput(run_dir: Path) -> float:

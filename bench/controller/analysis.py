@@ -1,0 +1,178 @@
+"""Scoring: one run's result, cells over seeds, regret against a cell's best arm."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from bench.controller.arms import ARMS
+
+#: Steps to target: the first eval whose metric is <= this x the best arm's mean final
+#: metric at the tuned lr (x1). 1.25 rather than 1.05: on the synthetic task the metric is
+#: the excess over the floor, and 5 % of it is reached, if at all, only at the last eval.
+TARGET_FACTOR = 1.25
+#: A run is diverged when its final val loss is non-finite or above its initial one, or
+#: when the guard rolled it back at least this many times.
+DIVERGED_ROLLBACKS = 5
+#: Two-sided 95 % Student t quantiles, t(0.975, df), for small samples.
+T975 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    12: 2.179,
+    15: 2.131,
+    20: 2.086,
+    30: 2.042,
+}
+
+
+def t975(df: int) -> float:
+    if df in T975:
+        return T975[df]
+    smaller = [d for d in T975 if d <= df]
+    return T975[max(smaller)] if df < 30 else 1.96
+
+
+@dataclass
+class Result:
+    task: str
+    arm: str
+    factor: float
+    seed: int
+    status: str
+    initial: float  # val loss at step 0
+    final: float  # val loss at the last eval (nan when none)
+    floor: float
+    evals: list[tuple[int, float]]
+    rollbacks: int
+    actions: dict[str, int]  # applied proposals by knob (rollback = guard or controller)
+    rules: dict[str, int]  # applied proposals by rule
+    lr_changes: int  # applied lr_multiplier proposals (what the placebo copies)
+    seconds: float
+
+    @property
+    def diverged(self) -> bool:
+        return (
+            not math.isfinite(self.final)
+            or self.final > self.initial
+            or self.rollbacks >= DIVERGED_ROLLBACKS
+            or self.status == "failed"
+        )
+
+    @property
+    def score(self) -> float:
+        """The reported metric; a diverged run scores no better than where it started."""
+        final = self.final if math.isfinite(self.final) else math.inf
+        if self.status == "failed":
+            final = max(final, self.initial) if math.isfinite(final) else self.initial
+        return min(final, self.initial) - self.floor
+
+    def steps_to(self, target: float) -> int | None:
+        for step, val in self.evals:
+            if math.isfinite(val) and val - self.floor <= target:
+                return step
+        return None
+
+
+# --- statistics -----------------------------------------------------------------------------
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % t interval (nan for one value)."""
+    xs = [float(v) for v in values]
+    m = statistics.fmean(xs)
+    if len(xs) < 2:
+        return m, math.nan
+    return m, t975(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
+
+
+@dataclass
+class Cell:
+    """One (task, lr factor, arm) over its seeds."""
+
+    results: list[Result]
+    regret: list[float] = field(default_factory=list)  # paired by seed, vs the cell's best arm
+
+    @property
+    def scores(self) -> list[float]:
+        return [r.score for r in self.results]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.scores)
+
+
+@dataclass
+class Analysis:
+    tasks: list[str]
+    factors: list[float]
+    arms: list[str]
+    seeds: list[int]
+    cells: dict[tuple[str, float, str], Cell]
+    best: dict[tuple[str, float], str]
+    targets: dict[str, float]
+    metric: dict[str, str]
+
+    def cell(self, task: str, factor: float, arm: str) -> Cell:
+        return self.cells[(task, factor, arm)]
+
+    def mean_regret(self, task: str, arm: str) -> float:
+        return statistics.fmean(
+            statistics.fmean(self.cell(task, f, arm).regret) for f in self.factors
+        )
+
+    def relative_regret(self, task: str, factor: float, arm: str) -> float:
+        """Regret as a fraction of the best arm's val loss (not the excess) in that cell."""
+        best = self.cell(task, factor, self.best[(task, factor)])
+        floor = best.results[0].floor
+        return statistics.fmean(self.cell(task, factor, arm).regret) / (best.mean + floor)
+
+    def overall_relative(self, arm: str) -> float:
+        return statistics.fmean(
+            self.relative_regret(t, f, arm) for t in self.tasks for f in self.factors
+        )
+
+    def divergences(self, arm: str, task: str | None = None) -> int:
+        return sum(
+            r.diverged
+            for (t, _, a), c in self.cells.items()
+            if a == arm and (task is None or t == task)
+            for r in c.results
+        )
+
+
+def analyse(results: Sequence[Result], metric: dict[str, str]) -> Analysis:
+    tasks = list(dict.fromkeys(r.task for r in results))
+    factors = sorted({r.factor for r in results})
+    arms = [a for a in ARMS if any(r.arm == a for r in results)]
+    seeds = sorted({r.seed for r in results})
+    cells: dict[tuple[str, float, str], Cell] = {}
+    for r in results:
+        cells.setdefault((r.task, r.factor, r.arm), Cell([])).results.append(r)
+    for c in cells.values():
+        c.results.sort(key=lambda r: r.seed)
+    best: dict[tuple[str, float], str] = {}
+    for t in tasks:
+        for f in factors:
+            present = [a for a in arms if (t, f, a) in cells]
+            judged = [a for a in present if a in ARMS] or present
+            best[(t, f)] = min(judged, key=lambda a: cells[(t, f, a)].mean)
+            ref = {r.seed: r.score for r in cells[(t, f, best[(t, f)])].results}
+            for a in present:
+                c = cells[(t, f, a)]
+                c.regret = [r.score - ref[r.seed] for r in c.results if r.seed in ref]
+    targets = {}
+    for t in tasks:
+        tuned = 1.0 if 1.0 in factors else factors[len(factors) // 2]
+        targets[t] = TARGET_FACTOR * cells[(t, tuned, best[(t, tuned)])].mean
+    return Analysis(tasks, factors, arms, seeds, cells, best, targets, metric)
+

@@ -1,0 +1,201 @@
+"""Running the grid: each (task, LR, seed, arm) through the product's ``Run``, results kept
+as JSON lines; and the base-LR sweep."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bench.controller.analysis import Result
+from bench.controller.arms import PlaceboController, arm_settings, placebo_plan
+from bench.controller.report import pm, table
+from bench.controller.tasks import Task
+from scu_tui.control.policy import LR
+from scu_tui.protocol import (
+    DecisionEvent,
+    DoneEvent,
+    EvalEvent,
+    Event,
+    Outcome,
+    ProposalEvent,
+    RollbackEvent,
+)
+from scu_tui.run import Run
+
+# --- one run --------------------------------------------------------------------------------
+
+
+class Recorder:
+    """A sink that keeps what the benchmark scores (no step events)."""
+
+    KEEP = ("eval", "proposal", "decision", "rollback", "done", "message")
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        if event.type in self.KEEP:
+            self.events.append(event)
+
+    def close(self) -> None:
+        pass
+
+
+def run_one(
+    task: Task, arm: str, factor: float, seed: int, workdir: Path, plan: dict[int, float]
+) -> Result:
+    """One arm of one (task, LR, seed) cell, trained by the product's ``Run`` on the task's
+    loader, scored from the events it emitted."""
+    settings = arm_settings(task, arm, factor, seed)
+    out = workdir / f"{task.name}-{arm}-{factor:g}-{seed}"
+    shutil.rmtree(out, ignore_errors=True)
+    controller = PlaceboController(settings, plan) if arm == "placebo" else None
+    run = Run(settings, output_dir=out, controller=controller, loader=task.loader)
+    recorder = Recorder()
+    run.add_sink(recorder)
+    tic = time.perf_counter()
+    run.execute()
+    seconds = time.perf_counter() - tic
+    shutil.rmtree(out, ignore_errors=True)
+
+    events = recorder.events
+    evals = [(e.step, float(e.val_loss)) for e in events if isinstance(e, EvalEvent)]
+    knob_of = {e.id: e.knob for e in events if isinstance(e, ProposalEvent)}
+    rule_of = {e.id: e.rule for e in events if isinstance(e, ProposalEvent)}
+    applied = [
+        e.id for e in events if isinstance(e, DecisionEvent) and e.outcome == Outcome.APPLIED
+    ]
+    done = [e for e in events if isinstance(e, DoneEvent)]
+    # after a rollback the evals of the abandoned steps are superseded by the new ones
+    by_step: dict[int, float] = {}
+    for step, val in evals:
+        by_step = {k: v for k, v in by_step.items() if k < step}
+        by_step[step] = val
+    ordered = sorted(by_step.items())
+    return Result(
+        task=task.name,
+        arm=arm,
+        factor=factor,
+        seed=seed,
+        status=done[-1].status if done else "unknown",
+        initial=evals[0][1] if evals else math.nan,
+        final=ordered[-1][1] if ordered else math.nan,
+        floor=task.floor,
+        evals=ordered,
+        rollbacks=sum(1 for e in events if isinstance(e, RollbackEvent)),
+        actions=dict(Counter(knob_of[i] for i in applied)),
+        rules=dict(Counter(rule_of[i] for i in applied)),
+        lr_changes=sum(1 for i in applied if knob_of[i] == LR),
+        seconds=seconds,
+    )
+
+
+# --- the benchmark --------------------------------------------------------------------------
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_benchmark(
+    tasks: Sequence[Task],
+    factors: Sequence[float],
+    seeds: Sequence[int],
+    arms: Sequence[str],
+    raw: Path | None,
+) -> list[Result]:
+    results: list[Result] = []
+    total = len(tasks) * len(factors) * len(seeds) * len(arms)
+    tic = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="scu-bench-") as tmp:
+        for task in tasks:
+            for factor in factors:
+                for seed in seeds:
+                    scu_changes = 0
+                    for arm in arms:
+                        plan: dict[int, float] = {}
+                        if arm == "placebo":
+                            settings = arm_settings(task, arm, factor, seed)
+                            plan = placebo_plan(settings, scu_changes, seed)
+                        r = run_one(task, arm, factor, seed, Path(tmp), plan)
+                        if arm == "scu":
+                            scu_changes = r.lr_changes
+                        results.append(r)
+                        append_raw(raw, asdict(r))
+                        done = len(results)
+                        eta = (time.perf_counter() - tic) / done * (total - done)
+                        acts = ",".join(f"{k}:{v}" for k, v in sorted(r.rules.items()))
+                        log(
+                            f"[{done}/{total}] {task.name} lr x{factor:g} seed {seed} "
+                            f"{arm:<8} {task.metric} {r.score:.4f}"
+                            f"{' DIVERGED' if r.diverged else ''}  rollbacks {r.rollbacks}  "
+                            f"{acts or '-'}  {r.seconds:.1f}s  eta {eta / 60:.1f} min"
+                        )
+    return results
+
+
+def load_raw(path: Path) -> tuple[list[Result], dict[str, Any]]:
+    """Per-run results and the newest ``{"meta": ...}`` header of a ``--raw`` file."""
+    results, meta = [], {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        data = json.loads(line)
+        if "meta" in data:
+            meta = data["meta"]
+            continue
+        data["evals"] = [tuple(e) for e in data["evals"]]
+        results.append(Result(**data))
+    return results, meta
+
+
+def append_raw(path: Path | None, record: dict[str, Any]) -> None:
+    if path is not None:
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+
+# --- the base-LR sweep ----------------------------------------------------------------------
+
+
+def sweep(tasks: Sequence[Task], seeds: Sequence[int]) -> str:
+    lines = ["## Controller benchmark: choosing the tuned base LR", ""]
+    lines += [
+        "The warmup+cosine arm alone over a grid of base LRs; the tuned base is the LR with "
+        "the lowest mean final metric. Reproduce: `python -m bench.controller --sweep` "
+        f"(seeds {list(seeds)}).",
+        "",
+    ]
+    with tempfile.TemporaryDirectory(prefix="scu-sweep-") as tmp:
+        for task in tasks:
+            grid = [task.base_lr * f for f in (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)]
+            rows = []
+            best: tuple[float, float] = (math.inf, math.nan)
+            for lr in grid:
+                scores = []
+                for seed in seeds:
+                    r = run_one(task, "cosine", lr / task.base_lr, seed, Path(tmp), {})
+                    scores.append(r.score)
+                    log(
+                        f"sweep {task.name} lr {lr:g} seed {seed}: {r.score:.4f} ({r.seconds:.1f}s)"
+                    )
+                m = statistics.fmean(scores)
+                best = min(best, (m, lr))
+                rows.append([f"{lr:g}", pm(scores)])
+            lines += [f"**{task.name}** ({task.metric}, seeds {list(seeds)}):", ""]
+            lines += table(["base LR", f"final {task.metric}"], rows)
+            lines += ["", f"Lowest: {best[1]:g} (the benchmark uses {task.base_lr:g}).", ""]
+    return "\n".join(lines)
+
+

@@ -1,0 +1,218 @@
+"""The benchmark's two tasks: LoRA on the embedded demo, and a synthetic Markov chain with
+a known loss floor, whose model and data reach the product's ``Run`` through a loader."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from scu_tui.config import Settings
+from scu_tui.presets import load_preset
+from scu_tui.training.loader import Loaded, Loader, LoraInfo
+
+
+@dataclass
+class Task:
+    """What differs between the tasks; the arms and the Run are shared."""
+
+    name: str
+    description: str
+    base_lr: float
+    base_lr_note: str  # how the base was chosen
+    metric: str  # "val loss" | "val loss - floor"
+    settings: Settings
+    floor: float = 0.0
+    loader: Loader | None = None  # None: the product's (mlx-lm) loader
+
+
+def demo_task(steps: int) -> Task:
+    s = load_preset("demo").replace(
+        {
+            "training.max_steps": steps,
+            "training.eval_every": 25,
+            "training.eval_batches": 10,
+            "training.save_every": 50,
+            "training.warmup_steps": 10,
+        }
+    )
+    return Task(
+        name="demo-lora",
+        description=(
+            f"LoRA r{s.lora.rank} on the embedded demo model and chat data, batch "
+            f"{s.training.batch_size}, {steps} steps, eval every {s.training.eval_every} "
+            f"steps on {s.training.eval_batches} validation batches"
+        ),
+        base_lr=DEMO_BASE_LR,
+        base_lr_note=DEMO_BASE_NOTE,
+        metric="val loss",
+        settings=s,
+    )
+
+
+#: Chosen with ``--sweep`` (the warmup+cosine arm over base lrs, see docs/benchmarks.md).
+DEMO_BASE_LR = 1e-3
+DEMO_BASE_NOTE = "the lowest of the warmup+cosine sweep below"
+SYNTHETIC_BASE_LR = 1e-2
+SYNTHETIC_BASE_NOTE = "the lowest of the warmup+cosine sweep below; 0.02 ties it"
+
+
+# The synthetic task: an order-2 Markov chain over VOCAB tokens whose transition table is
+# the softmax of a random n-gram MLP (the "teacher"); the model has the teacher's
+# architecture, so the floor (the teacher's own NLL on the validation tokens) is reachable.
+VOCAB = 32
+ORDER = 2
+DIM = 16
+HIDDEN = 64
+TEACHER_SCALE = 2.0  # logit scale: mean context entropy ~2.2 nats (log 32 = 3.47)
+SEQ_TOKENS = 65  # 64 predicted tokens per sequence
+TRAIN_SEQUENCES = 8192
+VALID_SEQUENCES = 256
+TASK_SEED = 20240601
+
+
+def ngram_module() -> Any:
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    class NgramMLP(nn.Module):  # type: ignore[misc]
+        """Logits for the next token from the previous ORDER tokens (VOCAB = start symbol)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(VOCAB + 1, DIM)
+            self.hidden = nn.Linear(ORDER * DIM, HIDDEN)
+            self.out = nn.Linear(HIDDEN, VOCAB)
+
+        def context_logits(self, ctx: Any) -> Any:
+            h = self.embed(ctx).reshape(*ctx.shape[:-1], ORDER * DIM)
+            return self.out(nn.gelu(self.hidden(h)))
+
+        def __call__(self, inputs: Any) -> Any:
+            b, t = inputs.shape
+            pad = mx.full((b, ORDER - 1), VOCAB, dtype=inputs.dtype)
+            x = mx.concatenate([pad, inputs], axis=1)
+            ctx = mx.stack([x[:, i : i + t] for i in range(ORDER)], axis=-1)
+            return self.context_logits(ctx)
+
+    return NgramMLP
+
+
+def teacher_table() -> np.ndarray:
+    """log P[prev2, prev1, next] of the chain: a random n-gram MLP's log-softmax (numpy)."""
+    rng = np.random.default_rng(TASK_SEED)
+    emb = rng.normal(size=(VOCAB + 1, DIM))
+    w1 = rng.normal(size=(ORDER * DIM, HIDDEN)) * math.sqrt(2 / (ORDER * DIM))
+    b1 = rng.normal(size=HIDDEN) * 0.5
+    w2 = rng.normal(size=(HIDDEN, VOCAB)) * TEACHER_SCALE / math.sqrt(HIDDEN)
+    a, b = np.meshgrid(np.arange(VOCAB + 1), np.arange(VOCAB), indexing="ij")
+    h = np.concatenate([emb[a], emb[b]], axis=-1) @ w1 + b1
+    gelu = 0.5 * h * (1 + np.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h**3)))
+    logits = gelu @ w2
+    logits -= logits.max(axis=-1, keepdims=True)
+    return np.asarray(logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True)))
+
+
+def sample_chain(logp: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` sequences of SEQ_TOKENS tokens; the first one is uniform."""
+    cdf = np.cumsum(np.exp(logp), axis=-1)
+    seqs = np.zeros((n, SEQ_TOKENS), np.int64)
+    seqs[:, 0] = rng.integers(0, VOCAB, n)
+    prev2 = np.full(n, VOCAB)
+    for t in range(1, SEQ_TOKENS):
+        u = rng.random(n)[:, None]
+        nxt = np.minimum((cdf[prev2, seqs[:, t - 1]] < u).sum(axis=-1), VOCAB - 1)
+        seqs[:, t] = nxt
+        prev2 = seqs[:, t - 1]
+    return seqs
+
+
+def chain_nll(logp: np.ndarray, seqs: np.ndarray) -> float:
+    """The chain's own mean NLL of every predicted token (tokens 1..): the loss floor."""
+    prev2 = np.concatenate([np.full((seqs.shape[0], 1), VOCAB), seqs[:, :-2]], axis=1)
+    return float(-logp[prev2, seqs[:, :-1], seqs[:, 1:]].mean())
+
+
+class SyntheticLoader:
+    """A fresh n-gram MLP and the chain's sequences, for the product's ``Run``: the whole
+    model trains (no LoRA), and the data comes tokenized."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data  # a scu_tui.training.data.DataBundle
+
+    def load(self, settings: Settings) -> Loaded:
+        import mlx.core as mx
+        from mlx.utils import tree_flatten
+
+        mx.random.seed(settings.training.seed)  # the model's init, paired across arms
+        model = ngram_module()()
+        n = sum(v.size for _, v in tree_flatten(model.parameters()))
+        lora = LoraInfo(n, n, {"fine_tune_type": "full", "model": "synthetic"})
+        resolved = {"model": "synthetic", "data": "synthetic"}
+        return Loaded(model, None, self.data, lora, resolved)
+
+
+def synthetic_task(steps: int) -> Task:
+    from scu_tui.training.data import DataBundle, Split
+
+    logp = teacher_table()
+    rng = np.random.default_rng(TASK_SEED + 1)
+    train = sample_chain(logp, TRAIN_SEQUENCES, rng)
+    valid = sample_chain(logp, VALID_SEQUENCES, rng)
+    bundle = DataBundle(
+        train=Split("train", "synthetic", [(list(map(int, r)), 0) for r in train]),
+        valid=Split("valid", "synthetic", [(list(map(int, r)), 0) for r in valid]),
+        test=None,
+        format="text",
+    )
+    demo = load_preset("demo")
+    s = demo.replace(
+        {
+            "name": "synthetic",
+            "model.path": "synthetic",
+            "data.path": "synthetic",
+            "data.max_seq_length": SEQ_TOKENS,
+            "lora.dropout": 0.0,
+            "training.batch_size": 16,
+            "training.gradient_accumulation_steps": 1,
+            "training.max_steps": steps,
+            "training.eval_every": 25,
+            "training.eval_batches": -1,
+            "training.save_every": 50,
+            "training.warmup_steps": 10,
+        }
+    )
+
+    floor = chain_nll(logp, valid)
+    return Task(
+        name="synthetic",
+        description=(
+            f"order-{ORDER} Markov chain over {VOCAB} tokens from a random n-gram MLP teacher; "
+            f"a fresh n-gram MLP ({DIM}-d embeddings, {HIDDEN} hidden) learns it, batch "
+            f"{s.training.batch_size} x {SEQ_TOKENS - 1} tokens, {steps} steps, eval every "
+            f"{s.training.eval_every} steps on {VALID_SEQUENCES} sequences; "
+            f"floor = the chain's NLL of the validation tokens = {floor:.4f} nats"
+        ),
+        base_lr=SYNTHETIC_BASE_LR,
+        base_lr_note=SYNTHETIC_BASE_NOTE,
+        metric="val loss - floor",
+        settings=s,
+        floor=floor,
+        loader=SyntheticLoader(bundle),
+    )
+
+
+def make_tasks(names: Sequence[str], quick: bool, steps: dict[str, int | None]) -> list[Task]:
+    tasks = []
+    for name in names:
+        if name == "demo-lora":
+            tasks.append(demo_task(steps.get(name) or (100 if quick else 150)))
+        elif name == "synthetic":
+            tasks.append(synthetic_task(steps.get(name) or (200 if quick else 300)))
+        else:
+            raise SystemExit(f"unknown task {name!r} (demo-lora, synthetic)")
+    return tasks
+
