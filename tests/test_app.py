@@ -24,8 +24,8 @@ from scu_tui.app.widgets import DecisionLog, Readout
 from scu_tui.config import Settings
 from scu_tui.control.controller import Controller
 from scu_tui.control.policy import Proposal
-from scu_tui.events import DecisionEvent, Event, ProposalEvent, StepEvent
 from scu_tui.presets import load_preset
+from scu_tui.protocol import DecisionEvent, Event, ProposalEvent, StepEvent
 from scu_tui.run import Run
 
 #: A fast refresh keeps the tests quick; the app is the same at any rate.
