@@ -6,10 +6,16 @@ app's :class:`~scu_tui.app.feed.RunState`.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -24,7 +30,7 @@ from textual.widgets import Button, DataTable, Footer, Input, Label, Static
 
 from scu_tui.app.feed import DecisionRecord, History, RunState, trend_change, trend_word
 from scu_tui.app.widgets import change_text
-from scu_tui.config import Settings
+from scu_tui.config import Settings, save_toml
 from scu_tui.errors import UserError
 from scu_tui.presets import PresetInfo, list_presets, save_user_preset
 from scu_tui.protocol import RunFile, event_from_dict, read_events
@@ -357,6 +363,9 @@ class PresetPicker(Screen["Settings | RunChoice"]):
         ),
         Binding("n", "save_as", "Save as", id="picker.save_as", tooltip="Copy under a new name"),
         Binding("r", "runs", "Runs", id="picker.runs", tooltip="Runs under runs/: open, compare"),
+        Binding(
+            "c", "check", "Check", id="picker.check", tooltip="Peak memory and ETA: scu-tui check"
+        ),
         Binding("escape,q", "app.quit", "Quit", id="picker.quit", tooltip="Leave scu-tui"),
     ]
 
@@ -365,6 +374,8 @@ class PresetPicker(Screen["Settings | RunChoice"]):
         self.load = load
         self.runs_dir = runs_dir
         self.loaded: dict[str, Settings | str] = {}  # name -> settings, or why not
+        self.checking: str | None = None  # the preset a background check is measuring
+        self._check_process: subprocess.Popen[str] | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(
@@ -445,9 +456,80 @@ class PresetPicker(Screen["Settings | RunChoice"]):
                 f"{t.gradient_accumulation_steps} · {t.schedule} lr {t.learning_rate:g}\n"
                 f"S-SCU {'on, ' + s.mode if s.enabled else 'off'} every "
                 f"{s.control_frequency} steps · eval every {t.eval_every} · "
-                f"save every {t.save_every}"
+                f"save every {t.save_every}\n"
+                f"{self._check_line(name, settings)}"
             )
         )
+
+    # --- scu-tui check for the highlighted preset ------------------------------------------
+
+    def _check_line(self, name: str, settings: Settings) -> str:
+        """The last check of exactly these settings (the CLI's overrides included)."""
+        from scu_tui.check.cache import recall, summary_line
+
+        if self.checking == name:
+            return "check: measuring memory and time…"
+        summary = recall(settings)
+        return summary_line(summary) if summary else "check: c estimates peak memory and ETA"
+
+    def action_check(self) -> None:
+        """Run ``scu-tui check`` on the highlighted preset in the background."""
+        choice = self.selected()
+        if choice is None or isinstance(choice[1], str):
+            self.notify("Pick a valid preset to check", severity="warning")
+            return
+        if self.checking is not None:
+            self.notify(f"Still checking {self.checking}", severity="warning")
+            return
+        name, settings = choice[0], choice[1]
+        self.checking = name
+        self._describe(self.query_one(DataTable).cursor_row)
+        work = partial(self._run_check, name, settings)
+        self.run_worker(work, thread=True, group="check", exit_on_error=False)
+
+    def _run_check(self, name: str, settings: Settings) -> None:
+        """In a worker thread: the check in a process of its own, so its memory peak and
+        its MLX state stay out of the app (which may train next)."""
+        from scu_tui.check.cache import record
+
+        problem = None
+        with tempfile.TemporaryDirectory(prefix="scu-tui-check-") as folder:
+            preset = Path(folder) / f"{name}.toml"
+            save_toml(settings, preset)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "scu_tui", "check", "--preset", str(preset), "--json"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                text=True,
+            )
+            self._check_process = process
+            out, err = process.communicate()
+        self._check_process = None
+        if process.returncode == 0:
+            try:
+                record(settings, json.loads(out))
+            except ValueError:
+                problem = "the check's answer was not JSON"
+        elif process.returncode > 0:
+            lines = err.strip().splitlines()
+            problem = lines[-1] if lines else f"exit code {process.returncode}"
+        with contextlib.suppress(RuntimeError):  # the app may be gone
+            self.app.call_from_thread(self._check_done, name, problem)
+
+    def _check_done(self, name: str, problem: str | None) -> None:
+        self.checking = None
+        if problem:
+            self.notify(problem, title=f"Check of {name} failed", severity="error")
+        self._describe(self.query_one(DataTable).cursor_row)
+
+    def _stop_check(self) -> None:
+        process = self._check_process
+        if process is not None and process.poll() is None:
+            process.terminate()
+
+    def on_unmount(self) -> None:
+        self._stop_check()
 
     def action_start(self) -> None:
         choice = self.selected()
@@ -457,6 +539,7 @@ class PresetPicker(Screen["Settings | RunChoice"]):
         if isinstance(settings, str):
             self.notify(settings, title=f"Cannot use {name}", severity="error")
             return
+        self._stop_check()  # training needs the machine
         self.dismiss(settings)
 
     def action_runs(self) -> None:

@@ -12,6 +12,7 @@ from scu_tui.check.find_lr import LrCurve, plot
 from scu_tui.check.memory import MAX_BATCH, Estimate
 from scu_tui.check.model_facts import ModelFacts
 from scu_tui.check.probe import Timing
+from scu_tui.check.units import duration, gb
 from scu_tui.config import Settings
 
 NEAR_LIMIT = 0.85  # a fit above this share of the budget gets a warning
@@ -250,24 +251,6 @@ class CheckResult:
 
 
 # --- formatting helpers ---------------------------------------------------------------------
-
-
-def gb(value: float) -> str:
-    if value >= 100e9:
-        return f"{value / 1e9:.0f} GB"
-    if value >= 1e9:
-        return f"{value / 1e9:.1f} GB"
-    return f"{value / 1e9:.2f} GB" if value >= 10e6 else f"{value / 1e6:.1f} MB"
-
-
-def duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    minutes = seconds / 60
-    if minutes < 90:
-        return f"{minutes:.0f} min"
-    hours, rest = divmod(round(minutes), 60)
-    return f"{hours} h {rest:02d} min"
 
 
 def _wrap(text: str, first: str, rest: str | None = None) -> list[str]:

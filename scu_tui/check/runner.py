@@ -223,10 +223,14 @@ def run_check(
     settings: Settings, *, as_json: bool = False, find_lr: bool = False, out: TextIO | None = None
 ) -> int:
     """The command: print the report (text or one JSON object); exit code 0."""
+    from scu_tui.check import cache
+
     result = check(settings, find_lr=find_lr)
+    summary = _finite(result.to_json())
+    cache.record(settings, summary)
     stream = out or sys.stdout
     if as_json:
-        stream.write(json.dumps(_finite(result.to_json()), allow_nan=False) + "\n")
+        stream.write(json.dumps(summary, allow_nan=False) + "\n")
     else:
         stream.write(result.to_text())
     stream.flush()
