@@ -12,8 +12,9 @@ probe through the run's own ``Trainer``. Modules, by job:
 - ``data_report``: rows, token lengths, truncation, dropped rows, padding;
 - ``probe``: timed real steps and the memory calibration;
 - ``find_lr``: the LR range test;
-- ``report``: the verdict, text and JSON;
-- ``runner``: puts them together for the command line.
+- ``report``: the verdict, text and JSON (``units``: GB and durations as people read them);
+- ``runner``: puts them together for the command line;
+- ``cache``: each check's summary per settings, for the app's preset picker.
 """
 
 from __future__ import annotations
