@@ -128,6 +128,7 @@ def test_config_alone_gives_an_estimate_without_a_time(tmp_path: Path) -> None:
     assert data["memory"]["sequence_length"] == 128  # max_seq_length: no lengths known
     text = scu("check", "--preset", "demo", "--model", str(folder), timeout=300)
     assert text.returncode == 0 and "not measured: no weights" in text.stdout
+    assert max(len(line) for line in text.stdout.splitlines()) <= 80  # long paths wrap
 
 
 def test_config_alone_with_a_tokenizer_counts_tokens(tmp_path: Path) -> None:

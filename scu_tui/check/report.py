@@ -210,7 +210,7 @@ class CheckResult:
 
     def to_text(self) -> str:
         s, e, f, d = self.settings, self.env, self.facts, self.data
-        lines = [f"scu-tui check: {s.name} ({s.model.path} on {s.data.path})", ""]
+        lines = [*_wrap(f"scu-tui check: {s.name} ({s.model.path} on {s.data.path})", "", "  "), ""]
         lines.append("environment")
         lines += _row("backend", f"{e.backend} ({e.device}), {e.platform}")
         lines += _row("BLAS", e.blas)
