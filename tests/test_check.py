@@ -358,3 +358,63 @@ def test_grad_checkpoint_trains_the_same_with_less_memory() -> None:
     again, _, fresh = run(False)
     assert again == plain
     assert not any(getattr(type(b), "_scu_checkpointed", False) for b in fresh.model.layers)
+
+
+# --- the verdict --------------------------------------------------------------------------
+
+
+def verdict_for(limit_of: Any, blas_missing: bool = False) -> Any:
+    """A check's result for a fixed model at batch 4 x 512 tokens, on a machine whose
+    budget ``limit_of(estimate, with_checkpointing, at_batch_1)`` picks."""
+    from scu_tui.check.data_report import DataReport, SplitStats
+    from scu_tui.check.environment import Environment
+    from scu_tui.check.report import CheckResult, Limits
+
+    settings = load_preset("demo").replace({"training.batch_size": 4})
+    f = facts()
+    plain, ckpt = from_config(f, False), from_config(f, True)
+    est = estimate(f, plain, 4, 512)
+    other = estimate(f, ckpt, 4, 512, grad_checkpoint=True)
+    limit = int(limit_of(est.total, other.total, estimate(f, plain, 1, 512).total))
+    env = Environment(
+        backend="CPU", device="test", blas="MLX's bundled BLAS", blas_missing=blas_missing,
+        versions={}, platform="Linux", memory_kind="RAM", memory_total=2 * limit,
+        memory_available=None, memory_limit=limit,
+    )  # fmt: skip
+    kw: dict[str, Any] = {"accumulation": 1}
+    limits = Limits(
+        batch=largest_batch(f, plain, 512, limit, grad_checkpoint=False, **kw),
+        width=largest_width(f, plain, 4, limit, grad_checkpoint=False, **kw),
+        batch_other=largest_batch(f, ckpt, 512, limit, grad_checkpoint=True, **kw),
+        width_other=largest_width(f, ckpt, 4, limit, grad_checkpoint=True, **kw),
+    )
+    train = SplitStats("train", "t.jsonl", 1000, 300.0, 500.0, 512, 0, 0.0)
+    data = DataReport("chat", (train,), batch_widths={512: 250}, max_width=512)
+    return CheckResult(settings, env, "config", f, data, est, other, limits)
+
+
+def test_verdict_fits_with_room_to_spare() -> None:
+    r = verdict_for(lambda est, other, one: 10 * est)
+    assert r.fits and r.verdict().startswith("fits: peak") and r.fixes() == []
+
+
+def test_verdict_offers_a_smaller_batch_with_more_accumulation() -> None:
+    r = verdict_for(lambda est, other, one: (est + one) / 2)
+    assert not r.fits and r.verdict().startswith("does not fit")
+    fix = r.fixes()[0]
+    assert fix.startswith(f"lower training.batch_size to {r.limits.batch}")
+    assert 1 <= r.limits.batch < 4
+    assert f"gradient_accumulation_steps to {-(-4 // r.limits.batch)}" in fix
+    assert fix in r.verdict()
+
+
+def test_verdict_recommends_gradient_checkpointing_when_it_fits() -> None:
+    r = verdict_for(lambda est, other, one: (est + other) / 2)
+    assert not r.fits
+    assert any(f.startswith("turn on training.grad_checkpoint") for f in r.fixes())
+
+
+def test_verdict_names_the_openblas_install_without_it() -> None:
+    r = verdict_for(lambda est, other, one: 10 * est, blas_missing=True)
+    assert any("sudo apt-get install libopenblas0-pthread" in f for f in r.fixes())
+    assert "sudo apt-get install" in r.to_text()

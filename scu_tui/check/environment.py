@@ -20,7 +20,7 @@ from typing import Any
 OPENBLAS_INSTALL = "sudo apt-get install libopenblas0-pthread"
 #: Training tokens/s with the system OpenBLAS over MLX's bundled reference BLAS, measured
 #: on the demo and a 25M-parameter Qwen3 (x86_64, 2 cores; docs/benchmarks.md).
-OPENBLAS_SPEEDUP = "3-5x"
+OPENBLAS_SPEEDUP = "2.5-13x (more for larger models)"
 LINUX_RESERVE = 0.10  # share of the RAM left to the system and other programs
 CUDA_RESERVE = 0.05
 MAC_FALLBACK_SHARE = 0.75  # of unified memory, when Metal reports no working-set size
