@@ -103,6 +103,10 @@ def compare(rows: list[dict[str, float]], key: str) -> tuple[str, str]:
         verdict = "**beats** it"
     elif mean - half > 0:
         verdict = "**loses** to it"
+    elif better == 0:
+        verdict = "worse on every seed, though the 95 % CI includes 0: it **loses**, by a little"
+    elif better == len(diffs):
+        verdict = "better on every seed, though the 95 % CI includes 0: it **wins**, by a little"
     else:
         verdict = "no significant difference (95 % CI includes 0)"
     numbers = f"{mean:+.4f} ± {half:.4f}, lower on {better} of {len(diffs)} seeds"
