@@ -119,6 +119,34 @@ def build_parser() -> argparse.ArgumentParser:
         flag = copy.copy(action)
         flag.default = argparse.SUPPRESS  # keep what was given before `check`
         check._add_action(flag)
+    compare = sub.add_parser(
+        "compare",
+        help="did the fine-tune help? the base model and the run's adapters on its test split",
+    )
+    compare.add_argument("run_dir", metavar="DIR")
+    compare.add_argument(
+        "--samples", type=int, default=8, metavar="N", help="prompts to answer (default 8)"
+    )
+    compare.add_argument(
+        "--max-tokens", type=int, default=48, metavar="N", help="tokens per answer (default 48)"
+    )
+    generate = sub.add_parser(
+        "generate", help="try a run's adapters: its model, its best adapters, its chat template"
+    )
+    generate.add_argument("run_dir", metavar="DIR")
+    generate.add_argument("--prompt", metavar="TEXT", help="default: a prompt of its test split")
+    generate.add_argument("--max-tokens", type=int, default=64, metavar="N")
+    generate.add_argument("--base", action="store_true", help="the base model, no adapters")
+    export = sub.add_parser(
+        "export", help="a run's metrics and decisions as CSV (and TensorBoard event files)"
+    )
+    export.add_argument("run_dir", metavar="DIR")
+    export.add_argument(
+        "--to", metavar="FOLDER", help="where the files go (default: DIR/export)"
+    )
+    export.add_argument(
+        "--tensorboard", action="store_true", help="also TensorBoard files (the extra)"
+    )
     check.add_argument("--json", action="store_true", help="one JSON object on stdout")
     check.add_argument(
         "--find-lr", action="store_true", help="LR range test: a starting learning rate"
@@ -194,11 +222,37 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return print_replay(run_dir, settings, sys.stdout)
 
 
+def _choose_run(runs: list[Path]) -> Path | None:
+    """Several live runs and a person at a terminal: ask which (None: no terminal)."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return None
+    for number, run in enumerate(runs, start=1):
+        print(f"  {number}  {run}")
+    while True:
+        try:
+            answer = input(f"Attach to which run? [1-{len(runs)}] ").strip()
+        except EOFError:
+            return None
+        if answer.isdigit() and 1 <= int(answer) <= len(runs):
+            return runs[int(answer) - 1]
+        print(f"  a number from 1 to {len(runs)}, please")
+
+
+def _needs_terminal() -> None:
+    """The app draws on a terminal: without one (output to a file, no input) say so."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UserError(
+            "the dashboard needs a terminal (stdin and stdout are not one); "
+            "train with --headless, or attach from a terminal"
+        )
+
+
 def _cmd_attach(args: argparse.Namespace) -> int:
     """The dashboard, fed from a run's folder and steering it over its control socket."""
     from scu_tui.remote.attach import attach_app, find_live_run
 
-    run_dir = Path(args.run_dir) if args.run_dir else find_live_run(Path("runs"))
+    run_dir = Path(args.run_dir) if args.run_dir else find_live_run(Path("runs"), _choose_run)
+    _needs_terminal()
     app = attach_app(run_dir, theme=args.attach_theme or args.theme)
     app.run()
     return ExitCode.OK
@@ -210,6 +264,53 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from scu_tui.check.runner import run_check
 
     return run_check(settings, as_json=args.json, find_lr=args.find_lr)
+
+
+def _run_dir(text: str) -> tuple[Path, Settings]:
+    run_dir = Path(text)
+    return run_dir, load_run_settings(run_dir)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from scu_tui.compare import COMPARISON_FILE, compare_run
+
+    if args.samples < 0 or args.max_tokens < 1:
+        raise UserError("--samples must be >= 0 and --max-tokens >= 1")
+    run_dir, settings = _run_dir(args.run_dir)
+    result = compare_run(run_dir, settings, samples=args.samples, max_tokens=args.max_tokens)
+    print("\n".join(result.lines()))
+    print(f"written to {run_dir / COMPARISON_FILE}")
+    return ExitCode.OK
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from scu_tui.generate import generate_with_run
+
+    if args.max_tokens < 1:
+        raise UserError("--max-tokens must be >= 1")
+    run_dir, settings = _run_dir(args.run_dir)
+    prompt, answer = generate_with_run(
+        run_dir, settings, args.prompt, max_tokens=args.max_tokens, base=args.base
+    )
+    print(f"prompt: {prompt}\n{answer}")
+    return ExitCode.OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from scu_tui.export import write_csv, write_tensorboard
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"export {run_dir}: no such directory")
+    out = Path(args.to) if args.to else run_dir / "export"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"export --to {out}: is a file, not a directory")
+    for path in write_csv(run_dir, out):
+        print(f"wrote {path}")
+    if args.tensorboard:
+        folder = write_tensorboard(run_dir, out / "tensorboard")
+        print(f"wrote {folder} (tensorboard --logdir {folder})")
+    return ExitCode.OK
 
 
 def run_headless(settings: Settings, output_dir: Path | None, resume: Path | None) -> int:
@@ -236,6 +337,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from scu_tui.themes import find_theme
 
     find_theme(settings.ui.theme)  # an unknown theme is bad input, before Textual loads
+    _needs_terminal()
 
     def load(name: str) -> Settings:
         """A preset picked in the app, with this command line's overrides on top."""
@@ -270,6 +372,12 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_attach(args)
         if args.command == "check":
             return _cmd_check(args)
+        if args.command == "compare":
+            return _cmd_compare(args)
+        if args.command == "generate":
+            return _cmd_generate(args)
+        if args.command == "export":
+            return _cmd_export(args)
         return _cmd_train(args)
     except UserError as exc:
         message = " ".join(str(exc).splitlines())  # one line, whatever the input held

@@ -241,6 +241,8 @@ def test_attach_without_dir_finds_the_one_live_run(tmp_path: Path) -> None:
         try:
             with pytest.raises(UserError, match=r"2 runs are live .*first.*second"):
                 find_live_run(runs)
+            # at a terminal the person picks one
+            assert find_live_run(runs, lambda live: live[-1]) == runs / "second"
         finally:
             second.kill()
             second.wait()

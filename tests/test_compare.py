@@ -59,3 +59,11 @@ def test_answers_are_matched_loosely_but_not_by_accident() -> None:
     assert is_right("3 PLUS 14 IS 17!\nAnything after", "3 plus 14 is 17.")
     assert not is_right("A: 3 plus 14 is 17.", "3 plus 14 is 17.")
     assert not is_right("", "anything") and not is_right("anything", "")
+
+
+def test_scu_tui_compare_prints_and_writes_it(trained: Path) -> None:
+    result = scu("compare", str(trained), "--samples", "3")
+    assert result.returncode == 0, result.stderr
+    assert "loss" in result.stdout and "sampled prompts" in result.stdout
+    assert f"written to {trained / COMPARISON_FILE}" in result.stdout
+    assert scu("compare", str(trained.parent / "missing")).returncode == 2

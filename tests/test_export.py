@@ -62,3 +62,14 @@ def test_tensorboard_event_files_hold_the_scalars(tmp_path: Path) -> None:
     assert tags["train/loss"] == list(range(1, 101))
     assert "valid/loss" in tags and "knobs/learning_rate" in tags
     assert len(timeline(tmp_path / "run").steps) == 101
+
+
+def test_scu_tui_export_writes_where_it_says(tmp_path: Path) -> None:
+    from helpers import scu
+
+    run = run_with_rollback(tmp_path)
+    result = scu("export", str(run), "--to", str(tmp_path / "csv"))
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {tmp_path / 'csv' / 'metrics.csv'}" in result.stdout
+    assert (tmp_path / "csv" / "decisions.csv").is_file()
+    assert scu("export", str(tmp_path / "nothing")).returncode == 2

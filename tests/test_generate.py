@@ -42,3 +42,9 @@ def test_the_printed_mlx_lm_command_runs_as_printed(trained: Path, tmp_path: Pat
     )
     assert done.returncode == 0, done.stderr
     assert "3 plus 14 is 17." in done.stdout
+
+
+def test_scu_tui_generate_answers_from_the_command_line(trained: Path) -> None:
+    result = scu("generate", str(trained), "--prompt", "What is 5 plus 7?")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["prompt: What is 5 plus 7?", "5 plus 7 is 12."]

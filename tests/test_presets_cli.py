@@ -101,3 +101,17 @@ def test_bad_flags_exit_2_without_traceback(tmp_path: Path) -> None:
         )
         assert result.returncode == 2, (args, result.stderr)
         assert "error" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_app_without_a_terminal_says_to_use_headless(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "scu_tui", "--preset", "demo", "--output-dir", str(tmp_path / "r")],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "needs a terminal" in result.stderr and "--headless" in result.stderr
+    assert "\x1b[" not in result.stdout + result.stderr  # no escape codes into a file
+    assert not (tmp_path / "r").exists()

@@ -18,6 +18,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -251,12 +252,24 @@ class RemoteRun:
                 self.emit(MessageEvent(self.last_step, level="error", text=text))
 
 
-def find_live_run(parent: Path) -> Path:
-    """The one run under ``parent`` that is listening (``scu-tui attach`` with no DIR)."""
+def live_runs(parent: Path) -> list[Path]:
+    """The runs under ``parent`` that are listening, in name order."""
     candidates = sorted(p.parent for p in parent.glob(f"*/{RunFile.CONFIG}"))
-    live = [run for run in candidates if is_live(run)]
+    return [run for run in candidates if is_live(run)]
+
+
+def find_live_run(
+    parent: Path, choose: Callable[[list[Path]], Path | None] | None = None
+) -> Path:
+    """The run under ``parent`` that is listening (``scu-tui attach`` with no DIR); with
+    several, ``choose`` (a prompt in a terminal) picks one, else they are named."""
+    live = live_runs(parent)
     if len(live) == 1:
         return live[0]
+    if live and choose is not None:
+        picked = choose(live)
+        if picked is not None:
+            return picked
     if live:
         names = ", ".join(str(run) for run in live)
         raise UserError(f"{len(live)} runs are live ({names}); say which: scu-tui attach DIR")
