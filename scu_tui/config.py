@@ -208,6 +208,15 @@ class TrainingSettings:
     save_every: int = setting(500, "steps between checkpoints", count(1))
     keep_checkpoints: int = setting(3, "newest checkpoints kept on disk; 0 = keep all", count(0))
     report_every: int = setting(10, "steps between headless report lines", count(1))
+    samples: int = setting(
+        0, "validation prompts answered at each evaluation, shown as they improve", count(0)
+    )
+    compare_samples: int = setting(
+        4, "test prompts the base model and the adapters answer when the run ends", count(0)
+    )
+    compare_at_end: bool = setting(
+        True, "compare the base model and the best adapters on the test split at the end"
+    )
     grad_clip: float = setting(0.0, "clip the global gradient norm to this; 0 = off", at_least(0))
     grad_checkpoint: bool = setting(
         False, "recompute each block's activations in the backward pass: less memory, slower"

@@ -195,6 +195,7 @@ class StartEvent(Event):
     resumed: bool
     knobs: dict[str, float]  # "lr" (the effective rate) and every Knob
     mode: str  # a Mode
+    world_size: int = 1  # ranks training together (mlx.launch); 1 for a single process
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,9 @@ class StepEvent(Event):
     batch_size: int
     accumulation: int
     skipped: bool = False
+    #: cos(gradient, Adam's first moment before the step): > 0 the new gradient still
+    #: points along the last updates (see ``training.trainer.momentum_alignment``).
+    alignment: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -333,6 +337,36 @@ class DoneEvent(Event):
     type: ClassVar[str] = "done"
     status: str  # a RunStatus: completed | stopped | interrupted | failed
     message: str = ""
+    #: where the run went and how to use it (empty when the run never trained)
+    output_dir: str = ""
+    best_val_loss: float = math.nan
+    adapters: str = ""  # the folder with the adapters to use (best/, else the run's own)
+    command: str = ""  # an mlx_lm.generate command line that runs as printed
+
+
+@dataclass(frozen=True)
+class SamplesEvent(Event):
+    """Answers to a few fixed validation prompts at an evaluation, so a person sees the
+    answers improve, not only a loss. ``samples``: ``{"prompt", "reference", "answer"}``."""
+
+    type: ClassVar[str] = "samples"
+    samples: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ComparisonEvent(Event):
+    """Did the fine-tune help: the base model and the adapters on the test split (see
+    scu_tui.compare); ``examples`` as in ``comparison.json``."""
+
+    type: ClassVar[str] = "comparison"
+    split: str
+    rows: int
+    adapters: str
+    base_loss: float
+    tuned_loss: float
+    fixed: int
+    broke: int
+    examples: list[dict[str, Any]]
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -352,6 +386,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RollbackEvent,
         MessageEvent,
         DoneEvent,
+        SamplesEvent,
+        ComparisonEvent,
     )
 }
 

@@ -41,6 +41,7 @@ from scu_tui.protocol import (
     CheckpointEvent,
     Command,
     CommandKind,
+    ComparisonEvent,
     Decider,
     DecisionEvent,
     DoneEvent,
@@ -60,6 +61,7 @@ from scu_tui.protocol import (
     RollbackEvent,
     RunFile,
     RunStatus,
+    SamplesEvent,
     StartEvent,
     StepEvent,
 )
@@ -165,6 +167,7 @@ class Run:
         self._last_saved_step = -1
         self.loader: Loader = loader or MlxLmLoader()
         self.tokenizer: Any = None
+        self._sample_prompts: list[tuple[str, str]] = []  # chosen at the first evaluation
         self.trainer: Trainer | None = None  # set up by execute()
         self.lora_info: LoraInfo | None = None
         self.data: DataBundle | None = None
@@ -405,6 +408,8 @@ class Run:
                 self._one_step()
             if self._stop is None:
                 self._finish_checkpoint("final")
+                if s.training.compare_at_end:
+                    self._compare_at_end()
                 return self._done(RunStatus.COMPLETED, ExitCode.OK)
             if self._stop == Decider.SIGNAL:
                 self._finish_checkpoint("signal")
@@ -488,6 +493,80 @@ class Run:
             self._save_best()
         if self.controller is not None and t.step > 0:
             self.controller.observe_eval(t.step, val_loss)
+        if self.settings.training.samples:
+            self._answer_samples()
+
+    def _answer_samples(self) -> None:
+        """The adapters' answers to a few fixed validation prompts (a person sees them
+        improve); a failure here is a warning, never the run's end."""
+        from scu_tui.extras import sample_answers
+
+        try:
+            samples = sample_answers(
+                self._trainer.model, self.tokenizer, self.settings, self._sample_prompts
+            )
+        except (UserError, ValueError, RuntimeError, OSError) as exc:
+            self.settings = self.settings.replace({"training.samples": 0})
+            self.emit(MessageEvent(self.step, level="warning", text=f"no samples: {exc}"))
+            return
+        self._sample_prompts = [(s["prompt"], s["reference"]) for s in samples]
+        self.emit(SamplesEvent(self.step, samples=samples))
+
+    def _compare_at_end(self) -> None:
+        """Did the fine-tune help: the base model and the best adapters on the test split,
+        in ``comparison.json`` and as an event; a failure here is a warning only."""
+        from scu_tui.compare import COMPARISON_FILE, adapter_folder, compare_model, load_test_set
+
+        t = self._trainer
+        try:
+            adapters = adapter_folder(self.output_dir)
+            if adapters != self.output_dir:  # the best, not the last: load them to compare
+                t.model.load_weights(str(adapters / RunFile.ADAPTERS), strict=False)
+            tests = load_test_set(self.settings, self.tokenizer)
+            result = compare_model(
+                t.model,
+                self.tokenizer,
+                self.settings,
+                tests,
+                str(adapters),
+                samples=self.settings.training.compare_samples,
+            )
+            atomic_write_json(self.output_dir / COMPARISON_FILE, result.to_dict())
+        except (UserError, ValueError, RuntimeError, OSError) as exc:
+            self.emit(MessageEvent(self.step, level="warning", text=f"no comparison: {exc}"))
+            return
+        data = result.to_dict()
+        self.emit(
+            ComparisonEvent(
+                self.step,
+                split=result.split,
+                rows=result.rows,
+                adapters=result.adapters,
+                base_loss=result.base_loss,
+                tuned_loss=result.tuned_loss,
+                fixed=data["fixed"],
+                broke=data["broke"],
+                examples=data["examples"],
+            )
+        )
+
+    def _farewell(self) -> dict[str, Any]:
+        """Where the run went and how to use it, for the done event."""
+        from scu_tui.compare import adapter_folder
+        from scu_tui.generate import example_prompt, mlx_lm_command
+
+        try:
+            adapters = adapter_folder(self.output_dir)
+            command = mlx_lm_command(self.output_dir, self.settings, example_prompt(self.settings))
+        except (UserError, ValueError, OSError):
+            return {"output_dir": str(self.output_dir)}
+        best = self._trainer.best_val_loss if self.trainer is not None else math.nan
+        return {
+            "output_dir": str(self.output_dir),
+            "best_val_loss": best,
+            "adapters": str(adapters),
+            "command": command,
+        }
 
     # --- the S-SCU ------------------------------------------------------------------------
 
@@ -785,10 +864,12 @@ class Run:
         except (OSError, RuntimeError):
             if code == ExitCode.OK:
                 raise
+        farewell = self._farewell() if self.trainer is not None else {}
+        done = DoneEvent(self.step, status=status, message=message, **farewell)
         if code == ExitCode.OK:
-            self.emit(DoneEvent(self.step, status=status, message=message))
+            self.emit(done)
         else:
-            self._emit_quietly(DoneEvent(self.step, status=status, message=message))
+            self._emit_quietly(done)
         self._stop_listening()
         for sink in self.sinks:
             with contextlib.suppress(Exception):

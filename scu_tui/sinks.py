@@ -11,6 +11,7 @@ from typing import Protocol, TextIO
 
 from scu_tui.protocol import (
     CheckpointEvent,
+    ComparisonEvent,
     DecisionEvent,
     DoneEvent,
     EvalEvent,
@@ -22,6 +23,7 @@ from scu_tui.protocol import (
     ProposalEvent,
     ResumeEvent,
     RollbackEvent,
+    SamplesEvent,
     StartEvent,
     StepEvent,
 )
@@ -126,8 +128,44 @@ def format_event(event: Event, report_every: int = 1) -> str | None:
         )
     if isinstance(event, DoneEvent):
         tail = f": {event.message}" if event.message else ""
-        return f"done at step {event.step}: {event.status}{tail}"
+        return "\n".join([f"done at step {event.step}: {event.status}{tail}", *farewell(event)])
+    if isinstance(event, SamplesEvent):
+        return "\n".join(
+            f"sample {event.step:>6}  {s.get('prompt')} -> {_one_line(s.get('answer'))}"
+            for s in event.samples
+        )
+    if isinstance(event, ComparisonEvent):
+        return (
+            f"compare {event.split} split ({event.rows} rows), base -> adapters: loss "
+            f"{event.base_loss:.4f} -> {event.tuned_loss:.4f}; of "
+            f"{len(event.examples)} sampled prompts {event.fixed} fixed, {event.broke} broke "
+            "(comparison.json)"
+        )
     return None
+
+
+def _one_line(text: object) -> str:
+    lines = str(text or "").strip().splitlines()
+    return (lines[0] + (" …" if len(lines) > 1 else "")) if lines else "(nothing)"
+
+
+def farewell(done: DoneEvent) -> list[str]:
+    """Where a run went and how to use it: its folder, its best validation loss, where the
+    adapters are, and commands that run as printed."""
+    if not done.output_dir:
+        return []
+    lines = [f"run folder: {done.output_dir}"]
+    if done.adapters:
+        best = (
+            f"best validation loss {done.best_val_loss:.4f}; "
+            if math.isfinite(done.best_val_loss)
+            else ""
+        )
+        lines.append(f"{best}adapters: {done.adapters}")
+        lines.append(f"try them:   scu-tui generate {done.output_dir}")
+    if done.command:
+        lines.append(f"or with mlx-lm: {done.command}")
+    return lines
 
 
 class ConsoleSink:
@@ -136,11 +174,24 @@ class ConsoleSink:
     def __init__(self, report_every: int, stream: TextIO | None = None) -> None:
         self.report_every = report_every
         self.stream = stream or sys.stdout
+        self.mode = ""
+        self.output_dir = ""
 
     def emit(self, event: Event) -> None:
+        if isinstance(event, StartEvent):
+            self.mode, self.output_dir = str(event.mode), event.output_dir
+        elif isinstance(event, ModeEvent):
+            self.mode = str(event.mode)
         line = format_event(event, self.report_every)
         if line is not None:
             print(line, file=self.stream, flush=True)
+        if isinstance(event, ProposalEvent) and self.mode == "ask" and event.rule != "rollback":
+            print(
+                f"  {event.id} waits for an answer (or expires): run 'scu-tui attach "
+                f"{self.output_dir}' in another terminal and press a (accept) or v (veto)",
+                file=self.stream,
+                flush=True,
+            )
 
     def close(self) -> None:
         pass

@@ -13,6 +13,8 @@ from helpers import scu
 from scu_tui.generate import example_prompt, generate_with_run, mlx_lm_command
 from scu_tui.run import load_run_settings
 
+PRINTED: dict[str, str] = {}
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -20,6 +22,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = scu("--headless", "--preset", "demo", "--max-steps", "150", "--output-dir",
                  str(out), "--set", "scu.enabled=false")  # fmt: skip
     assert result.returncode == 0, result.stderr
+    PRINTED["stdout"] = result.stdout
     return out
 
 
@@ -48,3 +51,19 @@ def test_scu_tui_generate_answers_from_the_command_line(trained: Path) -> None:
     result = scu("generate", str(trained), "--prompt", "What is 5 plus 7?")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["prompt: What is 5 plus 7?", "5 plus 7 is 12."]
+
+
+@pytest.mark.skipif(shutil.which("mlx_lm.generate") is None, reason="mlx-lm's CLI not on PATH")
+def test_the_end_of_a_run_says_where_it_went_and_its_command_runs(
+    trained: Path, tmp_path: Path
+) -> None:
+    tail = PRINTED["stdout"].split("done at step 150: completed\n", 1)[1].splitlines()
+    assert tail[0] == f"run folder: {trained}"
+    assert tail[1].startswith("best validation loss ") and tail[1].endswith(f"{trained}/best")
+    assert tail[2] == f"try them:   scu-tui generate {trained}"
+    command = tail[3].removeprefix("or with mlx-lm: ")
+    done = subprocess.run(
+        shlex.split(command), cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "3 plus 14 is 17." in done.stdout
