@@ -186,7 +186,7 @@ def apply_lora(model: nn.Module, lora: LoraSettings, model_path: str) -> LoraInf
     total = sum(v.size for _, v in tree_flatten(model.parameters()))
     config = {
         "fine_tune_type": "lora",
-        "model": model_path,
+        "model": resolve_model_path(model_path),  # a path mlx-lm can load (not "@demo")
         "num_layers": lora.num_layers,
         "lora_parameters": params,
     }
