@@ -18,7 +18,7 @@ from scu_tui.config import MODES, Settings, apply_assignments, to_toml
 from scu_tui.errors import UserError
 from scu_tui.presets import list_presets, load_preset
 from scu_tui.protocol import ExitCode, Mode
-from scu_tui.run import check_output_dir, install_signal_handlers, load_run_settings
+from scu_tui.run import Peers, check_output_dir, install_signal_handlers, load_run_settings
 
 TEST_RUN_STEPS = 100
 
@@ -313,19 +313,57 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def run_headless(settings: Settings, output_dir: Path | None, resume: Path | None) -> int:
+def run_headless(
+    settings: Settings, output_dir: Path | None, resume: Path | None, peers: Peers | None = None
+) -> int:
     """Train on this thread with console output and the control socket; returns the exit
-    code."""
+    code. ``peers``: the other ranks, when this is rank 0 of a data-parallel run."""
     from scu_tui.remote.control import listening_run
     from scu_tui.sinks import ConsoleSink
 
     run = listening_run(settings, output_dir=output_dir, resume=resume)
+    run.peers = peers
     run.add_sink(ConsoleSink(settings.training.report_every))
     install_signal_handlers(run)
-    return run.execute()
+    try:
+        return run.execute()
+    except UserError:
+        if peers is not None:
+            peers.finish(ExitCode.BAD_INPUT)  # the other ranks wait for word from this one
+        raise
+
+
+def _train_distributed(args: argparse.Namespace, group: Any) -> int:
+    """A rank of ``mlx.launch``: rank 0 runs the run, the others follow it."""
+    from scu_tui.training.distributed import Channel, Leader, check_batch, follow
+
+    if group.rank() > 0:
+        return follow(group)
+    try:
+        if not args.headless:
+            raise UserError(
+                "a run on several ranks trains without the dashboard: add --headless "
+                "(and watch it with scu-tui attach DIR)"
+            )
+        settings = settings_from_args(args)
+        check_batch(settings.training.batch_size, int(group.size()))
+        output_dir = Path(args.output_dir) if args.output_dir else None
+        if output_dir is not None and not args.resume:
+            check_output_dir(output_dir)
+    except UserError:
+        Channel(group).exchange([["stop", ExitCode.BAD_INPUT]])  # the others end quietly
+        raise
+    resume = Path(args.resume) if args.resume else None
+    return run_headless(settings, output_dir, resume, peers=Leader(group, settings))
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from scu_tui.training import distributed
+
+    if distributed.launched():
+        group = distributed.init_group()
+        if group.size() > 1:
+            return _train_distributed(args, group)
     settings = settings_from_args(args)
     output_dir = Path(args.output_dir) if args.output_dir else None
     if output_dir is not None and not args.resume:
@@ -356,6 +394,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         theme=settings.ui.theme,
     )
     app.run()
+    done = app.state.done
+    if done is not None and not app.attached:  # the terminal is back: say where it went
+        from scu_tui.sinks import format_event
+
+        print(format_event(done))
     if app.signalled or app.return_code is None:
         return app.exit_code
     return app.return_code

@@ -253,3 +253,59 @@ async def test_a_waiting_proposal_rings_unless_turned_off(notify: bool) -> None:
         else:
             assert app.alerts == []
         await pilot.press("q", "y")
+
+
+#: What a run's end and its evaluations add (as the demo writes them).
+ENDING = [
+    {"type": "samples", "step": 140, "time": 0.0, "samples": [
+        {"prompt": "What is the sum of 13 and 5?", "reference": "13 plus 5 is 18.",
+         "answer": "13 plus 5 is 18."},
+        {"prompt": "Give me the opposite of up.", "reference": "The opposite of up is down.",
+         "answer": "The opposite of up is down."}]},
+    {"type": "samples", "step": 160, "time": 0.0, "samples": [
+        {"prompt": "What is the sum of 13 and 5?", "reference": "13 plus 5 is 18.",
+         "answer": "13 plus 5 is 18."},
+        {"prompt": "Give me the opposite of up.", "reference": "The opposite of up is down.",
+         "answer": "The opposite of up is left."}]},
+    {"type": "comparison", "step": 160, "time": 0.0, "split": "test", "rows": 117,
+     "adapters": "runs/demo/best", "base_loss": 5.9157, "tuned_loss": 0.3328, "fixed": 1,
+     "broke": 0, "examples": [
+        {"prompt": "What is 3 plus 14?", "reference": "3 plus 14 is 17.",
+         "base_answer": "A: 14 plus 13 is 27.", "tuned_answer": "3 plus 14 is 17.",
+         "verdict": "fixed"},
+        {"prompt": "Which city is the capital of Bulgaria?",
+         "reference": "The capital of Bulgaria is Sofia.",
+         "base_answer": "A: The capital of Germany is Berlin.",
+         "tuned_answer": "The capital of Bulgaria is Sofghanistan.", "verdict": "both wrong"}]},
+]  # fmt: skip
+
+
+class Ending(RecordedRun):
+    extra = ENDING
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_the_samples_panel(snap_compare: Any, size: tuple[int, int]) -> None:
+    app = recorded_app("scu-dark", Ending)
+    assert snap_compare(app, terminal_size=size, run_before=all_drawn, press=["o"])
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_the_base_versus_adapters_comparison(snap_compare: Any, size: tuple[int, int]) -> None:
+    app = recorded_app("scu-dark", Ending)
+    assert snap_compare(app, terminal_size=size, run_before=all_drawn, press=["c"])
+
+
+async def test_samples_and_comparison_follow_the_run() -> None:
+    app = recorded_app("scu-dark", Ending)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await all_drawn(pilot)
+        await until(app, lambda: app.state.comparison is not None)
+        await pilot.press("o")
+        text = app.screen.text  # type: ignore[attr-defined]
+        assert text.index("step 160") < text.index("step 140")  # newest first
+        assert "→ The opposite of up is left." in text
+        await pilot.press("escape", "c")
+        text = app.screen.text  # type: ignore[attr-defined]
+        assert "1 fixed" in text and "[fixed] What is 3 plus 14?" in text
+        await pilot.press("escape", "q", "y")

@@ -48,6 +48,9 @@ from scu_tui.app.screens import (
     PlotsScreen,
     PresetPicker,
     RunChoice,
+    TextScreen,
+    comparison_text,
+    samples_text,
 )
 from scu_tui.app.widgets import (
     DecisionLog,
@@ -64,6 +67,7 @@ from scu_tui.protocol import (
     CheckpointEvent,
     Command,
     CommandKind,
+    ComparisonEvent,
     DecisionEvent,
     DoneEvent,
     EvalEvent,
@@ -140,6 +144,22 @@ class Dashboard(Screen[None]):
         Binding("m", "app.cycle_mode", "Mode", id="mode", tooltip="S-SCU mode: ask→auto→observe"),
         Binding("g", "app.plots", "Plots", id="plots", tooltip="Full-size loss, lr, grad curves"),
         Binding("t", "app.cycle_theme", "Theme", id="theme", tooltip="Next colour theme"),
+        Binding(
+            "o",
+            "app.samples",
+            "Samples",
+            id="samples",
+            tooltip="What the adapters answer at each evaluation",
+            show=False,
+        ),
+        Binding(
+            "c",
+            "app.comparison",
+            "Compare",
+            id="comparison",
+            tooltip="Base model vs adapters on the test split (at the end)",
+            show=False,
+        ),
         Binding("question_mark", "app.help", "Help", key_display="?", id="help", tooltip="Keys"),
         Binding("q", "app.request_quit", "Quit", id="quit", tooltip="Save a checkpoint and quit"),
         # attached to a run in another process: q leaves it running, x stops it
@@ -558,6 +578,13 @@ class ScuApp(App[int]):
             severity = SEVERITY.get(event.level, "information")
             timeout = 30.0 if event.level == "error" else 5.0
             self.notify(event.text, severity=severity, timeout=timeout)
+        elif isinstance(event, ComparisonEvent):
+            self.notify(
+                f"loss {event.base_loss:.3f} → {event.tuned_loss:.3f}; of {len(event.examples)} "
+                f"sampled prompts {event.fixed} fixed, {event.broke} broke. Press c.",
+                title="Base model vs adapters",
+                timeout=30,
+            )
         elif isinstance(event, RollbackEvent):
             self.notify(
                 event.reason, title=f"Rolled back to step {event.to_step}", severity="warning"
@@ -691,6 +718,12 @@ class ScuApp(App[int]):
         else:
             self._mode_target = target
             self._effect("mode", f"mode→{target}…")
+
+    def action_samples(self) -> None:
+        self.push_screen(TextScreen("Samples", lambda: samples_text(self.state)))
+
+    def action_comparison(self) -> None:
+        self.push_screen(TextScreen("Did the fine-tune help?", lambda: comparison_text(self.state)))
 
     def action_plots(self) -> None:
         self.push_screen(PlotsScreen(lambda: self.state))

@@ -24,6 +24,7 @@ from scu_tui.control.policy import HIGH_VARIABILITY
 from scu_tui.protocol import (
     AnalysisEvent,
     CheckpointEvent,
+    ComparisonEvent,
     DecisionEvent,
     DoneEvent,
     EvalEvent,
@@ -35,6 +36,7 @@ from scu_tui.protocol import (
     ProposalEvent,
     ResumeEvent,
     RollbackEvent,
+    SamplesEvent,
     StartEvent,
     StepEvent,
 )
@@ -52,6 +54,8 @@ THROUGHPUT_STEPS = 20
 ETA_STEPS = 200
 #: Decision and rollback markers kept for the plots.
 MARKERS = 1000
+#: Evaluations whose sample answers are kept.
+SAMPLE_EVALS = 20
 
 #: The done status an attached follower gives a run that vanished without a done event
 #: (``kill -9``, a crash); the run itself never writes it. See scu_tui.remote.attach.
@@ -208,6 +212,9 @@ class RunState:
     grad_norms: deque[tuple[int, float]] = field(init=False)
     val_losses: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=SPARK_POINTS))
     analysis: AnalysisEvent | None = None  # the S-SCU's newest analysis
+    #: the adapters' answers to the sample prompts, one event per evaluation (newest last)
+    samples: deque[SamplesEvent] = field(default_factory=lambda: deque(maxlen=SAMPLE_EVALS))
+    comparison: ComparisonEvent | None = None  # base vs adapters, at the end of the run
     loss_history: History = field(default_factory=History)
     val_history: History = field(default_factory=History)
     lr_history: History = field(default_factory=History)
@@ -442,6 +449,15 @@ class RunState:
         self.val_loss = self.val_losses[-1][1] if self.val_losses else math.nan
         if self.analysis is not None and self.analysis.step > to_step:
             self.analysis = None
+        kept_samples = [e for e in self.samples if e.step <= to_step]
+        self.samples.clear()
+        self.samples.extend(kept_samples)
+
+    def _on_samples(self, e: SamplesEvent) -> None:
+        self.samples.append(e)
+
+    def _on_comparison(self, e: ComparisonEvent) -> None:
+        self.comparison = e
 
     def _on_message(self, e: MessageEvent) -> None:
         if e.level == "error":

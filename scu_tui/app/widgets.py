@@ -116,6 +116,9 @@ class StatusPanel(Vertical):
             f"dropout {knob_value(k.get('dropout', math.nan))}  "
             f"batch {batch}  mode {state.mode or '--'}"
         )
+        ranks = int(getattr(state, "world_size", 1))  # StartEvent.world_size, folded by feed
+        if ranks > 1:
+            knobs += f"  ×{ranks} ranks"
         self.query_one("#status-numbers", Readout).show(numbers)
         self.query_one("#status-knobs", Readout).show(knobs)
         self.show_word(state, transient)
