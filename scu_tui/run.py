@@ -23,7 +23,7 @@ import signal
 import tempfile
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -128,6 +128,27 @@ class Closeable(Protocol):
     def close(self) -> None: ...
 
 
+class Peers(Protocol):
+    """The other ranks of a data-parallel run, seen from rank 0
+    (:class:`scu_tui.training.distributed.Leader`): they do each step and evaluation with
+    this rank and take every knob change, so all ranks train identically."""
+
+    group: Any  # the ``mx.distributed.Group`` the trainer reduces over
+    world_size: int
+
+    def attach(self, trainer: Trainer, on_timeout: Callable[[str], None]) -> None: ...
+
+    def share(self, op: list[Any]) -> None: ...
+
+    def resync(self) -> None: ...
+
+    def collective(self, op: str) -> contextlib.AbstractContextManager[None]: ...
+
+    def heartbeat(self) -> None: ...
+
+    def finish(self, code: int) -> None: ...
+
+
 #: Starts a run's control channel once its folder is claimed (the entry point passes
 #: :func:`scu_tui.remote.control.serve`). Raises OSError when it cannot: the run then
 #: trains on with a warning and no socket.
@@ -153,8 +174,10 @@ class Run:
         *,
         loader: Loader | None = None,
         listen: Listen | None = None,
+        peers: Peers | None = None,
     ) -> None:
         self.settings = settings
+        self.peers = peers  # the other ranks of a data-parallel run (rank 0 only)
         self.resume_dir = resume
         self.output_dir = resume or output_dir or default_output_dir(settings)
         self.commands: queue.Queue[Command] = queue.Queue()
@@ -278,7 +301,10 @@ class Run:
         self.tokenizer = loaded.tokenizer
         self.lora_info = loaded.lora
         self.data = loaded.data
-        self.trainer = t = Trainer(loaded.model, loaded.data, s)
+        group = self.peers.group if self.peers is not None else None
+        self.trainer = t = Trainer(loaded.model, loaded.data, s, group=group)
+        if self.peers is not None:
+            self.peers.attach(t, self._lost_peers)
         if self.resume_dir is not None:
             self._load_newest_intact_checkpoint()
             self._last_saved_step = t.step
@@ -388,6 +414,7 @@ class Run:
                 resumed=self.resume_dir is not None,
                 knobs=self._knob_values(),
                 mode=self.mode,
+                world_size=self.peers.world_size if self.peers is not None else 1,
             )
         )
         for note in data.notes:
@@ -430,7 +457,8 @@ class Run:
         import mlx.core as mx
 
         s, t = self.settings, self._trainer
-        result = t.train_step()
+        with self._together("step"):
+            result = t.train_step()
         if math.isfinite(result.loss):
             self.status.losses.append(result.loss)
         if result.step > self._rolled_back_from >= 0 and not result.skipped:
@@ -471,11 +499,36 @@ class Run:
         if result.step % s.training.save_every == 0 and not last:
             self.save_checkpoint("schedule")
 
+    @contextlib.contextmanager
+    def _together(self, op: str) -> Iterator[None]:
+        """Run ``op`` (a step or an evaluation) on every rank at once, if there are others."""
+        if self.peers is None:
+            yield
+            return
+        with self.peers.collective(op):
+            yield
+
+    def _lost_peers(self, text: str) -> None:
+        """The other ranks stopped answering (the watchdog's thread; the process ends
+        next): record the failure, best effort; the last checkpoint stays as it was."""
+        if self.status.status != RunStatus.RUNNING:
+            return
+        self.status.status = RunStatus.FAILED
+        self.status.message = text
+        with contextlib.suppress(Exception):
+            self._write_summary()
+        self._emit_quietly(MessageEvent(self.step, level="error", text=text))
+        self._emit_quietly(DoneEvent(self.step, status=RunStatus.FAILED, message=text))
+        for sink in self.sinks:
+            with contextlib.suppress(Exception):
+                sink.close()
+
     def _evaluate(self) -> None:
         t = self._trainer
         tic = time.perf_counter()
         previous_best = t.best_val_loss
-        val_loss = t.evaluate()
+        with self._together("eval"):
+            val_loss = t.evaluate()
         is_best = val_loss < previous_best
         if math.isnan(self.status.first_val_loss):
             self.status.first_val_loss = val_loss
@@ -687,6 +740,8 @@ class Run:
         for note in self._notes:
             self.emit(MessageEvent(t.step, level="warning", text=note))
         t.stream.load_state(data_position)  # skip the batches that led here
+        if self.peers is not None:
+            self.peers.resync()  # every rank goes back with it
         t.tokens_seen, t.train_seconds, t.skipped_steps = kept
         self.set_knob(Knob.LR_MULTIPLIER, proposal.after, by=by)
         assert self.controller is not None
@@ -710,6 +765,8 @@ class Run:
                 command = self.commands.get(block=self.paused, timeout=0.5 if self.paused else None)
             except queue.Empty:
                 if self.paused and not self._stop:
+                    if self.peers is not None:
+                        self.peers.heartbeat()  # the other ranks wait on this one
                     continue
                 return
             self._apply(command)
@@ -749,6 +806,8 @@ class Run:
         except ValueError as exc:
             self.emit(MessageEvent(self.step, level="warning", text=f"cannot set {knob}: {exc}"))
             return
+        if self.peers is not None:
+            self.peers.share(["set", knob, after])
         self.emit(KnobEvent(self.step, knob=knob, before=before, after=after, by=by))
 
     def _knob_values(self) -> dict[str, float]:
@@ -846,7 +905,7 @@ class Run:
             "proposals": sum(1 for r in self.book if r.outcome != Outcome.CANCELLED),
             "actions_by_kind": dict(by_kind),
             "knobs": self._knob_values(),
-            "world_size": 1,
+            "world_size": self.peers.world_size if self.peers is not None else 1,
             "blas": blas.active or f"bundled ({blas.reason})",
             "model": self.settings.model.path,
             "data": self.settings.data.path,
@@ -864,6 +923,8 @@ class Run:
         except (OSError, RuntimeError):
             if code == ExitCode.OK:
                 raise
+        if self.peers is not None:
+            self.peers.finish(code)  # every rank ends with this one
         farewell = self._farewell() if self.trainer is not None else {}
         done = DoneEvent(self.step, status=status, message=message, **farewell)
         if code == ExitCode.OK:

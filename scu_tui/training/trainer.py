@@ -14,6 +14,7 @@ import json
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -23,6 +24,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
+from mlx.nn.utils import average_gradients
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from scu_tui.config import Settings, TrainingSettings
@@ -174,8 +176,21 @@ class StepResult:
 class Trainer:
     """Owns the LoRA model, optimizer, data stream and knobs; all calls on one thread."""
 
-    def __init__(self, model: nn.Module, data: DataBundle, settings: Settings) -> None:
+    def __init__(
+        self, model: nn.Module, data: DataBundle, settings: Settings, group: Any = None
+    ) -> None:
         t = settings.training
+        # Data parallel (``mx.distributed.Group`` of size > 1): each rank takes its slice of
+        # every global batch and gradients are summed by token share (see _share).
+        self.group = group
+        self.rank = int(group.rank()) if group is not None else 0
+        self.world = int(group.size()) if group is not None else 1
+        if self.world > 1 and t.batch_size % self.world:
+            raise UserError(
+                f"training.batch_size = {t.batch_size} does not divide by the {self.world} "
+                f"ranks; choose a multiple of {self.world}"
+            )
+        self.after_step: Callable[[StepResult], None] | None = None  # a per-step hook
         self.model = model
         model.train()  # mlx_lm.load leaves the model in eval mode, which disables dropout
         if t.grad_checkpoint:
@@ -207,19 +222,42 @@ class Trainer:
     def _compile(self) -> None:
         model, opt = self.model, self.optimizer
         loss_and_grad = nn.value_and_grad(model, loss_fn)
+        group, world = self.group, self.world
+
+        def share(loss: mx.array, ntoks: mx.array, grads: Any, weight: mx.array) -> Any:
+            """This rank's part of the global batch's token mean: its loss and gradient
+            weighted by its share of the tokens (``weight``); the loss and count summed
+            over ranks (the gradient is summed once per step, in ``update``)."""
+            keep = weight > 0  # a slice with no target tokens has a NaN mean
+            grads = tree_map(lambda g: mx.where(keep, g * weight.astype(g.dtype), 0), grads)
+            part = mx.where(keep, loss * weight, 0.0)
+            return (
+                mx.distributed.all_sum(part, group=group),
+                mx.distributed.all_sum(ntoks, group=group),
+                grads,
+            )
         state = [model.state, opt.state, mx.random.state]
 
         @partial(mx.compile, inputs=state, outputs=state)
-        def accumulate(batch: mx.array, lengths: mx.array, prev: Any) -> tuple[Any, ...]:
+        def accumulate(
+            batch: mx.array, lengths: mx.array, prev: Any, weight: mx.array
+        ) -> tuple[Any, ...]:
             """A micro-batch that is not the last of its step: add its gradient."""
             (loss, ntoks), grads = loss_and_grad(model, batch, lengths)
+            if world > 1:
+                loss, ntoks, grads = share(loss, ntoks, grads, weight)
             if prev is not None:
                 grads = tree_map(mx.add, grads, prev)
             return loss, ntoks, grads
 
         @partial(mx.compile, inputs=state, outputs=state)
         def update(
-            batch: mx.array, lengths: mx.array, prev: Any, inv_accum: mx.array, clip: mx.array
+            batch: mx.array,
+            lengths: mx.array,
+            prev: Any,
+            inv_accum: mx.array,
+            clip: mx.array,
+            weight: mx.array,
         ) -> tuple[mx.array, ...]:
             """The last micro-batch: gradient norm, clipping and a guarded optimizer update.
 
@@ -228,8 +266,12 @@ class Trainer:
             were without a second synchronisation per step.
             """
             (loss, ntoks), grads = loss_and_grad(model, batch, lengths)
+            if world > 1:
+                loss, ntoks, grads = share(loss, ntoks, grads, weight)
             if prev is not None:
                 grads = tree_map(mx.add, grads, prev)
+            if world > 1:  # mlx-lm's reduction, which averages: the weights already sum to 1
+                grads = average_gradients(tree_map(lambda g: g * world, grads), group=group)
             norm = mx.sqrt(sum(mx.sum(g.astype(mx.float32) ** 2) for _, g in tree_flatten(grads)))
             norm = norm * inv_accum
             finite = mx.logical_and(mx.isfinite(loss), mx.isfinite(norm))
@@ -302,16 +344,16 @@ class Trainer:
         loss_sum = 0.0
         tokens = 0
         for _ in range(accumulation - 1):
-            batch, lengths = self.stream.next()
-            loss, ntoks, grads = self._accumulate(mx.array(batch), mx.array(lengths), grads)
+            batch, lengths, weight = self._next_batch()
+            loss, ntoks, grads = self._accumulate(batch, lengths, grads, weight)
             mx.eval(loss, ntoks, grads)
             n = int(ntoks.item())
             loss_sum += float(loss.item()) * n
             tokens += n
-        batch, lengths = self.stream.next()
+        batch, lengths, weight = self._next_batch()
         clip = self.settings.training.grad_clip
         loss, ntoks, norm, finite_arr = self._update(
-            mx.array(batch), mx.array(lengths), grads, mx.array(1.0 / accumulation), mx.array(clip)
+            batch, lengths, grads, mx.array(1.0 / accumulation), mx.array(clip), weight
         )
         # One synchronisation per step, as in mlx-lm's loop. The whole state is evaluated:
         # anything left lazy (the optimizer's step counter, say) would chain a longer graph
@@ -332,7 +374,23 @@ class Trainer:
         self.tokens_seen += tokens
         self.train_seconds += seconds
         self.recent_seconds.append(seconds)
-        return StepResult(self.step, mean_loss, grad_norm, lr, tokens, seconds, not finite)
+        result = StepResult(self.step, mean_loss, grad_norm, lr, tokens, seconds, not finite)
+        if self.after_step is not None:
+            self.after_step(result)
+        return result
+
+    def _next_batch(self) -> tuple[mx.array, mx.array, mx.array]:
+        """The next global batch, or this rank's rows of it with their share of its target
+        tokens (every rank draws the same batches: same data, same seed)."""
+        batch, lengths = self.stream.next()
+        if self.world == 1:
+            return mx.array(batch), mx.array(lengths), mx.array(1.0)
+        from scu_tui.training.distributed import rank_rows, target_tokens
+
+        rows = rank_rows(len(batch), self.rank, self.world)
+        counts = target_tokens(batch, lengths)
+        weight = float(counts[rows].sum()) / max(float(counts.sum()), 1.0)
+        return mx.array(batch[rows]), mx.array(lengths[rows]), mx.array(weight)
 
     def evaluate(self, limit: int | None = None) -> float:
         """Token-weighted validation loss over a fixed set of batches."""
@@ -343,6 +401,13 @@ class Trainer:
             for batch, lengths in eval_batches(
                 self.data.valid, self.batch_size, self.max_seq_length, limit
             ):
+                if self.world > 1:  # this rank's rows; the sums are added up below
+                    from scu_tui.training.distributed import rank_rows
+
+                    rows = rank_rows(len(batch), self.rank, self.world)
+                    batch, lengths = batch[rows], lengths[rows]
+                    if len(batch) == 0:
+                        continue
                 loss, ntoks = loss_fn(self.model, mx.array(batch), mx.array(lengths))
                 mx.eval(loss, ntoks)
                 n = int(ntoks.item())
@@ -350,6 +415,9 @@ class Trainer:
                 count += n
         finally:
             self.model.train()
+        if self.world > 1:
+            sums = mx.distributed.all_sum(mx.array([total, float(count)]), group=self.group)
+            total, count = float(sums[0].item()), round(float(sums[1].item()))
         val_loss = total / max(count, 1)
         self.last_val_loss = val_loss
         self.schedule.on_eval(val_loss)
@@ -370,6 +438,39 @@ class Trainer:
 
     def save_adapters(self, path: Path) -> None:
         mx.save_safetensors(str(path), self.adapter_weights())
+
+    def portable_state(self) -> dict[str, Any]:
+        """The counters, data position, schedule and knobs (no arrays, no controller): what
+        another rank needs, besides the weights and optimizer, to continue exactly here."""
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "train_seconds": self.train_seconds,
+            "best_val_loss": self.best_val_loss,
+            "last_val_loss": self.last_val_loss,
+            "skipped_steps": self.skipped_steps,
+            "data": self.stream.state(),
+            "schedule": self.schedule.state(),
+            "knobs": asdict(self.knobs),
+        }
+
+    def restore_portable_state(self, state: dict[str, Any]) -> None:
+        """Take :meth:`portable_state`'s numbers (then :meth:`rebuild` once the arrays are in)."""
+        self.step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.train_seconds = float(state["train_seconds"])
+        self.best_val_loss = float(state["best_val_loss"])
+        self.last_val_loss = float(state["last_val_loss"])
+        self.skipped_steps = int(state["skipped_steps"])
+        self.stream.load_state(state["data"])
+        self.schedule.load_state(state["schedule"])
+        self.knobs = Knobs(**state["knobs"])
+
+    def rebuild(self) -> None:
+        """After the knobs or the optimizer's state were replaced: dropout and compiled steps."""
+        set_lora_dropout(self.model, self.knobs.dropout)
+        self.optimizer.state["weight_decay"] = mx.array(self.knobs.weight_decay)
+        self._compile()
 
     def save_state(self, folder: Path) -> None:
         """Adapters, optimizer, RNG and trainer state into ``folder`` (already created)."""
