@@ -252,8 +252,8 @@ def _cmd_attach(args: argparse.Namespace) -> int:
     from scu_tui.remote.attach import attach_app, find_live_run
 
     run_dir = Path(args.run_dir) if args.run_dir else find_live_run(Path("runs"), _choose_run)
+    app = attach_app(run_dir, theme=args.attach_theme or args.theme)  # checks the folder
     _needs_terminal()
-    app = attach_app(run_dir, theme=args.attach_theme or args.theme)
     app.run()
     return ExitCode.OK
 

@@ -182,3 +182,20 @@ async def test_a_resumed_run_plots_its_whole_history(tmp_path: Path) -> None:
         await app.drains(2)
         assert app.state.loss_history.steps == list(range(1, 31))
         assert app.state.val_history.steps[0] == 0  # from the first process
+
+
+async def test_attach_plots_the_whole_history_not_only_the_replayed_tail(tmp_path: Path) -> None:
+    from scu_tui.remote.attach import RemoteRun
+
+    out = tmp_path / "run"
+    first = scu("--headless", "--preset", "demo", "--max-steps", "120", "--output-dir",
+                str(out), "--set", "scu.enabled=false")  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    remote = RemoteRun(out, history_lines=40)  # far fewer lines than the run wrote
+    settings = remote.settings.replace({"ui.refresh_hz": 20.0})
+    app = make_app(settings, output_dir=out, run_factory=lambda *a, **k: remote)
+    async with app.run_test(size=(80, 24)):
+        await app.expect("done")
+        await app.drains(2)
+        assert app.state.loss_history.steps == list(range(1, 121))
+        assert app.state.done is not None and app.state.done.status == "completed"

@@ -295,6 +295,9 @@ class ScuApp(App[int]):
         run = self.run_factory(settings, output_dir=self.output_dir, resume=self.resume)
         if run.attached:
             self._history_until = time.time()
+            older = getattr(run, "older_history", None)
+            if older is not None:  # the whole surviving history in the plots, not a tail
+                self.state.load_history(older(), resumed=False)
         run.add_sink(self.feed)
         self.training_run = run
         self.worker = self.train()

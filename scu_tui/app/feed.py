@@ -294,13 +294,16 @@ class RunState:
         if handler is not None:
             handler(event)
 
-    def load_history(self, events: Iterable[Event]) -> None:
-        """Fold a run's past (a resumed run's, before this process) into the state: the
-        plots then show its whole surviving history. Its end is no end of this run, and its
-        unanswered proposals lapsed with the process that made them."""
+    def load_history(self, events: Iterable[Event], resumed: bool = True) -> None:
+        """Fold a run's past into the state: the plots then show its whole surviving
+        history. A resumed run's past ended (its end is no end of this run, and its
+        unanswered proposals lapsed with the process that made them); an attached run's
+        past (``resumed=False``) goes on."""
         for event in events:
             if not isinstance(event, DoneEvent):
                 self.fold(event)
+        if not resumed:
+            return
         for pid in list(self.pending):
             record = self.record(pid)
             if record is not None and record.outcome == "pending":

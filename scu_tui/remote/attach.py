@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +63,15 @@ NOT_RUNNING = "the run is not running (lost)"
 COMMAND_FAILED = ("command not sent", "command refused")
 
 
+def lines_from(path: Path, start: int) -> tuple[list[str], int]:
+    """The complete lines of a file from byte ``start`` on, and the offset after them."""
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        data = fh.read()
+    end = data.rfind(b"\n") + 1
+    return data[:end].decode("utf-8", errors="replace").splitlines(), start + end
+
+
 def tail_lines(path: Path, limit: int) -> tuple[list[str], int]:
     """The last ``limit`` complete lines of a file and the offset just after them."""
     with open(path, "rb") as fh:
@@ -98,6 +107,7 @@ class RemoteRun:
         self._outbox: queue.Queue[Command] = queue.Queue()
         self._client: ControlClient | None = None
         self._sender: threading.Thread | None = None
+        self._replay_from: int | None = None  # set by older_history
         if self.live:
             self._start_sender()
 
@@ -132,10 +142,27 @@ class RemoteRun:
         """Detach: stop following; the run itself goes on."""
         self._detach.set()
 
+    def older_history(self) -> Iterator[Event]:
+        """The events before the newest ``history_lines`` (which :meth:`execute` replays):
+        the dashboard folds them itself, so its plots show the whole surviving history while
+        the replay through the feed stays short. Call it before :meth:`execute`."""
+        data = (self.output_dir / RunFile.EVENTS).read_bytes()
+        lines = data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]
+        older = lines[: max(0, len(lines) - self.history_lines)]
+        self._replay_from = sum(len(line) + 1 for line in older)
+        for raw in older:
+            data_ = parse_event_line(raw)
+            event = event_from_dict(data_) if data_ is not None else None
+            if event is not None and not isinstance(event, DoneEvent):
+                yield event
+
     def execute(self) -> int:
         """Replay then follow ``events.jsonl`` until the run is done (or lost) or we detach."""
         path = self.output_dir / RunFile.EVENTS
-        lines, offset = tail_lines(path, self.history_lines)
+        if self._replay_from is not None:  # the older part went through older_history
+            lines, offset = lines_from(path, self._replay_from)
+        else:
+            lines, offset = tail_lines(path, self.history_lines)
         done = False
         for line in lines:
             done = self._emit_line(line) or done
