@@ -419,3 +419,26 @@ def test_state_memory_stays_bounded_on_a_long_run() -> None:
     for n in range(100):
         history.append(n, float(n))
     assert len(history) < 8 and history.steps[0] == 0
+
+
+async def test_a_preset_that_cannot_start_says_so_once_and_escape_goes_back(
+    tmp_path: Path,
+) -> None:
+    """Offline, a hub model cannot load: one notice (not two), no talk of a checkpoint
+    that does not exist, and Escape returns to the presets."""
+    missing = demo(**{"model.path": str(tmp_path / "no-such-model")})
+    app = make_app(None, output_dir=tmp_path / "run", load=lambda name: missing)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert isinstance(app.screen, PresetPicker)
+        done = app.expect("done")
+        await pilot.press("enter")
+        assert (await wait(done)).status == "failed"
+        await wait(app.drains(2))
+        notices = [n for n in app._notifications if n.severity == "error"]
+        assert len(notices) == 1 and notices[0].title == "Could not start"
+        assert "checkpoint" not in notices[0].message and "no such directory" in notices[0].message
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, PresetPicker)
+        await pilot.press("q")

@@ -33,6 +33,7 @@ from textual.containers import Horizontal
 from textual.events import Resize
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Footer, OptionList
 from textual.worker import Worker, WorkerState
 
@@ -162,6 +163,14 @@ class Dashboard(Screen[None]):
         ),
         Binding("question_mark", "app.help", "Help", key_display="?", id="help", tooltip="Keys"),
         Binding("q", "app.request_quit", "Quit", id="quit", tooltip="Save a checkpoint and quit"),
+        Binding(
+            "escape",
+            "app.back_to_picker",
+            "Presets",
+            id="back",
+            tooltip="Back to the presets (a run that could not start)",
+            show=False,
+        ),
         # attached to a run in another process: q leaves it running, x stops it
         Binding("q", "app.detach", "Detach", id="detach", tooltip="Leave; the run goes on"),
         Binding("x", "app.stop_run", "Stop", id="stop", tooltip="Stop the run (checkpoint)"),
@@ -237,6 +246,8 @@ class ScuApp(App[int]):
         self._charts_stale = False  # events arrived that the charts do not show yet
         self._charts_at = -math.inf  # monotonic time of the last chart redraw
         self.alerts: list[str] = []  # bells rung (see alert)
+        self.picked = False  # the run came from the preset picker (Escape goes back there)
+        self._drain_timer: Timer | None = None
         for textual_theme in textual_themes():
             self.register_theme(textual_theme)
         self.theme = theme
@@ -262,6 +273,7 @@ class ScuApp(App[int]):
 
     def _picked(self, choice: Settings | RunChoice | None) -> None:
         """A preset to train, or a run from the runs list to watch or go on with."""
+        self.picked = choice is not None
         if isinstance(choice, Settings):
             self.start(choice)
         elif isinstance(choice, RunChoice):
@@ -301,7 +313,9 @@ class ScuApp(App[int]):
         run.add_sink(self.feed)
         self.training_run = run
         self.worker = self.train()
-        self.set_interval(1 / settings.ui.refresh_hz, self.drain, name="drain")
+        if self._drain_timer is not None:  # a second start (back from a failed one)
+            self._drain_timer.stop()
+        self._drain_timer = self.set_interval(1 / settings.ui.refresh_hz, self.drain, name="drain")
         self.sub_title = settings.name
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="training")
@@ -333,9 +347,9 @@ class ScuApp(App[int]):
             release_mlx_thread()
 
     def _setup_failed(self, message: str, code: int) -> int:
-        """The run never started: tell the dashboard the way the run would have."""
+        """The run never started: tell the dashboard the way the run would have (one done
+        event with the reason: one notice, not two)."""
         self.setup_error_code = code
-        self.feed.emit(MessageEvent(0, level="error", text=message))
         self.feed.emit(DoneEvent(0, status="failed", message=message))
         return code
 
@@ -601,9 +615,18 @@ class ScuApp(App[int]):
                     severity="error",
                     timeout=60,
                 )
-            elif event.status == "failed":
+            elif event.status == "failed" and self.setup_error_code is not None:
+                back = "Escape: back to the presets · " if self.picked else ""
                 self.notify(
-                    f"{event.message}\nThe last checkpoint is kept. Press q to quit.",
+                    f"{event.message}\n{back}q: quit",
+                    title="Could not start",
+                    severity="error",
+                    timeout=60,
+                )
+            elif event.status == "failed":
+                kept = "The last checkpoint is kept. " if self.state.last_checkpoint else ""
+                self.notify(
+                    f"{event.message}\n{kept}Press q to quit.",
                     title="Training failed",
                     severity="error",
                     timeout=60,
@@ -727,6 +750,16 @@ class ScuApp(App[int]):
 
     def action_comparison(self) -> None:
         self.push_screen(TextScreen("Did the fine-tune help?", lambda: comparison_text(self.state)))
+
+    def action_back_to_picker(self) -> None:
+        """A run picked from the presets that could not start: back to the presets."""
+        if not self.picked or self.setup_error_code is None:  # it trained: q leaves
+            return
+        self.training_run, self.worker, self.setup_error_code = None, None, None
+        self.feed = EventFeed()
+        self.state = RunState()
+        self._effects.clear()
+        self.push_screen(PresetPicker(self.load), self._picked)
 
     def action_plots(self) -> None:
         self.push_screen(PlotsScreen(lambda: self.state))
