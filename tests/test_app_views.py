@@ -199,3 +199,12 @@ async def test_attach_plots_the_whole_history_not_only_the_replayed_tail(tmp_pat
         await app.drains(2)
         assert app.state.loss_history.steps == list(range(1, 121))
         assert app.state.done is not None and app.state.done.status == "completed"
+
+
+def test_the_status_line_shows_the_ranks_of_a_distributed_run() -> None:
+    from dataclasses import replace
+
+    from scu_tui.app.widgets import status_knobs
+
+    assert "ranks" not in status_knobs(folded(start(), step(1)))
+    assert status_knobs(folded(replace(start(), world_size=2), step(1))).endswith("×2 ranks")

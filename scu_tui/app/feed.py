@@ -185,6 +185,7 @@ class RunState:
     data: str = ""
     output_dir: str = ""
     trainable_parameters: int = 0
+    world_size: int = 1  # ranks training together (MLX distributed)
     step: int = 0
     max_steps: int = 0
     loss: float = math.nan
@@ -316,6 +317,7 @@ class RunState:
         if e.resumed:  # the steps a killed process trained past its checkpoint are gone
             self._cut_after(e.step)
         self.preset, self.model, self.data = e.preset, e.model, e.data
+        self.world_size = e.world_size
         self.output_dir = e.output_dir
         self.trainable_parameters = e.trainable_parameters
         self.step, self.max_steps = e.step, e.max_steps

@@ -107,18 +107,7 @@ class StatusPanel(Vertical):
         failed = state.done is not None and state.done.status == "failed"
         self.set_class(failed or state.lost, "-failed")
         numbers = status_numbers(state)
-        k = state.knobs
-        accumulation = int(k.get("accumulation", 0))
-        batch = f"{state.batch_size}×{accumulation}" if state.batch_size else "--"
-        knobs = (
-            f"lr {knob_value(k.get('lr', state.lr))}  "
-            f"wd {knob_value(k.get('weight_decay', math.nan))}  "
-            f"dropout {knob_value(k.get('dropout', math.nan))}  "
-            f"batch {batch}  mode {state.mode or '--'}"
-        )
-        ranks = int(getattr(state, "world_size", 1))  # StartEvent.world_size, folded by feed
-        if ranks > 1:
-            knobs += f"  ×{ranks} ranks"
+        knobs = status_knobs(state)
         self.query_one("#status-numbers", Readout).show(numbers)
         self.query_one("#status-knobs", Readout).show(knobs)
         self.show_word(state, transient)
@@ -127,6 +116,22 @@ class StatusPanel(Vertical):
         """The one word that says what the run is doing; also called straight from keys."""
         word, kind = state_word(state, transient)
         self.query_one("#status-word", Readout).show(word, kind)
+
+
+def status_knobs(state: RunState) -> str:
+    """The status panel's line of knobs, the S-SCU's mode and, distributed, the ranks."""
+    k = state.knobs
+    accumulation = int(k.get("accumulation", 0))
+    batch = f"{state.batch_size}×{accumulation}" if state.batch_size else "--"
+    knobs = (
+        f"lr {knob_value(k.get('lr', state.lr))}  "
+        f"wd {knob_value(k.get('weight_decay', math.nan))}  "
+        f"dropout {knob_value(k.get('dropout', math.nan))}  "
+        f"batch {batch}  mode {state.mode or '--'}"
+    )
+    if state.world_size > 1:
+        knobs += f"  ×{state.world_size} ranks"
+    return knobs
 
 
 def status_numbers(state: RunState) -> str:
@@ -175,8 +180,14 @@ class ProposalBanner(Static):
         keys = answering or f"[b]a[/b]/[b]v[/b] accept/veto {target.id}"
         self.update(
             f"[b]{target.id}[/b] at step {target.step}: {target.reason}\n"
-            f"[b]{change_text(target, state.lr)}[/b]   {keys}{tail}"
+            f"[b]{change_text(target, proposed_lr(state, target))}[/b]   {keys}{tail}"
         )
+
+
+def proposed_lr(state: RunState, proposal: ProposalEvent) -> float:
+    """The learning rate when ``proposal`` was made (steady while it waits)."""
+    record = state.record(proposal.id)
+    return record.lr if record is not None and math.isfinite(record.lr) else state.lr
 
 
 def change_text(p: ProposalEvent | DecisionRecord, lr: float = math.nan) -> str:
