@@ -171,6 +171,34 @@ class StepResult:
     tokens: int
     seconds: float
     skipped: bool
+    #: cos(this step's gradient, Adam's first moment before the update): how far the new
+    #: gradient still points along the direction the last updates moved (nan on step 1).
+    alignment: float = math.nan
+
+
+def momentum_alignment(grads: Any, state: Any) -> mx.array:
+    """cos(g_t, m_(t-1)) over every trainable parameter, from Adam's first moment ``m``.
+
+    The update AdamW applied last moved the weights along -m / sqrt(v), so a positive
+    value says the new gradient still points down the same slope (the steps are shorter
+    than the slope: a sign of too low an LR), a negative one that the last step overshot.
+    Costs two dot products per parameter; reads the state, changes nothing (nan while m
+    is all zeros, on the first step).
+    """
+    moments = dict(tree_flatten(state))
+    dot = mx.array(0.0, dtype=mx.float32)
+    g2 = mx.array(0.0, dtype=mx.float32)
+    m2 = mx.array(0.0, dtype=mx.float32)
+    for key, g in tree_flatten(grads):
+        m = moments.get(f"{key}.m")
+        if m is None:
+            continue
+        g32, m32 = g.astype(mx.float32), m.astype(mx.float32)
+        dot = dot + mx.sum(g32 * m32)
+        g2 = g2 + mx.sum(g32 * g32)
+        m2 = m2 + mx.sum(m32 * m32)
+    denom = mx.sqrt(g2 * m2)
+    return mx.where(denom > 0, dot / mx.maximum(denom, 1e-30), mx.array(math.nan))
 
 
 class Trainer:
@@ -274,6 +302,7 @@ class Trainer:
                 grads = average_gradients(tree_map(lambda g: g * world, grads), group=group)
             norm = mx.sqrt(sum(mx.sum(g.astype(mx.float32) ** 2) for _, g in tree_flatten(grads)))
             norm = norm * inv_accum
+            align = momentum_alignment(grads, opt.state)
             finite = mx.logical_and(mx.isfinite(loss), mx.isfinite(norm))
             scale = inv_accum * mx.where(
                 mx.logical_and(clip > 0, norm > clip), clip / mx.maximum(norm, 1e-12), 1.0
@@ -289,7 +318,7 @@ class Trainer:
                 )
             )
             _select_in_place(opt.state, old_state, finite)
-            return loss, ntoks, norm, finite
+            return loss, ntoks, norm, finite, align
 
         self._accumulate = accumulate
         self._update = update
@@ -352,14 +381,20 @@ class Trainer:
             tokens += n
         batch, lengths, weight = self._next_batch()
         clip = self.settings.training.grad_clip
-        loss, ntoks, norm, finite_arr = self._update(
+        loss, ntoks, norm, finite_arr, align = self._update(
             batch, lengths, grads, mx.array(1.0 / accumulation), mx.array(clip), weight
         )
         # One synchronisation per step, as in mlx-lm's loop. The whole state is evaluated:
         # anything left lazy (the optimizer's step counter, say) would chain a longer graph
         # onto every following step.
         mx.eval(
-            loss, ntoks, norm, finite_arr, self.model.trainable_parameters(), self.optimizer.state
+            loss,
+            ntoks,
+            norm,
+            finite_arr,
+            align,
+            self.model.trainable_parameters(),
+            self.optimizer.state,
         )
         n = int(ntoks.item())
         loss_sum += float(loss.item()) * n
@@ -374,7 +409,10 @@ class Trainer:
         self.tokens_seen += tokens
         self.train_seconds += seconds
         self.recent_seconds.append(seconds)
-        result = StepResult(self.step, mean_loss, grad_norm, lr, tokens, seconds, not finite)
+        alignment = float(align.item())
+        result = StepResult(
+            self.step, mean_loss, grad_norm, lr, tokens, seconds, not finite, alignment
+        )
         if self.after_step is not None:
             self.after_step(result)
         return result
