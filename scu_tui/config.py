@@ -214,6 +214,11 @@ class TrainingSettings:
     compare_samples: int = setting(
         4, "test prompts the base model and the adapters answer when the run ends", count(0)
     )
+    memory_limit_gb: float = setting(
+        0.0,
+        "pause with a checkpoint when peak memory nears this (0: what this machine gives a run)",
+        at_least(0.0, 1e6),
+    )
     compare_at_end: bool = setting(
         True, "compare the base model and the best adapters on the test split at the end"
     )

@@ -417,3 +417,23 @@ def test_answering_an_id_that_is_no_longer_pending_changes_nothing(tmp_path: Pat
     (refusal,) = [m["text"] for m in rec.of("message") if "s0010" in m["text"]]
     assert refusal == "proposal s0010 is no longer pending (it was expired); nothing done"
     assert not rec.of("knob") and run.trainer.knobs.weight_decay == 0.0
+
+
+def test_near_the_memory_limit_the_run_pauses_with_a_checkpoint_and_says_why(
+    tmp_path: Path,
+) -> None:
+    def stop_when_told(event: Event, run: Run) -> None:
+        if event.type == "message" and "peak memory" in event.to_dict()["text"]:
+            run.submit(Command("stop"))
+
+    _run, rec, code = start(
+        tmp_path, "auto", stop_when_told, script={}, **{"training.memory_limit_gb": 0.001}
+    )
+    assert code == 0
+    (pause,) = rec.of("pause")
+    assert (pause["step"], pause["by"]) == (1, "guard")
+    saved = [c for c in rec.of("checkpoint") if c["reason"] == "memory"]
+    assert saved and saved[0]["step"] == 1 and Path(saved[0]["path"]).is_dir()
+    (message,) = [m["text"] for m in rec.of("message") if "peak memory" in m["text"]]
+    assert "paused with a checkpoint" in message and "0.0 GB" in message
+    assert rec.of("done")[0]["status"] == "stopped"
