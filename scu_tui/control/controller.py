@@ -33,6 +33,15 @@ once per ``scu.cooldown`` steps; no LR raise within ``scu.cooldown`` steps of a 
 spike or a rollback; at most one proposal per control period. After an applied action the
 next checks compare its target signal with the value before it, and propose a revert
 (rule ``revert_<rule>``) when it got clearly worse; a reverted or vetoed rule backs off.
+
+Memory of effects, so a long run neither flip-flops nor drifts:
+
+- a knob moved one way is not moved back within ``REVERSAL_PERIODS`` control periods,
+  unless a safety rule (a rollback, a cut for a rising or unstable loss) or the effect
+  check's revert demands it;
+- a rule's move is not repeated while the effect of its previous one is still being
+  judged; a move with no measurable effect ("flat") backs its rule off like a veto (each
+  strike doubles the wait), and only a move that helped clears the strikes.
 """
 
 from __future__ import annotations
@@ -89,6 +98,11 @@ EFFECT_MIN_POINTS = 8
 MEDIAN_SE_FACTOR = 1.2533
 #: Validation passes remembered (the trend uses the newest few).
 VAL_HISTORY = 8
+#: A knob moved one way is not moved back (except for safety) within this many periods.
+REVERSAL_PERIODS = 25
+#: The effect check: a move "helped" when its metric fell by more than HELP_Z standard
+#: errors (and at all).
+HELP_Z = 2.0
 STATE_VERSION = 2
 
 
@@ -100,6 +114,12 @@ class Effect:
     before: float
     after: float
     what: str  # "Loss" | "Validation loss"
+    helped: bool = False
+
+    @property
+    def verdict(self) -> str:
+        """worse (reverted), helped (the rule may act again), flat (backed off)."""
+        return "worse" if self.worse else "helped" if self.helped else "flat"
 
     def to_dict(self, step: int, metric: str | None) -> dict[str, Any]:
         change = (self.after - self.before) / abs(self.before) if self.before else math.nan
@@ -111,7 +131,7 @@ class Effect:
                     "before": self.before,
                     "after": self.after,
                     "change": change,
-                    "verdict": "worse" if self.worse else "kept",
+                    "verdict": self.verdict,
                 }
             )
         )
@@ -178,7 +198,8 @@ class Controller:
     def __init__(self, scu: ScuSettings, training: TrainingSettings) -> None:
         self.scu = scu
         self.training = training
-        self._history: deque[tuple[int, float, float, float]] = deque(maxlen=scu.window)
+        # (step, loss, grad norm, lr, alignment): alignment is nan when not reported
+        self._history: deque[tuple[int, float, float, float, float]] = deque(maxlen=scu.window)
         self._evals: deque[tuple[int, float, float]] = deque(maxlen=VAL_HISTORY)
         self._detector = DivergenceDetector()
         self._divergence: Divergence | None = None
@@ -192,6 +213,8 @@ class Controller:
         self._strikes: dict[str, int] = {}
         self._last_proposed: dict[str, int] = {}
         self._no_raise_until = -1
+        #: knob -> (direction, step) of its newest taken move, for the reversal lock
+        self._knob_direction: dict[str, tuple[int, int]] = {}
         self.book = ProposalBook()
         self._judged: list[dict[str, Any]] = []
         self.last_signals: Signals | None = None
@@ -206,12 +229,20 @@ class Controller:
     # --- input --------------------------------------------------------------------------
 
     def observe(
-        self, step: int, loss: float, grad_norm: float, lr: float, skipped: bool = False
+        self,
+        step: int,
+        loss: float,
+        grad_norm: float,
+        lr: float,
+        skipped: bool = False,
+        alignment: float = math.nan,
     ) -> None:
-        """One optimizer step; a step at or before the newest one rewinds (a resume)."""
+        """One optimizer step; a step at or before the newest one rewinds (a resume).
+        ``alignment`` is the trainer's cos(gradient, momentum), when it reports one."""
         if self._history and step <= self._history[-1][0]:
             self._rewind(step)
-        self._history.append((step, float(loss), float(grad_norm), float(lr)))
+        entry = (step, float(loss), float(grad_norm), float(lr), float(alignment))
+        self._history.append(entry)
         self._last_step = step
         self._divergence = self._detector.observe(loss, grad_norm, skipped)
 
@@ -266,6 +297,7 @@ class Controller:
             [e[1] for e in evals],
             self.scu,
             train_at_val=[e[2] for e in evals],
+            alignments=[h[4] for h in self._history],
         )
 
     def check_divergence(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
@@ -397,6 +429,13 @@ class Controller:
         moved = self._knob_moved_at.get(move.knob)
         if moved is not None and step - moved < self.scu.cooldown:
             return f"{move.knob} moved at step {moved} (cooldown {self.scu.cooldown})"
+        if move.effect_metric is not None:  # safety moves pass the memory of effects
+            reversal = self._reversal_blocked(move.knob, move.direction, step)
+            if reversal:
+                return reversal
+            judging = self._unproven(move.rule)
+            if judging:
+                return judging
         if self._raise_blocked(move.knob, move.direction, step):
             return f"no LR raise until step {self._no_raise_until} (after a spike or rollback)"
         return None
@@ -411,6 +450,25 @@ class Controller:
             waiting = r.outcome is None and step - r.proposal.step < ttl
             if waiting and r.proposal.rule == rule:
                 return f"{r.id} ({rule}) still awaits an answer"
+        return None
+
+    def _reversal_blocked(self, knob: str, direction: int, step: int) -> str | None:
+        """A knob moved one way stays put in the other for REVERSAL_PERIODS periods."""
+        last = self._knob_direction.get(knob)
+        if last is None or last[0] == direction:
+            return None
+        span = REVERSAL_PERIODS * self.scu.control_frequency
+        if step - last[1] >= span:
+            return None
+        way = "raised" if last[0] > 0 else "cut"
+        return f"{knob} was {way} at step {last[1]}; not moved back before step {last[1] + span}"
+
+    def _unproven(self, rule: str) -> str | None:
+        """The rule's previous move is still being judged (one that did not help has
+        backed its rule off already)."""
+        taken = [r for r in self.book if r.proposal.rule == rule and r.applied_step >= 0]
+        if taken and taken[-1].check == "checking":
+            return f"the effect of {taken[-1].id} ({rule}) is still being judged"
         return None
 
     def _raise_blocked(self, knob: str, direction: int, step: int) -> bool:
@@ -509,6 +567,10 @@ class Controller:
     def _take(self, record: ProposalRecord, step: int) -> None:
         knob = record.proposal.knob
         self._knob_moved_at[LR if knob == ROLLBACK else knob] = step
+        p = record.proposal
+        if p.after != p.before:
+            direction = 1 if p.after > p.before else -1
+            self._knob_direction[LR if knob == ROLLBACK else knob] = (direction, step)
         if knob == ROLLBACK:
             self._no_raise_until = max(self._no_raise_until, step + self.scu.cooldown)
         record.check = "checking" if record.metric else "done"
@@ -533,8 +595,11 @@ class Controller:
             record.check = "done"
             record.effect = effect.to_dict(step, record.metric)
             self._judged.append({"id": record.id, **record.effect})
-            if not effect.worse:
+            if effect.helped:
                 self._strikes.pop(record.proposal.rule, None)
+                continue
+            if not effect.worse:  # no measurable effect: that rule waits longer
+                self._back_off(record.proposal.rule, step)
                 continue
             self._back_off(record.proposal.rule, step)
             proposal = self._revert(step, record, effect, signals, diagnosis, knobs)
@@ -550,9 +615,11 @@ class Controller:
         if len(after) < max(EFFECT_MIN_POINTS, self.scu.control_frequency // 2):
             return None
         median, se = segment_stats(after)
-        noise = EFFECT_Z * math.hypot(se, record.baseline_se)
-        margin = max(noise, self.scu.target_loss_improvement * abs(record.baseline))
-        return Effect(median - record.baseline > margin, record.baseline, median, "Loss")
+        spread = math.hypot(se, record.baseline_se)
+        margin = max(EFFECT_Z * spread, self.scu.target_loss_improvement * abs(record.baseline))
+        change = median - record.baseline
+        helped = change < 0 and -change > HELP_Z * spread
+        return Effect(change > margin, record.baseline, median, "Loss", helped)
 
     def _val_effect(self, record: ProposalRecord, step: int) -> Effect | None:
         """Validation after the action against its pre-action trend, plus one target."""
@@ -568,7 +635,9 @@ class Controller:
         periods = (eval_step - record.proposal.step) / self.scu.control_frequency
         expected = record.baseline * (1 + max(record.val_trend, 0.0) * periods)
         margin = self.scu.target_loss_improvement * abs(record.baseline)
-        return Effect(val_loss > expected + margin, record.baseline, val_loss, "Validation loss")
+        worse = val_loss > expected + margin
+        helped = val_loss < min(expected, record.baseline) - 0.5 * margin
+        return Effect(worse, record.baseline, val_loss, "Validation loss", helped)
 
     def _revert(
         self,
@@ -613,6 +682,7 @@ class Controller:
             "strikes": dict(self._strikes),
             "last_proposed": dict(self._last_proposed),
             "no_raise_until": self._no_raise_until,
+            "knob_direction": {k: list(v) for k, v in self._knob_direction.items()},
             "book": self.book.state(),
         }
         return dict(json_safe(data))
@@ -622,7 +692,12 @@ class Controller:
         if data.get("version") != STATE_VERSION:
             raise ValueError(f"controller state version {data.get('version')!r} is not supported")
         self._history = deque(
-            ((int(s), float(loss), float(g), float(lr)) for s, loss, g, lr in data["history"]),
+            (
+                (int(h[0]), float(h[1]), float(h[2]), float(h[3]), float(h[4]))
+                if len(h) > 4
+                else (int(h[0]), float(h[1]), float(h[2]), float(h[3]), math.nan)
+                for h in data["history"]
+            ),
             maxlen=self.scu.window,
         )
         self._evals = deque(
@@ -638,5 +713,8 @@ class Controller:
         self._strikes = {str(k): int(v) for k, v in data["strikes"].items()}
         self._last_proposed = {str(k): int(v) for k, v in data["last_proposed"].items()}
         self._no_raise_until = int(data["no_raise_until"])
+        self._knob_direction = {
+            str(k): (int(v[0]), int(v[1])) for k, v in data.get("knob_direction", {}).items()
+        }
         self.book.load_state(data["book"])
         self.last_signals, self.last_diagnosis, self.last_analysis = None, None, None

@@ -18,15 +18,29 @@ cut_lr_unstable      unstable: >= 2 spikes in the period, or  lr_multiplier  x0.
                      high variability without improvement
 raise_weight_decay   overfitting, weight decay below its max  weight_decay   x2 (from 0.01)
 raise_dropout        overfitting, weight decay at its max     dropout        +0.05
+raise_lr_aligned     too_low_lr: the gradient keeps pointing  lr_multiplier  x1.5
+                     along the momentum (update alignment
+                     mean > 0.15 over the window and over the
+                     newest period, t > 3), stable gradients,
+                     no spike: the steps are too short
 raise_accumulation   noisy: high variability, still improving accumulation   x2
 raise_lr_slow        slow: significant but slow fall, stable  lr_multiplier  x1.5
-                     gradients, no spike in the period
+                     gradients, no spike in the period (not
+                     when the alignment says the LR is high)
+settle_lr_overshoot  stationary: not improving at the target  lr_multiplier  x0.7
+                     and the alignment significantly negative
+                     (mean < -0.03, t < -3): the steps
+                     overshoot, a smaller LR settles lower
 explore_too_stable   too_stable: plateau, stable gradients    lr_multiplier  x1.2
                      and low entropy or near-constant norms
+                     (not with a negative alignment)
 reduce_lr_plateau    plateau: no trend, noisy (not too        lr_multiplier  x0.8
                      stable) - reduce-on-plateau
 (none)               improving, or slow with unsteady grads
 ==================== ======================================== ============== =============
+
+Without an alignment (an older trainer, a recorded stream without it) the two alignment
+rules never fire and the others behave as before.
 """
 
 from __future__ import annotations
@@ -52,6 +66,8 @@ class Diagnosis(StrEnum):
     TOO_STABLE = "too_stable"
     OVERFITTING = "overfitting"
     NOISY = "noisy"  # improving, but with gradients too noisy to trust a bigger step
+    TOO_LOW_LR = "too_low_lr"  # the steps keep pointing the same way: too short
+    STATIONARY = "stationary"  # not improving, and the steps overshoot one another
 
 
 LR = Knob.LR_MULTIPLIER
@@ -86,6 +102,17 @@ UNSTABLE_SPIKES = 2
 #: LR cut undoes; see docs/benchmarks.md). Needs this many gradient norms to judge.
 ERRATIC_VARIABILITY = 0.8
 ERRATIC_MIN_POINTS = 10
+#: Update alignment (cos of the gradient and the momentum) above this, over the window
+#: and over the newest period, says the LR is too low (measured on the benchmark tasks at
+#: constant LR: 0.2-0.8 at 0.1x, 0.1-0.5 early at 0.3x, within +-0.05 at the tuned LR
+#: after its first period, below 0 at 3x).
+ALIGN_TOO_LOW = 0.15
+#: ... below this one, with a flat loss, that the steps overshoot (stationary phase).
+ALIGN_OVERSHOOT = -0.03
+#: How many standard errors from zero the mean alignment must be to count.
+ALIGN_MIN_T = 3.0
+#: Alignment points needed (a control period's worth at the default frequency).
+ALIGN_MIN_POINTS = 16
 #: A slow run's LR is raised only while validation falls at least this fraction as fast
 #: as the training loss: once it stops following, a faster descent only fits noise.
 VAL_FOLLOW_FRACTION = 0.5
@@ -97,6 +124,8 @@ LR_RAISE_EXPLORE = 1.2
 LR_CUT_DEGRADING = 0.5
 LR_CUT_UNSTABLE = 0.7
 LR_CUT_PLATEAU = 0.8
+LR_RAISE_ALIGNED = 1.5
+LR_CUT_OVERSHOOT = 0.7
 ROLLBACK_LR_FACTOR = 0.5
 #: An erratic run rolls back further: x0.5 leaves a run that looks healthy but trains far
 #: worse than one rolled back with x0.25.
@@ -236,6 +265,29 @@ def is_too_stable(s: Signals) -> bool:
     return gradients_stable(s) and (low_entropy or g.variability < TOO_STABLE_VARIABILITY)
 
 
+def steps_too_short(s: Signals) -> bool:
+    """Consistent evidence that the LR is too low: the gradient keeps pointing along the
+    momentum, over the whole window and over the newest period."""
+    a = s.alignment
+    return (
+        a.points >= ALIGN_MIN_POINTS
+        and a.mean > ALIGN_TOO_LOW
+        and a.recent_mean > ALIGN_TOO_LOW
+        and a.t > ALIGN_MIN_T
+    )
+
+
+def steps_overshoot(s: Signals) -> bool:
+    """Consistent evidence that the steps overshoot: a significantly negative alignment."""
+    a = s.alignment
+    return (
+        a.points >= ALIGN_MIN_POINTS
+        and a.mean < ALIGN_OVERSHOOT
+        and a.recent_mean < 0
+        and a.t < -ALIGN_MIN_T
+    )
+
+
 def diagnose(s: Signals) -> Diagnosis:
     """The one diagnosis for these signals, the most urgent first."""
     t = s.trend
@@ -249,8 +301,12 @@ def diagnose(s: Signals) -> Diagnosis:
         return Diagnosis.OVERFITTING
     if s.gradients.variability > HIGH_VARIABILITY:
         return Diagnosis.NOISY
+    if steps_too_short(s) and gradients_stable(s):
+        return Diagnosis.TOO_LOW_LR
     if t.relative_improvement >= t.target:
         return Diagnosis.IMPROVING
+    if steps_overshoot(s):
+        return Diagnosis.STATIONARY
     if t.plateau:
         return Diagnosis.TOO_STABLE if is_too_stable(s) else Diagnosis.PLATEAU
     return Diagnosis.SLOW
@@ -272,12 +328,18 @@ def choose_move(diagnosis: Diagnosis, s: Signals, knobs: Knobs, scu: ScuSettings
             return overfitting_move(s, knobs, scu)
         case Diagnosis.NOISY:
             return noisy_move(s, knobs)
+        case Diagnosis.TOO_LOW_LR:
+            # no validation gate: at a too-low LR validation lags the training loss, and
+            # the alignment itself says the steps, not the noise, limit progress
+            return aligned_move(s, knobs)
+        case Diagnosis.STATIONARY:
+            return overshoot_move(s, knobs)
         case Diagnosis.SLOW:
             # a faster descent helps only while validation still follows the training loss
             helps = gradients_stable(s) and not validation_stalled(s)
             return slow_move(s, knobs) if helps else None
         case Diagnosis.TOO_STABLE:
-            return too_stable_move(s, knobs)
+            return too_stable_move(s, knobs)  # a negative alignment is STATIONARY first
         case Diagnosis.PLATEAU:
             return plateau_move(s, knobs)
     return None
@@ -367,6 +429,39 @@ def overfitting_move(s: Signals, knobs: Knobs, scu: ScuSettings) -> Move | None:
         target = knobs.dropout + DROPOUT_STEP
         return Move("raise_dropout", DROPOUT, target, 1, reason, evidence, "val_loss")
     return None
+
+
+def alignment_evidence(s: Signals) -> dict[str, Any]:
+    a = s.alignment
+    return {"alignment": a.mean, "alignment_recent": a.recent_mean, "alignment_t": a.t}
+
+
+def aligned_move(s: Signals, knobs: Knobs) -> Move:
+    """Each step still points down the slope the last ones followed: longer steps."""
+    return Move(
+        "raise_lr_aligned",
+        LR,
+        knobs.lr_multiplier * LR_RAISE_ALIGNED,
+        1,
+        f"Updates keep pointing the same way (alignment {s.alignment.mean:+.2f}) "
+        "- the LR is too low, increasing it",
+        alignment_evidence(s) | trend_evidence(s) | gradient_evidence(s),
+        "loss",
+    )
+
+
+def overshoot_move(s: Signals, knobs: Knobs) -> Move:
+    """A flat loss whose steps undo one another settles lower with shorter steps."""
+    return Move(
+        "settle_lr_overshoot",
+        LR,
+        knobs.lr_multiplier * LR_CUT_OVERSHOOT,
+        -1,
+        f"Flat loss and updates that undo one another (alignment {s.alignment.mean:+.2f}) "
+        "- reducing LR to settle",
+        alignment_evidence(s) | trend_evidence(s),
+        "loss",
+    )
 
 
 def noisy_move(s: Signals, knobs: Knobs) -> Move:

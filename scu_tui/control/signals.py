@@ -9,7 +9,11 @@ Four families, bundled in :class:`Signals` by :func:`compute_signals`:
 - **wavelet entropy** - a Daubechies decomposition of the detrended loss: the energy
   share and normalised Shannon entropy of every band, and the total wavelet entropy;
 - **validation trend** - the slope of the recent validation losses and of the
-  train/validation gap.
+  train/validation gap;
+- **update alignment** - the per-step cosine between the gradient and the optimizer's
+  momentum (the trainer's ``alignment``): its mean over the window and how many standard
+  errors that mean sits from zero. Steady positive alignment says each step still points
+  down the slope the last ones followed: the steps are too short, the LR too low.
 
 Non-finite losses and gradient norms are counted, then left out of every statistic.
 Everything here is deterministic (pair subsampling uses a fixed seed), so a controller
@@ -112,6 +116,18 @@ class ValidationTrend:
 
 
 @dataclass(frozen=True)
+class UpdateAlignment:
+    points: int  # finite alignments analysed (0: the trainer does not report it)
+    mean: float  # mean cos(gradient, momentum) over the window; nan without points
+    recent_mean: float  # ... over the newest control period
+    t: float  # mean / its standard error (0 with fewer than 2 points)
+    positive_share: float  # share of steps with alignment > 0
+
+
+NO_ALIGNMENT = UpdateAlignment(0, math.nan, math.nan, 0.0, math.nan)
+
+
+@dataclass(frozen=True)
 class Signals:
     """Everything the policy looks at for one control check."""
 
@@ -123,6 +139,7 @@ class Signals:
     gradients: GradientStability
     wavelet: WaveletEntropy
     validation: ValidationTrend
+    alignment: UpdateAlignment = NO_ALIGNMENT
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data; non-finite floats become strings ("nan", "inf") as in events."""
@@ -370,6 +387,30 @@ def validation_trend(
     )
 
 
+# --- update alignment -----------------------------------------------------------------------
+
+
+def update_alignment(alignments: FloatArray, period: int) -> UpdateAlignment:
+    """Mean alignment over the window and the newest period, with its t statistic."""
+    finite = alignments[np.isfinite(alignments)]
+    if finite.size == 0:
+        return NO_ALIGNMENT
+    recent = alignments[-period:]
+    recent = recent[np.isfinite(recent)]
+    mean = float(finite.mean())
+    t = 0.0
+    if finite.size >= 2:
+        se = float(finite.std(ddof=1)) / math.sqrt(finite.size)
+        t = mean / se if se > EPS else math.copysign(math.inf, mean) if mean else 0.0
+    return UpdateAlignment(
+        points=int(finite.size),
+        mean=mean,
+        recent_mean=float(recent.mean()) if recent.size else math.nan,
+        t=t,
+        positive_share=float((finite > 0).mean()),
+    )
+
+
 # --- everything at once ---------------------------------------------------------------------
 
 
@@ -381,6 +422,7 @@ def compute_signals(
     scu: ScuSettings,
     *,
     train_at_val: Sequence[float] | FloatArray | None = None,
+    alignments: Sequence[float] | FloatArray | None = None,
 ) -> Signals:
     """All signals for one check: ``losses``/``grad_norms`` are one value per step, oldest
     first (the caller keeps at most ``scu.window``); validation arrays may be empty."""
@@ -403,5 +445,10 @@ def compute_signals(
             train_ref,
             period,
             scu.target_loss_improvement,
+        ),
+        alignment=(
+            update_alignment(as_array(alignments), period)
+            if alignments is not None
+            else NO_ALIGNMENT
         ),
     )
