@@ -13,18 +13,21 @@ from pathlib import Path
 
 import bench.controller
 from bench.controller.analysis import analyse
-from bench.controller.arms import ARMS, LR_GRID
+from bench.controller.arms import ARMS, EXTRA_ARMS, LR_GRID
 from bench.controller.report import render, task_info, write_section
 from bench.controller.running import append_raw, load_raw, log, run_benchmark, sweep
 from bench.controller.tasks import make_tasks
 
 
 def main() -> None:
+    # the synthetic task's data is in memory: no hub look-ups (each one retries for ~30 s)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     parser = argparse.ArgumentParser(description=(bench.controller.__doc__ or "").split("\n\n")[0])
     parser.add_argument("--tasks", default="demo-lora,synthetic")
     parser.add_argument("--seeds", type=int, default=None, help="paired seeds (default 5)")
     parser.add_argument("--factors", default=None, help="LR factors, e.g. 0.1,1,10")
-    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--arms", default=",".join(ARMS), help="also: scu_cosine")
     parser.add_argument("--demo-steps", type=int, default=None)
     parser.add_argument("--synthetic-steps", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="2 seeds, shorter runs")
@@ -51,12 +54,13 @@ def main() -> None:
             return
         factors = [float(x) for x in args.factors.split(",")] if args.factors else list(LR_GRID)
         arms = [x.strip() for x in args.arms.split(",") if x.strip()]
-        unknown = set(arms) - set(ARMS)
+        unknown = set(arms) - set(ARMS) - set(EXTRA_ARMS)
         if unknown:
             raise SystemExit(f"unknown arm(s) {sorted(unknown)} (known: {', '.join(ARMS)})")
         if "placebo" in arms and "scu" not in arms:
             raise SystemExit("the placebo copies the S-SCU's number of changes: add the scu arm")
-        arms = [a for a in ARMS if a in arms]  # the placebo runs after its paired S-SCU run
+        # the placebo runs after its paired S-SCU run
+        arms = [a for a in (*ARMS, *EXTRA_ARMS) if a in arms]
         tic = time.perf_counter()
         results = run_benchmark(tasks, factors, seeds, arms, args.raw)
         meta = {

@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bench.controller.arms import ARMS
+from bench.controller.arms import ARMS, EXTRA_ARMS
 
 #: Steps to target: the first eval whose metric is <= this x the best arm's mean final
 #: metric at the tuned lr (x1). 1.25 rather than 1.05: on the synthetic task the metric is
@@ -58,6 +58,7 @@ class Result:
     rules: dict[str, int]  # applied proposals by rule
     lr_changes: int  # applied lr_multiplier proposals (what the placebo copies)
     seconds: float
+    reversals: int = 0  # applied moves of a knob opposite to its previous applied move
 
     @property
     def diverged(self) -> bool:
@@ -153,7 +154,7 @@ class Analysis:
 def analyse(results: Sequence[Result], metric: dict[str, str]) -> Analysis:
     tasks = list(dict.fromkeys(r.task for r in results))
     factors = sorted({r.factor for r in results})
-    arms = [a for a in ARMS if any(r.arm == a for r in results)]
+    arms = [a for a in (*ARMS, *EXTRA_ARMS) if any(r.arm == a for r in results)]
     seeds = sorted({r.seed for r in results})
     cells: dict[tuple[str, float, str], Cell] = {}
     for r in results:

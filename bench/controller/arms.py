@@ -14,12 +14,26 @@ from scu_tui.control.policy import LR, Knobs, Proposal, action_text, bounded_val
 #: The arms the target is judged on, in the order they run (the placebo copies the number
 #: of changes of its paired S-SCU run).
 ARMS = ("constant", "cosine", "plateau", "scu", "placebo")
+#: Arms that are measured but not judged (never a cell's best): the S-SCU riding the
+#: warmup+cosine base instead of owning the decay on a constant one.
+EXTRA_ARMS = ("scu_cosine",)
 ARM_LABELS = {
     "constant": "constant",
     "cosine": "warmup+cosine",
     "plateau": "plateau",
     "scu": "S-SCU auto",
     "placebo": "placebo",
+    "scu_cosine": "S-SCU on cosine",
+}
+#: The base schedule under each arm; the S-SCU (and its placebo) own the decay on a
+#: constant base (measured against riding cosine: the scu_cosine arm).
+SCHEDULES = {
+    "constant": "constant",
+    "plateau": "plateau",
+    "cosine": "cosine",
+    "scu": "constant",
+    "placebo": "constant",
+    "scu_cosine": "cosine",
 }
 LR_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
 #: The S-SCU's lr bounds, as multiples of the task's base lr: wider than the whole grid,
@@ -77,8 +91,8 @@ def placebo_plan(settings: Settings, changes: int, seed: int) -> dict[int, float
 
 def arm_settings(task: Task, arm: str, factor: float, seed: int) -> Settings:
     lr = task.base_lr * factor
-    schedule = {"constant": "constant", "plateau": "plateau"}.get(arm, "cosine")
-    controlled = arm in ("scu", "placebo")
+    schedule = SCHEDULES[arm]
+    controlled = arm in ("scu", "placebo", "scu_cosine")
     return task.settings.replace(
         {
             "training.learning_rate": lr,

@@ -170,8 +170,12 @@ def rules_table(a: Analysis) -> list[str]:
                 rules.update(r.rules)
             text = ", ".join(f"{k} {v}" for k, v in sorted(rules.items())) or "—"
             rollbacks = sum(r.rollbacks for r in c.results)
-            rows.append([t, f"x{f:g}", text, str(rollbacks)])
-    return table(["task", "LR", "applied S-SCU actions (all seeds)", "rollbacks"], rows, "llll")
+            steps = sum(r.evals[-1][0] for r in c.results if r.evals) or 1
+            per_k = 1000 * sum(r.reversals for r in c.results) / steps
+            rows.append([t, f"x{f:g}", text, str(rollbacks), f"{per_k:.2f}"])
+    header = ["task", "LR", "applied S-SCU actions (all seeds)", "rollbacks"]
+    header.append("reversals / 1k steps")
+    return table(header, rows, "llllr")
 
 
 def regret_plot(a: Analysis, task: str) -> str:
@@ -183,14 +187,15 @@ def regret_plot(a: Analysis, task: str) -> str:
     fig.plot_size(78, 20)
     fig.title(f"{task}: mean regret ({a.metric[task]}) by initial LR")
     xs = [math.log10(f) for f in a.factors]
-    order = ("constant", "plateau", "cosine", "placebo", "scu")  # the S-SCU drawn on top
+    # the S-SCU drawn on top
+    order = ("constant", "plateau", "cosine", "placebo", "scu_cosine", "scu")
     for arm in [x for x in order if x in a.arms]:
         ys = [statistics.fmean(a.cell(task, f, arm).regret) for f in a.factors]
         signal = fig.signal(xs, ys, marker=PLOT_MARKERS.get(arm, "*"))
         signal.lines()
         fig.draw(signal)  # no plotext legend: its box would hide the low-LR points
     fig.ruler("x").ticks(xs, [f"x{f:g}" for f in a.factors])
-    key = "   ".join(f"{PLOT_MARKERS[arm]} = {ARM_LABELS[arm]}" for arm in a.arms if arm in ARMS)
+    key = "   ".join(f"{PLOT_MARKERS[arm]} = {ARM_LABELS[arm]}" for arm in a.arms)
     return str(fig.build().string(colorless=True)).rstrip() + "\n" + key
 
 
@@ -200,6 +205,7 @@ PLOT_MARKERS = {
     "plateau": "p",
     "scu": "S",
     "placebo": "r",
+    "scu_cosine": "s",
 }
 
 
@@ -229,7 +235,9 @@ def render(a: Analysis, meta: dict[str, Any]) -> str:
         f"{a.seeds} (paired: each seed sees the same init and data order in every arm). "
         "All arms share the warm-up; constant / warmup+cosine / plateau run without a "
         "controller (and so without the divergence guard); the S-SCU runs in auto mode on "
-        "the warmup+cosine schedule; the placebo is the same run with the same guard, but "
+        "a constant base (it owns the decay: the S-SCU on cosine arm, when run, rides "
+        "warmup+cosine instead and is measured but never a cell's best); the placebo is the "
+        "same run with the same guard, but "
         "makes as many LR changes as the S-SCU applied in the paired cell, at random control "
         "steps, by random log-uniform factors in [0.5, 2], through the same proposal path. "
         f"S-SCU LR bounds: [{LR_BOUNDS[0]:g}, {LR_BOUNDS[1]:g}] x base (wider than the grid).",

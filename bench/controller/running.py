@@ -76,6 +76,17 @@ def run_one(
         e.id for e in events if isinstance(e, DecisionEvent) and e.outcome == Outcome.APPLIED
     ]
     done = [e for e in events if isinstance(e, DoneEvent)]
+    proposals = {e.id: e for e in events if isinstance(e, ProposalEvent)}
+    last_way: dict[str, int] = {}
+    reversals = 0
+    for i in applied:
+        p = proposals[i]
+        knob = LR if p.knob == "rollback" else str(p.knob)
+        if p.after == p.before:
+            continue
+        way = 1 if p.after > p.before else -1
+        reversals += last_way.get(knob, way) != way
+        last_way[knob] = way
     # after a rollback the evals of the abandoned steps are superseded by the new ones
     by_step: dict[int, float] = {}
     for step, val in evals:
@@ -97,6 +108,7 @@ def run_one(
         rules=dict(Counter(rule_of[i] for i in applied)),
         lr_changes=sum(1 for i in applied if knob_of[i] == LR),
         seconds=seconds,
+        reversals=reversals,
     )
 
 
