@@ -80,6 +80,7 @@ from scu_tui.training.checkpoint import (
 from scu_tui.training.loader import Loaded, Loader, LoraInfo, MlxLmLoader
 
 if TYPE_CHECKING:  # the trainer imports MLX: only the types, here
+    from scu_tui.check.watchdog import MemoryWatchdog
     from scu_tui.training.data import DataBundle
     from scu_tui.training.trainer import StepResult, Trainer
 
@@ -191,6 +192,7 @@ class Run:
         self.loader: Loader = loader or MlxLmLoader()
         self.tokenizer: Any = None
         self._sample_prompts: list[tuple[str, str]] = []  # chosen at the first evaluation
+        self.memory: MemoryWatchdog | None = None  # set once the model is loaded
         self.trainer: Trainer | None = None  # set up by execute()
         self.lora_info: LoraInfo | None = None
         self.data: DataBundle | None = None
@@ -305,6 +307,7 @@ class Run:
         self.trainer = t = Trainer(loaded.model, loaded.data, s, group=group)
         if self.peers is not None:
             self.peers.attach(t, self._lost_peers)
+        self.memory = memory_watchdog(s.training.memory_limit_gb)
         if self.resume_dir is not None:
             self._load_newest_intact_checkpoint()
             self._last_saved_step = t.step
@@ -484,6 +487,7 @@ class Run:
                 alignment=result.alignment,
             )
         )
+        self._watch_memory(result.step)
         if result.skipped:
             self.emit(
                 MessageEvent(
@@ -549,6 +553,18 @@ class Run:
             self.controller.observe_eval(t.step, val_loss)
         if self.settings.training.samples:
             self._answer_samples()
+
+    def _watch_memory(self, step: int) -> None:
+        """Near the memory this machine gives a run: pause with a checkpoint and say why,
+        before the system pages (a Mac) or kills the process (Linux)."""
+        import mlx.core as mx
+
+        reason = self.memory.check(mx.get_peak_memory()) if self.memory is not None else None
+        if reason is None or self.paused:
+            return
+        self.save_checkpoint("memory")
+        self._apply(Command(CommandKind.PAUSE, by=Decider.GUARD))
+        self.emit(MessageEvent(step, level="warning", text=reason))
 
     def _answer_samples(self) -> None:
         """The adapters' answers to a few fixed validation prompts (a person sees them
@@ -939,6 +955,15 @@ class Run:
             with contextlib.suppress(Exception):
                 sink.close()
         return code
+
+
+def memory_watchdog(limit_gb: float) -> MemoryWatchdog:
+    """The watchdog on ``training.memory_limit_gb`` (0: what this machine gives a run)."""
+    from scu_tui.check.environment import memory_limit_bytes
+    from scu_tui.check.watchdog import MemoryWatchdog
+
+    limit = int(limit_gb * 1e9) if limit_gb > 0 else memory_limit_bytes()
+    return MemoryWatchdog(limit)
 
 
 def _analysis_fields(data: dict[str, Any]) -> dict[str, Any]:
