@@ -438,7 +438,7 @@ class Run:
                 self._one_step()
             if self._stop is None:
                 self._finish_checkpoint("final")
-                if s.training.compare_at_end:
+                if s.training.compare_at_end and self._real_model_and_data:
                     self._compare_at_end()
                 return self._done(RunStatus.COMPLETED, ExitCode.OK)
             if self._stop == Decider.SIGNAL:
@@ -551,7 +551,7 @@ class Run:
             self._save_best()
         if self.controller is not None and t.step > 0:
             self.controller.observe_eval(t.step, val_loss)
-        if self.settings.training.samples:
+        if self.settings.training.samples and self._real_model_and_data:
             self._answer_samples()
 
     def _watch_memory(self, step: int) -> None:
@@ -620,11 +620,19 @@ class Run:
             )
         )
 
+    @property
+    def _real_model_and_data(self) -> bool:
+        """The model and data came from their paths (not from a loader passed in by a bench
+        or a test): only then can they be read again, or named in a command."""
+        return isinstance(self.loader, MlxLmLoader)
+
     def _farewell(self) -> dict[str, Any]:
         """Where the run went and how to use it, for the done event."""
         from scu_tui.compare import adapter_folder
         from scu_tui.generate import example_prompt, mlx_lm_command
 
+        if not self._real_model_and_data:
+            return {"output_dir": str(self.output_dir)}
         try:
             adapters = adapter_folder(self.output_dir)
             command = mlx_lm_command(self.output_dir, self.settings, example_prompt(self.settings))
