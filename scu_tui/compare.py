@@ -203,6 +203,20 @@ def lora_off(model: Any) -> Iterator[None]:
             layer.scale = scale
 
 
+def load_adapters_into(model: Any, settings: Settings, adapters: Path) -> None:
+    """LoRA layers as the run made them, with the weights it saved in ``adapters``."""
+    import mlx.core as mx
+
+    from scu_tui.training.model import apply_lora
+
+    mx.random.seed(settings.training.seed)
+    apply_lora(model, settings.lora, settings.model.path)
+    try:
+        model.load_weights(str(adapters / RunFile.ADAPTERS), strict=False)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise UserError(f"{adapters}: the adapters do not load into this model: {exc}") from None
+
+
 def adapter_folder(run_dir: Path) -> Path:
     """The run's best adapters when it has them, else its last ones."""
     best = run_dir / RunFile.BEST
@@ -310,19 +324,12 @@ def compare_run(
 ) -> Comparison:
     """``scu-tui compare DIR``: the base model against the run's best adapters (its last
     ones when it has no best yet) on its test (else validation) split."""
-    import mlx.core as mx
-
-    from scu_tui.training.model import apply_lora, load_model
+    from scu_tui.training.model import load_model
 
     adapters = adapter_folder(run_dir)
     model, tokenizer = load_model(settings.model.path)
     tests = load_test_set(settings, tokenizer)
-    mx.random.seed(settings.training.seed)
-    apply_lora(model, settings.lora, settings.model.path)
-    try:
-        model.load_weights(str(adapters / RunFile.ADAPTERS), strict=False)
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise UserError(f"{adapters}: the adapters do not load into this model: {exc}") from None
+    load_adapters_into(model, settings, adapters)
     result = compare_model(model, tokenizer, settings, tests, str(adapters), samples, max_tokens)
     if write:
         atomic_write_json(run_dir / COMPARISON_FILE, result.to_dict())

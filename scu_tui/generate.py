@@ -9,7 +9,6 @@ from pathlib import Path
 from scu_tui.compare import adapter_folder, prompt_and_reference
 from scu_tui.config import Settings
 from scu_tui.errors import UserError
-from scu_tui.protocol import RunFile
 
 MAX_TOKENS = 64
 
@@ -53,25 +52,17 @@ def generate_with_run(
     base: bool = False,
 ) -> tuple[str, str]:
     """(prompt, answer): the run's model with its adapters (``base``: without them)."""
-    import mlx.core as mx
     from mlx_lm import generate
 
-    from scu_tui.compare import _prompt_text
-    from scu_tui.training.model import apply_lora, load_model
+    from scu_tui.compare import _prompt_text, load_adapters_into
+    from scu_tui.training.model import load_model
 
     adapters = adapter_folder(run_dir)
     model, tokenizer = load_model(settings.model.path)
     if prompt is None:
         prompt = example_prompt(settings)
     if not base:
-        mx.random.seed(settings.training.seed)
-        apply_lora(model, settings.lora, settings.model.path)
-        try:
-            model.load_weights(str(adapters / RunFile.ADAPTERS), strict=False)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise UserError(
-                f"{adapters}: the adapters do not load into this model: {exc}"
-            ) from None
+        load_adapters_into(model, settings, adapters)
     model.eval()
     text = _prompt_text(tokenizer, [{"role": "user", "content": prompt}])
     answer = str(generate(model, tokenizer, prompt=text, max_tokens=max_tokens)).strip()
