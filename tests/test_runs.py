@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 from pathlib import Path
 
@@ -50,9 +51,10 @@ def test_runs_are_listed_with_how_they_ended(runs_dir: Path) -> None:
 
 
 async def test_the_runs_list_compares_and_resumes(
-    runs_dir: Path, monkeypatch: pytest.MonkeyPatch
+    runs_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(runs_dir.parent)  # runs/ is where the app looks, as for a user
+    runs_dir = Path(shutil.copytree(runs_dir, tmp_path / "runs"))  # it resumes one: a copy
+    monkeypatch.chdir(tmp_path)  # runs/ is where the app looks, as for a user
     settings_for = lambda name: load_preset(name).replace({"ui.refresh_hz": 20.0})  # noqa: E731
     app = make_app(None, load=settings_for)
     async with app.run_test(size=(100, 30)) as pilot:
