@@ -185,18 +185,19 @@ def estimate(
     grads = c.fixed_extra + (f.trainable_bytes if accumulation > 1 else 0)
     share = MEASURED_MARGIN if c.measured else CONFIG_MARGIN
     quant = "" if f.quantization == "none" else f" ({f.quantization})"
-    terms = (
-        Term(f"weights{quant}", "parameters", float(f.weight_bytes), "config"),
+    trainable = (
         Term("LoRA weights", "parameters", float(f.trainable_bytes), "config"),
         Term("optimizer state", "parameters", float(f.trainable_bytes * ADAM_STATES), "config"),
         Term("gradients, buffers", "parameters", grads, source),
+    )
+    # the margin covers what a step allocates beside the fitted terms: with gradient
+    # checkpointing the activations are small and the trainable state's temporaries count
+    margin = share * sum(t.bytes for t in (*trainable, *activations))
+    terms = (
+        Term(f"weights{quant}", "parameters", float(f.weight_bytes), "config"),
+        *trainable,
         *activations,
-        Term(
-            f"safety margin ({share:.0%})",
-            "batch x sequence",
-            share * sum(t.bytes for t in activations),
-            source,
-        ),
+        Term(f"safety margin ({share:.0%})", "batch x sequence", margin, source),
     )
     return Estimate(batch, width, grad_checkpoint, terms)
 
