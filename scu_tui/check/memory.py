@@ -23,7 +23,7 @@ from typing import Any
 
 from scu_tui.check.model_facts import ModelFacts
 
-MEASURED_MARGIN = 0.10  # on measured activation terms: the fit is exact to a few %
+MEASURED_MARGIN = 0.15  # on the measured terms: the fit is exact to a few %, the rest varies
 CONFIG_MARGIN = 0.25  # on activation terms derived from the config alone
 ADAM_STATES = 2  # AdamW keeps two float32 moments per trainable parameter
 
