@@ -66,7 +66,7 @@ from scu_tui.protocol import (
     StepEvent,
 )
 from scu_tui.runlock import RunLock
-from scu_tui.sinks import JsonlSink, Sink
+from scu_tui.sinks import ConsoleSink, JsonlSink, Sink
 from scu_tui.training.checkpoint import (
     atomic_write,
     atomic_write_json,
@@ -216,8 +216,16 @@ class Run:
         self.sinks.append(sink)
 
     def emit(self, event: Event) -> None:
-        for sink in self.sinks:
-            sink.emit(event)
+        for sink in [*self.sinks]:
+            try:
+                sink.emit(event)
+            except OSError:
+                if not isinstance(sink, ConsoleSink):
+                    raise
+                # The console's reader is gone (a closed terminal, an mlx.launch that died
+                # of the same signal): the run folder keeps the record, training goes on
+                # to its stop and checkpoint instead of failing on a print.
+                self.sinks.remove(sink)
 
     def _emit_quietly(self, event: Event) -> None:
         """Emit to every sink that still works (after a failure: a full disk, say)."""

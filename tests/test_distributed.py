@@ -5,8 +5,10 @@ Each test starts real ``scu-tui`` processes through ``mlx.launch``; every wait i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -209,3 +211,60 @@ def test_a_killed_rank_ends_the_job_and_the_checkpoint_resumes(tmp_path: Path) -
     assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / RunFile.SUMMARY).read_text())
     assert summary["status"] == "completed" and summary["steps"] == target
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting for its parent does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill(0) is the answer
+    return state != "Z"
+
+
+@pytest.mark.parametrize(
+    ("sig", "offset"), [(signal.SIGINT, 4), (signal.SIGHUP, 5)], ids=["ctrl-c", "hangup"]
+)
+def test_a_signal_to_the_launchers_group_stops_every_rank_with_a_checkpoint(
+    tmp_path: Path, sig: signal.Signals, offset: int
+) -> None:
+    """Ctrl-C at a terminal (SIGINT) or closing it (SIGHUP) signals the foreground process
+    group: ``mlx.launch`` and every rank. ``mlx.launch`` dies of it (at once on SIGHUP,
+    after the ranks on SIGINT); rank 0 stops after its step with a checkpoint and tells
+    the others, even with its output pipe gone."""
+    run_dir, trace = tmp_path / "run", tmp_path / "trace"
+    proc = launch(
+        offset, trace, *DEMO, "--max-steps", "100000", "--output-dir", str(run_dir),
+        timeout_env="60",
+    )
+    pids: list[int] = []
+    try:
+        wait_until(lambda: len(trace_lines(trace, 1)) >= 3, START_TIMEOUT, "three steps")
+        pids = [trace_lines(trace, rank)[0]["pid"] for rank in (0, 1)]
+        os.killpg(proc.pid, sig)  # the launcher's session: the group a terminal signals
+        sent = time.monotonic()
+        out = finish(proc, 120)
+        wait_until(lambda: not any(running(pid) for pid in pids), 120, "both ranks to end")
+        ended = time.monotonic() - sent
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of this test's group is left
+        proc.wait()
+    assert ended < 90, out[-2000:]  # one step and a checkpoint, on a busy machine
+    done = [e for e in read_events(run_dir) if e["type"] == "done"]
+    assert done and done[-1]["status"] == "interrupted", out[-2000:]
+    stop = done[-1]["step"]
+    saved = [e for e in read_events(run_dir) if e["type"] == "checkpoint"]
+    assert saved[-1]["reason"] == "signal" and saved[-1]["step"] == stop >= 3
+    assert (run_dir / RunFile.CHECKPOINTS / f"step-{stop:06d}").is_dir()
+    assert [len(trace_lines(trace, rank)) for rank in (0, 1)] == [stop, stop]
+    # no traceback from scu-tui's code (mlx.launch prints its own on SIGINT)
+    assert re.search(r'File "[^"]*/scu_tui/[a-z_/]+\.py"', out) is None, out[-3000:]
+    result = scu("--headless", "--resume", str(run_dir), "--max-steps", str(stop + 2))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run_dir / RunFile.SUMMARY).read_text())
+    assert summary["status"] == "completed" and summary["steps"] == stop + 2
