@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--find-lr", action="store_true", help="LR range test: a starting learning rate"
     )
+    check.add_argument(
+        "--ranks",
+        type=int,
+        metavar="N",
+        help="also train one rank and N over loopback (mlx.launch, ring): tokens/s",
+    )
     return parser
 
 
@@ -263,7 +269,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     from scu_tui.check.runner import run_check
 
-    return run_check(settings, as_json=args.json, find_lr=args.find_lr)
+    return run_check(settings, as_json=args.json, find_lr=args.find_lr, ranks=args.ranks)
 
 
 def _run_dir(text: str) -> tuple[Path, Settings]:

@@ -12,6 +12,7 @@ from scu_tui.check.find_lr import LrCurve, plot
 from scu_tui.check.memory import MAX_BATCH, Estimate
 from scu_tui.check.model_facts import ModelFacts
 from scu_tui.check.probe import Timing
+from scu_tui.check.ranks import RankReport
 from scu_tui.check.units import duration, gb
 from scu_tui.config import Settings
 
@@ -43,6 +44,7 @@ class CheckResult:
     timing: Timing | None = None
     curve: LrCurve | None = None
     notes: list[str] = field(default_factory=list)
+    ranks: RankReport | None = None  # --ranks N: one rank against N over loopback
 
     # --- derived numbers -------------------------------------------------------------------
 
@@ -203,6 +205,7 @@ class CheckResult:
             "model": self.facts.to_dict(),
             "data": self.data.to_dict(),
             "find_lr": self.curve.to_dict() if self.curve else None,
+            "ranks": self.ranks.to_dict() if self.ranks else None,
             "notes": self.notes,
         }
 
@@ -239,6 +242,9 @@ class CheckResult:
         if self.curve is not None:
             lines += ["", "learning rate"]
             lines += _lr_lines(self.curve, s)
+        if self.ranks is not None:
+            lines += ["", "ranks"]
+            lines += _rank_lines(self.ranks)
         if self.notes:
             lines += ["", "notes"]
             for note in self.notes:
@@ -375,6 +381,15 @@ def _time_lines(r: CheckResult) -> list[str]:
             "scaled from the widest timed one",
             "  ",
         )
+    return lines
+
+
+def _rank_lines(r: RankReport) -> list[str]:
+    lines = _wrap(r.header(), "  ") if r.header() else []
+    lines += [f"  {row}" for row in r.table()]
+    for text in (*r.failures(), r.note, r.expectation):
+        if text:
+            lines += _wrap(text, "  ")
     return lines
 
 

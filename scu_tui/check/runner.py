@@ -6,10 +6,14 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from scu_tui.config import Settings
 from scu_tui.errors import UserError
+
+if TYPE_CHECKING:  # only the types: the report imports MLX, loaded on use
+    from scu_tui.check.ranks import RankReport
+    from scu_tui.check.report import CheckResult
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 WEIGHTS_SHARE = 0.9  # weights above this share of the budget are not loaded
@@ -219,13 +223,53 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def check_ranks(ranks: int | None, settings: Settings) -> None:
+    """``--ranks N``: at least 2, and the global batch must divide by N (as for a run)."""
+    if ranks is None:
+        return
+    if ranks < 2:
+        raise UserError(f"--ranks {ranks}: expected a number of ranks >= 2 (one is always run)")
+    from scu_tui.training.distributed import check_batch
+
+    check_batch(settings.training.batch_size, ranks)
+
+
+def _probe_ranks(result: CheckResult, ranks: int) -> RankReport:
+    """One rank against ``ranks`` over loopback, after the check let go of its model."""
+    import mlx.core as mx
+
+    from scu_tui.check.ranks import probe_ranks
+
+    mx.clear_cache()
+    _progress(f"one rank against {ranks} over loopback")
+    return probe_ranks(
+        result.settings,
+        ranks,
+        gradient_bytes=result.facts.trainable_bytes,
+        seconds_per_step=result.timing.seconds_per_step if result.timing else None,
+        peak_bytes=result.estimate.total,
+        memory_limit=result.env.memory_limit,
+        progress=_progress,
+    )
+
+
 def run_check(
-    settings: Settings, *, as_json: bool = False, find_lr: bool = False, out: TextIO | None = None
+    settings: Settings,
+    *,
+    as_json: bool = False,
+    find_lr: bool = False,
+    ranks: int | None = None,
+    out: TextIO | None = None,
 ) -> int:
-    """The command: print the report (text or one JSON object); exit code 0."""
+    """The command: print the report (text or one JSON object); exit code 0.
+
+    ``ranks``: also train the run on one rank and on that many over loopback."""
     from scu_tui.check import cache
 
+    check_ranks(ranks, settings)
     result = check(settings, find_lr=find_lr)
+    if ranks is not None:
+        result.ranks = _probe_ranks(result, ranks)
     summary = _finite(result.to_json())
     cache.record(settings, summary)
     stream = out or sys.stdout
