@@ -121,6 +121,9 @@ class RunProgress:
     first_val_loss: float = math.nan
     status: RunStatus = RunStatus.RUNNING
     message: str = ""
+    #: wall seconds in the S-SCU's own code (observing, the guard, the analysis) since this
+    #: process started the run; applying what it proposes is not counted
+    scu_seconds: float = 0.0
 
 
 class Closeable(Protocol):
@@ -660,18 +663,22 @@ class Run:
         """Feed the controller; act on the divergence guard, expire answers, analyse."""
         assert self.controller is not None
         step = result.step
+        tic = time.perf_counter()
         self.controller.observe(
             step, result.loss, result.grad_norm, result.lr, result.skipped, result.alignment
         )
         knobs = self._knob_values()
         guard = self.controller.check_divergence(step, knobs)
+        self.status.scu_seconds += time.perf_counter() - tic
         if guard is not None:
             self._propose(guard, analysed=False)
             return
         for record in self.book.pending():
             if record.expires_at is not None and step >= record.expires_at:
                 self._decide(record.id, Outcome.EXPIRED, Decider.TTL)
+        tic = time.perf_counter()
         proposal = self.controller.decide(step, knobs)
+        self.status.scu_seconds += time.perf_counter() - tic
         analysis = self.controller.last_analysis
         if analysis is not None and analysis.step == step:
             self.emit(AnalysisEvent(**_analysis_fields(analysis.to_dict())))
@@ -937,6 +944,7 @@ class Run:
             "last_val_loss": _finite_or_none(t.last_val_loss),
             "best_val_loss": _finite_or_none(t.best_val_loss),
             "skipped_steps": t.skipped_steps,
+            "scu_seconds": round(self.status.scu_seconds, 4),
             "proposals": sum(1 for r in self.book if r.outcome != Outcome.CANCELLED),
             "actions_by_kind": dict(by_kind),
             "knobs": self._knob_values(),

@@ -51,6 +51,8 @@ def test_headless_run_writes_every_file(demo_run: tuple[Path, str]) -> None:
     summary = json.loads((out / "scu_training_summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 60
     assert summary["world_size"] == 1 and summary["tokens"] > 0
+    # the S-SCU's own time is measured, and is a small part of the training time
+    assert 0 < summary["scu_seconds"] < summary["train_seconds"]
     config = json.loads((out / "simple_training_config.json").read_text())
     assert config["settings"]["training"]["max_steps"] == 60
     assert isinstance(json.loads((out / "scu_training_metrics.json").read_text()), list)
