@@ -16,7 +16,7 @@ from bench.controller.analysis import analyse
 from bench.controller.arms import ARMS, EXTRA_ARMS, LR_GRID
 from bench.controller.report import render, task_info, write_section
 from bench.controller.running import append_raw, load_raw, log, run_benchmark, sweep
-from bench.controller.tasks import make_tasks
+from bench.controller.tasks import TASKS, make_tasks
 
 
 def main() -> None:
@@ -24,17 +24,20 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     parser = argparse.ArgumentParser(description=(bench.controller.__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--tasks", default="demo-lora,synthetic")
+    parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--seeds", type=int, default=None, help="paired seeds (default 5)")
     parser.add_argument("--factors", default=None, help="LR factors, e.g. 0.1,1,10")
     parser.add_argument("--arms", default=",".join(ARMS), help="also: scu_cosine")
-    parser.add_argument("--demo-steps", type=int, default=None)
-    parser.add_argument("--synthetic-steps", type=int, default=None)
+    parser.add_argument("--steps", default="", help="per task, e.g. demo-lora=300,completions=200")
+    parser.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes")
     parser.add_argument("--quick", action="store_true", help="2 seeds, shorter runs")
     parser.add_argument("--raw", type=Path, default=None, help="append per-run results (JSONL)")
     parser.add_argument("--report-only", type=Path, default=None, help="render a --raw file")
     parser.add_argument("--no-write", action="store_true", help="do not touch docs/benchmarks.md")
     parser.add_argument("--sweep", action="store_true", help="the base-LR sweep instead")
+    parser.add_argument(
+        "--long-demo", type=int, default=0, metavar="STEPS", help="the long demo run instead"
+    )
     args = parser.parse_args()
 
     if args.report_only:
@@ -43,9 +46,20 @@ def main() -> None:
             raise SystemExit(f"{args.report_only}: no results")
     else:
         names = [n.strip() for n in args.tasks.split(",") if n.strip()]
-        steps = {"demo-lora": args.demo_steps, "synthetic": args.synthetic_steps}
-        tasks = make_tasks(names, args.quick, steps)
+        steps: dict[str, int | None] = {}
+        for item in filter(None, (x.strip() for x in args.steps.split(","))):
+            name, _, value = item.partition("=")
+            steps[name.strip()] = int(value)
         seeds = list(range(args.seeds if args.seeds else (2 if args.quick else 5)))
+        if args.long_demo:
+            from bench.controller.long_run import long_demo
+
+            body = long_demo(args.long_demo, seeds if args.seeds else [0], args.jobs)
+            print(body)
+            if not args.no_write:
+                write_section("controller-long", body)
+            return
+        tasks = make_tasks(names, args.quick, steps)
         if args.sweep:
             body = sweep(tasks, seeds if args.seeds else seeds[:3])
             print(body)
@@ -62,7 +76,9 @@ def main() -> None:
         # the placebo runs after its paired S-SCU run
         arms = [a for a in (*ARMS, *EXTRA_ARMS) if a in arms]
         tic = time.perf_counter()
-        results = run_benchmark(tasks, factors, seeds, arms, args.raw)
+        results = run_benchmark(
+            tasks, factors, seeds, arms, args.raw, args.jobs, (args.quick, steps)
+        )
         meta = {
             "command": reproducing_command(sys.argv[1:]),
             "seconds": time.perf_counter() - tic,

@@ -6,6 +6,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bench.controller.arms import ARMS, EXTRA_ARMS
 
@@ -59,6 +60,13 @@ class Result:
     lr_changes: int  # applied lr_multiplier proposals (what the placebo copies)
     seconds: float
     reversals: int = 0  # applied moves of a knob opposite to its previous applied move
+    scu_seconds: float = 0.0  # in the S-SCU's own code (observe, guard, analysis)
+    train_seconds: float = 0.0  # in training steps (forward, backward, update)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Result:
+        """From ``dataclasses.asdict`` (or a raw file's JSON line)."""
+        return cls(**{**data, "evals": [(int(k), float(v)) for k, v in data["evals"]]})
 
     @property
     def diverged(self) -> bool:
@@ -142,6 +150,24 @@ class Analysis:
             self.relative_regret(t, f, arm) for t in self.tasks for f in self.factors
         )
 
+    def median_steps(self, task: str, factor: float, arm: str) -> float:
+        """Median steps to the task's target over the seeds; a run that never reaches it
+        counts as never (inf), so a cell that mostly misses has an inf median."""
+        steps = [r.steps_to(self.targets[task]) for r in self.cell(task, factor, arm).results]
+        return float(statistics.median(math.inf if s is None else s for s in steps))
+
+    def reversals_per_k(self, task: str, factor: float, arm: str = "scu") -> float:
+        """Direction reversals of any knob per 1,000 trained steps, over the seeds."""
+        rs = self.cell(task, factor, arm).results
+        steps = sum(r.evals[-1][0] for r in rs if r.evals) or 1
+        return 1000 * sum(r.reversals for r in rs) / steps
+
+    def analysis_share(self, task: str, arm: str = "scu") -> float:
+        """The S-SCU's own time as a share of training-step time, over every cell."""
+        rs = [r for (t, _, a), c in self.cells.items() if t == task and a == arm for r in c.results]
+        train = sum(r.train_seconds for r in rs)
+        return sum(r.scu_seconds for r in rs) / train if train > 0 else math.nan
+
     def divergences(self, arm: str, task: str | None = None) -> int:
         return sum(
             r.diverged
@@ -176,4 +202,3 @@ def analyse(results: Sequence[Result], metric: dict[str, str]) -> Analysis:
         tuned = 1.0 if 1.0 in factors else factors[len(factors) // 2]
         targets[t] = TARGET_FACTOR * cells[(t, tuned, best[(t, tuned)])].mean
     return Analysis(tasks, factors, arms, seeds, cells, best, targets, metric)
-

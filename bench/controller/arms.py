@@ -41,7 +41,6 @@ LR_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
 LR_BOUNDS = (1e-3, 30.0)
 
 
-
 class PlaceboController(Controller):
     """Random LR changes at planned control steps, through the same proposal path."""
 
@@ -103,4 +102,3 @@ def arm_settings(task: Task, arm: str, factor: float, seed: int) -> Settings:
             "scu.lr_bounds": [task.base_lr * LR_BOUNDS[0], task.base_lr * LR_BOUNDS[1]],
         }
     )
-

@@ -20,6 +20,7 @@ DOC = ROOT / "docs" / "benchmarks.md"
 
 # --- the report -----------------------------------------------------------------------------
 
+
 def fmt(x: float, digits: int = 4) -> str:
     return "nan" if not math.isfinite(x) else f"{x:.{digits}f}"
 
@@ -37,34 +38,39 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]], align: str = "")
     return lines
 
 
+BASELINES = ("constant", "cosine", "plateau")
+
+
 def verdict(a: Analysis) -> tuple[list[str], bool]:
-    """The target's clauses, one line each, and whether all of them hold."""
+    """The issue's targets, one clause each with its numbers, and whether all of them hold."""
     if "scu" not in a.arms:
         return ["- (no S-SCU arm in these results)"], False
     lines: list[str] = []
     holds: list[bool] = []
 
-    def clause(ok: bool, text: str) -> None:
+    def clause(ok: bool, text: str, detail: str) -> None:
         holds.append(ok)
         lines.append(f"- {text}: **{'yes' if ok else 'no'}**")
+        lines.append(f"  ({detail})")
 
-    overall = {arm: a.overall_relative(arm) for arm in a.arms if arm in ARMS}
-    ranked = sorted(overall, key=lambda k: overall[k])
-    clause(ranked[0] == "scu", "The S-SCU has the lowest mean regret over the LR grid")
-    ranking = ", ".join(f"{ARM_LABELS[k]} {100 * overall[k]:.2f} %" for k in ranked)
-    lines.append(f"  (mean relative regret over every task and LR: {ranking};")
-    per_task = []
+    judged = [arm for arm in a.arms if arm in ARMS]
+    parts, ok = [], True
     for t in a.tasks:
-        regret = {arm: a.mean_regret(t, arm) for arm in a.arms if arm in ARMS}
+        regret = {arm: a.mean_regret(t, arm) for arm in judged}
         low = min(regret, key=lambda k: regret[k])
-        per_task.append(f"{t}: lowest {ARM_LABELS[low]} {fmt(regret[low])}")
-    lines[-1] += f" per task, {'; '.join(per_task)})"
+        ok &= low == "scu" or regret["scu"] <= regret[low]
+        others = ", ".join(f"{ARM_LABELS[k]} {fmt(v)}" for k, v in regret.items() if k != "scu")
+        parts.append(f"{t}: S-SCU {fmt(regret['scu'])}; {others}")
+    clause(ok, "Lowest mean regret on every task", "; ".join(parts))
 
     scu_runs = [r for (_, _, arm), c in a.cells.items() if arm == "scu" for r in c.results]
     diverged = [r for r in scu_runs if r.diverged]
-    clause(not diverged, "No S-SCU divergence in any cell")
     where = ", ".join(f"{r.task} x{r.factor:g} seed {r.seed}" for r in diverged)
-    lines.append(f"  ({len(diverged)} of {len(scu_runs)} runs{': ' + where if where else ''})")
+    clause(
+        not diverged,
+        "Zero S-SCU divergences",
+        f"{len(diverged)} of {len(scu_runs)} runs{': ' + where if where else ''}",
+    )
 
     if "placebo" in a.arms:
         ok = all(a.mean_regret(t, "scu") < a.mean_regret(t, "placebo") for t in a.tasks)
@@ -72,23 +78,73 @@ def verdict(a: Analysis) -> tuple[list[str], bool]:
             f"{t}: {fmt(a.mean_regret(t, 'scu'))} vs {fmt(a.mean_regret(t, 'placebo'))}"
             for t in a.tasks
         ]
-        clause(ok, "It beats the placebo on every task")
-        lines.append(f"  (mean regret, S-SCU vs placebo: {'; '.join(parts)})")
+        clause(ok, "Beats the placebo on every task", "mean regret, " + "; ".join(parts))
+
+    low_lrs = [f for f in (0.1, 0.3) if f in a.factors]
+    if low_lrs and "constant" in a.arms:
+        parts, ok = [], True
+        for t in a.tasks:
+            for f in low_lrs:
+                scu, const = a.cell(t, f, "scu").mean, a.cell(t, f, "constant").mean
+                ok &= scu <= const
+                parts.append(f"{t} x{f:g}: {fmt(scu)} vs {fmt(const)}")
+        clause(ok, "At x0.1 and x0.3 no worse than the constant schedule", "; ".join(parts))
 
     if 1.0 in a.factors:
         rel = {t: a.relative_regret(t, 1.0, "scu") for t in a.tasks}
-        ok = all(v <= 0.01 for v in rel.values())
-        clause(ok, "At the tuned LR it ends within 1 % of the best arm")
         parts = []
         for t in a.tasks:
             text = f"{t}: {100 * rel[t]:+.2f} % vs {ARM_LABELS[a.best[(t, 1.0)]]}"
-            if (t, 1.0, "cosine") in a.cells and a.best[(t, 1.0)] != "cosine":
-                own = a.cell(t, 1.0, "scu").mean - a.cell(t, 1.0, "cosine").mean
-                base = a.cell(t, 1.0, "cosine").mean + a.cell(t, 1.0, "cosine").results[0].floor
-                text += f", {100 * own / base:+.2f} % vs its own base, warmup+cosine"
+            if "scu_cosine" in a.arms:
+                other = a.relative_regret(t, 1.0, "scu_cosine")
+                text += f" (S-SCU on cosine {100 * other:+.2f} %)"
             parts.append(text)
-        lines.append(f"  ({'; '.join(parts)})")
+        clause(
+            all(v <= 0.01 for v in rel.values()),
+            "At the tuned LR within 1 % of the best arm, on every task",
+            "; ".join(parts),
+        )
+
+        per_k = {t: a.reversals_per_k(t, 1.0) for t in a.tasks}
+        clause(
+            all(v <= 1.0 for v in per_k.values()),
+            "At most one knob reversal per 1,000 steps at the tuned LR",
+            "; ".join(f"{t}: {v:.2f}" for t, v in per_k.items()),
+        )
+
+    base = [arm for arm in BASELINES if arm in a.arms]
+    if base:
+        parts, ok = [], True
+        for t in a.tasks:
+            for f in (1.0, 3.0, 10.0):
+                if f not in a.factors:
+                    continue
+                scu = a.median_steps(t, f, "scu")
+                best = min(a.median_steps(t, f, arm) for arm in base)
+                ok &= scu <= best if f == 1.0 else scu < best
+                parts.append(f"{t} x{f:g}: {_steps(scu)} vs {_steps(best)}")
+        clause(
+            ok,
+            "Steps to target no more than the best fixed schedule's at x1, fewer at x3 and x10",
+            "median steps, S-SCU vs the best of "
+            + ", ".join(ARM_LABELS[b] for b in base)
+            + "; "
+            + "; ".join(parts),
+        )
+
+    shares = {t: a.analysis_share(t) for t in a.tasks}
+    demo = [t for t in a.tasks if t.startswith("demo")]
+    if demo and all(math.isfinite(shares[t]) for t in demo):
+        clause(
+            all(shares[t] < 0.02 for t in demo),
+            "The S-SCU's analysis costs under 2 % of step time on the demo",
+            "; ".join(f"{t}: {100 * v:.2f} %" for t, v in shares.items()),
+        )
     return lines, all(holds)
+
+
+def _steps(x: float) -> str:
+    return "never" if not math.isfinite(x) else f"{x:.0f}"
 
 
 def headline_table(a: Analysis) -> list[str]:
@@ -176,6 +232,22 @@ def rules_table(a: Analysis) -> list[str]:
     header = ["task", "LR", "applied S-SCU actions (all seeds)", "rollbacks"]
     header.append("reversals / 1k steps")
     return table(header, rows, "llllr")
+
+
+def cost_line(a: Analysis) -> str:
+    """The S-SCU's own time (observing, the guard, the analysis) against step time."""
+    parts = []
+    for t in a.tasks:
+        rs = [r for (x, _, arm), c in a.cells.items() if x == t and arm == "scu" for r in c.results]
+        steps = sum(r.evals[-1][0] for r in rs if r.evals) or 1
+        per_step = 1000 * sum(r.scu_seconds for r in rs) / steps
+        parts.append(f"{t} {100 * a.analysis_share(t):.2f} % ({per_step:.2f} ms per step)")
+    return (
+        "The S-SCU's own time (observing each step, the guard, the analysis at each control "
+        "step), as a share of the time in training steps, over all its runs: "
+        + "; ".join(parts)
+        + "."
+    )
 
 
 def regret_plot(a: Analysis, task: str) -> str:
@@ -282,6 +354,8 @@ def render(a: Analysis, meta: dict[str, Any]) -> str:
         lines += ["", "```text", regret_plot(a, t), "```", ""]
     lines += ["### What the S-SCU did", ""]
     lines += rules_table(a)
+    if "scu" in a.arms:
+        lines += ["", cost_line(a)]
     lines += ["", NOTES.strip(), ""]
     return "\n".join(lines)
 
@@ -337,5 +411,3 @@ DOC_HEADER = """# Benchmarks
 Written by the scripts in `bench/` (see `bench/README.md`); each section says the command
 that reproduces it. Numbers depend on the machine and move with the product: rerun them.
 """
-
-

@@ -20,6 +20,7 @@ from bench.controller.analysis import Result
 from bench.controller.arms import PlaceboController, arm_settings, placebo_plan
 from bench.controller.report import pm, table
 from bench.controller.tasks import Task
+from scu_tui.config import Settings
 from scu_tui.control.policy import LR
 from scu_tui.protocol import (
     DecisionEvent,
@@ -52,11 +53,17 @@ class Recorder:
 
 
 def run_one(
-    task: Task, arm: str, factor: float, seed: int, workdir: Path, plan: dict[int, float]
+    task: Task,
+    arm: str,
+    factor: float,
+    seed: int,
+    workdir: Path,
+    plan: dict[int, float],
+    settings: Settings | None = None,
 ) -> Result:
     """One arm of one (task, LR, seed) cell, trained by the product's ``Run`` on the task's
-    loader, scored from the events it emitted."""
-    settings = arm_settings(task, arm, factor, seed)
+    loader, scored from the events it emitted (``settings``: instead of the arm's)."""
+    settings = settings or arm_settings(task, arm, factor, seed)
     out = workdir / f"{task.name}-{arm}-{factor:g}-{seed}"
     shutil.rmtree(out, ignore_errors=True)
     controller = PlaceboController(settings, plan) if arm == "placebo" else None
@@ -66,6 +73,8 @@ def run_one(
     tic = time.perf_counter()
     run.execute()
     seconds = time.perf_counter() - tic
+    scu_seconds = run.status.scu_seconds
+    train_seconds = run.trainer.train_seconds if run.trainer is not None else math.nan
     shutil.rmtree(out, ignore_errors=True)
 
     events = recorder.events
@@ -109,6 +118,8 @@ def run_one(
         lr_changes=sum(1 for i in applied if knob_of[i] == LR),
         seconds=seconds,
         reversals=reversals,
+        scu_seconds=scu_seconds,
+        train_seconds=train_seconds,
     )
 
 
@@ -119,40 +130,88 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def run_cell(task: Task, factor: float, seed: int, arms: Sequence[str], tmp: Path) -> list[Result]:
+    """Every arm of one (task, LR, seed) cell, in order (the placebo copies the S-SCU's
+    number of LR changes)."""
+    results = []
+    scu_changes = 0
+    for arm in arms:
+        plan: dict[int, float] = {}
+        if arm == "placebo":
+            plan = placebo_plan(arm_settings(task, arm, factor, seed), scu_changes, seed)
+        r = run_one(task, arm, factor, seed, tmp, plan)
+        if arm == "scu":
+            scu_changes = r.lr_changes
+        results.append(r)
+    return results
+
+
+_WORKER_TASKS: dict[str, Task] = {}
+
+
+def _worker_cell(
+    spec: tuple[str, bool, dict[str, int | None]],
+    factor: float,
+    seed: int,
+    arms: Sequence[str],
+    tmp: str,
+) -> list[dict[str, Any]]:
+    """A cell in a worker process: tasks are built once per worker, from their names."""
+    from bench.controller.tasks import make_tasks
+
+    name, quick, steps = spec
+    if name not in _WORKER_TASKS:
+        _WORKER_TASKS[name] = make_tasks([name], quick, steps)[0]
+    return [asdict(r) for r in run_cell(_WORKER_TASKS[name], factor, seed, arms, Path(tmp))]
+
+
 def run_benchmark(
     tasks: Sequence[Task],
     factors: Sequence[float],
     seeds: Sequence[int],
     arms: Sequence[str],
     raw: Path | None,
+    jobs: int = 1,
+    spec: tuple[bool, dict[str, int | None]] = (False, {}),
 ) -> list[Result]:
+    """The grid, cell by cell; with ``jobs`` > 1, cells run in that many worker processes
+    (each result is the same as in one process: a cell's runs do not share state)."""
     results: list[Result] = []
-    total = len(tasks) * len(factors) * len(seeds) * len(arms)
+    cells = [(t, f, s) for t in tasks for f in factors for s in seeds]
+    total = len(cells) * len(arms)
     tic = time.perf_counter()
+
+    def record(task: Task, rs: Sequence[Result]) -> None:
+        for r in rs:
+            results.append(r)
+            append_raw(raw, asdict(r))
+            done = len(results)
+            eta = (time.perf_counter() - tic) / done * (total - done)
+            acts = ",".join(f"{k}:{v}" for k, v in sorted(r.rules.items()))
+            log(
+                f"[{done}/{total}] {task.name} lr x{r.factor:g} seed {r.seed} "
+                f"{r.arm:<8} {task.metric} {r.score:.4f}"
+                f"{' DIVERGED' if r.diverged else ''}  rollbacks {r.rollbacks}  "
+                f"{acts or '-'}  {r.seconds:.1f}s  eta {eta / 60:.1f} min"
+            )
+
     with tempfile.TemporaryDirectory(prefix="scu-bench-") as tmp:
-        for task in tasks:
-            for factor in factors:
-                for seed in seeds:
-                    scu_changes = 0
-                    for arm in arms:
-                        plan: dict[int, float] = {}
-                        if arm == "placebo":
-                            settings = arm_settings(task, arm, factor, seed)
-                            plan = placebo_plan(settings, scu_changes, seed)
-                        r = run_one(task, arm, factor, seed, Path(tmp), plan)
-                        if arm == "scu":
-                            scu_changes = r.lr_changes
-                        results.append(r)
-                        append_raw(raw, asdict(r))
-                        done = len(results)
-                        eta = (time.perf_counter() - tic) / done * (total - done)
-                        acts = ",".join(f"{k}:{v}" for k, v in sorted(r.rules.items()))
-                        log(
-                            f"[{done}/{total}] {task.name} lr x{factor:g} seed {seed} "
-                            f"{arm:<8} {task.metric} {r.score:.4f}"
-                            f"{' DIVERGED' if r.diverged else ''}  rollbacks {r.rollbacks}  "
-                            f"{acts or '-'}  {r.seconds:.1f}s  eta {eta / 60:.1f} min"
-                        )
+        if jobs <= 1:
+            for task, factor, seed in cells:
+                record(task, run_cell(task, factor, seed, arms, Path(tmp)))
+            return results
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        quick, steps = spec
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            futures = [
+                (task, pool.submit(_worker_cell, (task.name, quick, steps), f, s, arms, tmp))
+                for task, f, s in cells
+            ]
+            for task, future in futures:
+                record(task, [Result.from_dict(d) for d in future.result()])
     return results
 
 
@@ -166,8 +225,7 @@ def load_raw(path: Path) -> tuple[list[Result], dict[str, Any]]:
         if "meta" in data:
             meta = data["meta"]
             continue
-        data["evals"] = [tuple(e) for e in data["evals"]]
-        results.append(Result(**data))
+        results.append(Result.from_dict(data))
     return results, meta
 
 
@@ -175,7 +233,6 @@ def append_raw(path: Path | None, record: dict[str, Any]) -> None:
     if path is not None:
         with path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
-
 
 
 # --- the base-LR sweep ----------------------------------------------------------------------
@@ -209,5 +266,3 @@ def sweep(tasks: Sequence[Task], seeds: Sequence[int]) -> str:
             lines += table(["base LR", f"final {task.metric}"], rows)
             lines += ["", f"Lowest: {best[1]:g} (the benchmark uses {task.base_lr:g}).", ""]
     return "\n".join(lines)
-
-

@@ -155,7 +155,7 @@ class SyntheticLoader:
         return Loaded(model, None, self.data, lora, resolved)
 
 
-def synthetic_task(steps: int) -> Task:
+def synthetic_task(steps: int, name: str = "synthetic", eval_every: int = 25) -> Task:
     from scu_tui.training.data import DataBundle, Split
 
     logp = teacher_table()
@@ -171,7 +171,7 @@ def synthetic_task(steps: int) -> Task:
     demo = load_preset("demo")
     s = demo.replace(
         {
-            "name": "synthetic",
+            "name": name,
             "model.path": "synthetic",
             "data.path": "synthetic",
             "data.max_seq_length": SEQ_TOKENS,
@@ -179,16 +179,16 @@ def synthetic_task(steps: int) -> Task:
             "training.batch_size": 16,
             "training.gradient_accumulation_steps": 1,
             "training.max_steps": steps,
-            "training.eval_every": 25,
+            "training.eval_every": eval_every,
             "training.eval_batches": -1,
-            "training.save_every": 50,
+            "training.save_every": 2 * eval_every,
             "training.warmup_steps": 10,
         }
     )
 
     floor = chain_nll(logp, valid)
     return Task(
-        name="synthetic",
+        name=name,
         description=(
             f"order-{ORDER} Markov chain over {VOCAB} tokens from a random n-gram MLP teacher; "
             f"a fresh n-gram MLP ({DIM}-d embeddings, {HIDDEN} hidden) learns it, batch "
@@ -205,14 +205,68 @@ def synthetic_task(steps: int) -> Task:
     )
 
 
+#: Tuned the same way as the others (the warmup+cosine sweep), never used to tune the S-SCU.
+COMPLETIONS_BASE_LR = 1e-3
+COMPLETIONS_BASE_NOTE = "the lowest of the warmup+cosine sweep below"
+
+
+def completions_task(steps: int) -> Task:
+    from bench.controller.completions import MODEL_DIMS, NOTATION, prepare
+
+    folder = prepare(log=lambda text: print(text, flush=True))
+    s = load_preset("demo").replace(
+        {
+            "name": "completions",
+            "model.path": str(folder / "model"),
+            "data.path": str(folder / "data"),
+            "data.max_seq_length": 64,
+            "data.mask_prompt": True,
+            "lora.rank": 4,
+            "lora.alpha": 8,
+            "training.batch_size": 8,
+            "training.max_steps": steps,
+            "training.eval_every": 25,
+            "training.eval_batches": 10,
+            "training.save_every": 50,
+            "training.warmup_steps": 10,
+            "training.samples": 0,
+        }
+    )
+    d = MODEL_DIMS
+    return Task(
+        name="completions",
+        description=(
+            f"never used while tuning the S-SCU: LoRA r{s.lora.rank} on a Llama-architecture "
+            f"base ({d['num_hidden_layers']} layers of width {d['hidden_size']}, "
+            f"{d['num_attention_heads']} full attention heads, its own tokenizer; "
+            "pre-trained by the bench on the facts' prose) with completions-format rows in a "
+            f"notation it never saw (`{NOTATION['capital'][0].format(x='France')}` -> "
+            "` Paris`), loss on the completion only; "
+            f"batch {s.training.batch_size}, {steps} steps, eval every "
+            f"{s.training.eval_every} steps on {s.training.eval_batches} validation batches "
+            "of facts the training rows never mention"
+        ),
+        base_lr=COMPLETIONS_BASE_LR,
+        base_lr_note=COMPLETIONS_BASE_NOTE,
+        metric="val loss",
+        settings=s,
+    )
+
+
+#: name -> (builder, steps, quick steps); ``synthetic-long`` is the long horizon.
+TASKS = {
+    "demo-lora": (demo_task, 150, 100),
+    "synthetic": (synthetic_task, 300, 200),
+    "completions": (completions_task, 150, 100),
+    "synthetic-long": (lambda n: synthetic_task(n, "synthetic-long", 50), 1000, 600),
+}
+
+
 def make_tasks(names: Sequence[str], quick: bool, steps: dict[str, int | None]) -> list[Task]:
     tasks = []
     for name in names:
-        if name == "demo-lora":
-            tasks.append(demo_task(steps.get(name) or (100 if quick else 150)))
-        elif name == "synthetic":
-            tasks.append(synthetic_task(steps.get(name) or (200 if quick else 300)))
-        else:
-            raise SystemExit(f"unknown task {name!r} (demo-lora, synthetic)")
+        if name not in TASKS:
+            raise SystemExit(f"unknown task {name!r} ({', '.join(TASKS)})")
+        builder, full, short = TASKS[name]
+        tasks.append(builder(steps.get(name) or (short if quick else full)))
     return tasks
-

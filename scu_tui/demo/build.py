@@ -408,14 +408,17 @@ def batches(stream: np.ndarray, batch: int, length: int, seed: int) -> Iterator[
 def pretrain(
     config: dict[str, Any], stream: np.ndarray, steps: int, seed: int, log_every: int = 50
 ) -> Any:
-    """Create a Qwen3 model and train it with next-token cross-entropy (AdamW)."""
+    """Create a model of the config's mlx-lm architecture (Qwen3 for the demo) and train it
+    with next-token cross-entropy (AdamW)."""
+    import importlib
+
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
-    from mlx_lm.models.qwen3 import Model, ModelArgs
 
+    arch = importlib.import_module(f"mlx_lm.models.{config['model_type']}")
     mx.random.seed(seed)
-    model = Model(ModelArgs.from_dict(config))
+    model = arch.Model(arch.ModelArgs.from_dict(config))
     mx.eval(model.parameters())
 
     peak, warmup = 3e-3, min(100, max(1, steps // 10))
