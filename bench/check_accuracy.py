@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -31,9 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from docs_section import write_section  # bench/ is on the path of a script run from it
+
 import scu_tui  # noqa: F401  (loads the system OpenBLAS before mlx, as the app does)
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 CLI = [sys.executable, "-m", "scu_tui"]
 
 #: config.json of Qwen/Qwen3-4B-MLX-4bit (as on the hub).
@@ -325,20 +325,6 @@ def render(
             *blas_rows,
         ]
     )
-
-
-def write_section(name: str, body: str) -> None:
-    """Replace the text between this section's markers in docs/benchmarks.md (or append)."""
-    begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
-    block = f"{begin}\n{body.rstrip()}\n{end}\n"
-    text = DOC.read_text(encoding="utf-8")
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        text = head + block + ("\n" + tail.lstrip("\n") if tail.strip() else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    DOC.write_text(re.sub(r"\n{3,}", "\n\n", text), encoding="utf-8")
 
 
 def main() -> None:

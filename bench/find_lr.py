@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
+
+from docs_section import write_section  # bench/ is on the path of a script run from it
 
 import scu_tui  # noqa: F401  (loads the system OpenBLAS before mlx, as the app does)
 from scu_tui.config import Settings
 from scu_tui.presets import load_preset
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 STEPS = 150
 #: docs/benchmarks.md's base-LR sweep of the demo: 1e-3 is best; 5e-4 and 2e-3, its
 #: neighbours on the grid, end within 50 % of it; 2e-4 and 5e-3 end far worse.
@@ -155,20 +154,6 @@ def render(
         "against the default it is a large gain for one 100-step probe.",
     ]
     return "\n".join(lines)
-
-
-def write_section(name: str, body: str) -> None:
-    """Replace the text between this section's markers in docs/benchmarks.md (or append)."""
-    begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
-    block = f"{begin}\n{body.rstrip()}\n{end}\n"
-    text = DOC.read_text(encoding="utf-8")
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        text = head + block + ("\n" + tail.lstrip("\n") if tail.strip() else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    DOC.write_text(re.sub(r"\n{3,}", "\n\n", text), encoding="utf-8")
 
 
 def main() -> None:

@@ -14,9 +14,10 @@ from pathlib import Path
 import bench.controller
 from bench.controller.analysis import analyse
 from bench.controller.arms import ARMS, EXTRA_ARMS, LR_GRID
-from bench.controller.report import render, task_info, write_section
+from bench.controller.report import render, task_info
 from bench.controller.running import append_raw, load_raw, log, run_benchmark, sweep
 from bench.controller.tasks import TASKS, make_tasks
+from bench.docs_section import write_section
 
 
 def main() -> None:

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import math
-import re
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 from bench.controller.analysis import DIVERGED_ROLLBACKS, TARGET_FACTOR, Analysis, mean_ci
 from bench.controller.arms import ARM_LABELS, ARMS, LR_BOUNDS
 from bench.controller.tasks import Task
 from scu_tui.control.policy import LR
-
-ROOT = Path(__file__).resolve().parents[2]
-DOC = ROOT / "docs" / "benchmarks.md"
 
 # --- the report -----------------------------------------------------------------------------
 
@@ -391,23 +386,3 @@ NOTES = """
 """
 
 
-def write_section(name: str, body: str) -> None:
-    """Replace the text between this section's markers in docs/benchmarks.md (or append it)."""
-    begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
-    block = f"{begin}\n{body.rstrip()}\n{end}\n"
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else DOC_HEADER
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        text = head + block + ("\n" + tail.lstrip("\n") if tail.strip() else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(re.sub(r"\n{3,}", "\n\n", text), encoding="utf-8")
-
-
-DOC_HEADER = """# Benchmarks
-
-Written by the scripts in `bench/` (see `bench/README.md`); each section says the command
-that reproduces it. Numbers depend on the machine and move with the product: rerun them.
-"""
