@@ -499,7 +499,7 @@ class Trainer:
         self.train_seconds = float(state["train_seconds"])
         self.best_val_loss = float(state["best_val_loss"])
         self.last_val_loss = float(state["last_val_loss"])
-        self.skipped_steps = int(state["skipped_steps"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         self.stream.load_state(state["data"])
         self.schedule.load_state(state["schedule"])
         self.knobs = Knobs(**state["knobs"])
@@ -517,19 +517,7 @@ class Trainer:
         mx.save_safetensors(
             str(folder / "optimizer.safetensors"), dict(tree_flatten(self.optimizer.state))
         )
-        state = {
-            "version": STATE_VERSION,
-            "step": self.step,
-            "tokens_seen": self.tokens_seen,
-            "train_seconds": self.train_seconds,
-            "best_val_loss": self.best_val_loss,
-            "last_val_loss": self.last_val_loss,
-            "skipped_steps": self.skipped_steps,
-            "data": self.stream.state(),
-            "schedule": self.schedule.state(),
-            "knobs": asdict(self.knobs),
-            "extra": self.extra_state,
-        }
+        state = {"version": STATE_VERSION, **self.portable_state(), "extra": self.extra_state}
         atomic_write_json(folder / STATE_FILE, state)
 
     def load_state(self, folder: Path) -> None:
@@ -547,15 +535,7 @@ class Trainer:
         except ValueError as exc:
             raise UserError(f"checkpoint {folder}: adapters do not fit this model: {exc}") from None
         self.optimizer.state = tree_unflatten(list(opt_state.items()))
-        self.step = int(state["step"])
-        self.tokens_seen = int(state["tokens_seen"])
-        self.train_seconds = float(state["train_seconds"])
-        self.best_val_loss = float(state["best_val_loss"])
-        self.last_val_loss = float(state["last_val_loss"])
-        self.skipped_steps = int(state.get("skipped_steps", 0))
-        self.stream.load_state(state["data"])
-        self.schedule.load_state(state["schedule"])
-        self.knobs = Knobs(**state["knobs"])
+        self.restore_portable_state(state)
         set_lora_dropout(self.model, self.knobs.dropout)
         self.extra_state = dict(state.get("extra", {}))
         self._compile()
