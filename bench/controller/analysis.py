@@ -60,6 +60,7 @@ class Result:
     lr_changes: int  # applied lr_multiplier proposals (what the placebo copies)
     seconds: float
     reversals: int = 0  # applied moves of a knob opposite to its previous applied move
+    reversals_by_knob: dict[str, int] = field(default_factory=dict)
     scu_seconds: float = 0.0  # in the S-SCU's own code (observe, guard, analysis)
     train_seconds: float = 0.0  # in training steps (forward, backward, update)
 

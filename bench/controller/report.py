@@ -384,5 +384,3 @@ NOTES = """
   could report as one number per step), or a probe whose effect is judged against the
   pre-probe trend rather than the pre-probe level.
 """
-
-

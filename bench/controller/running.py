@@ -87,14 +87,14 @@ def run_one(
     done = [e for e in events if isinstance(e, DoneEvent)]
     proposals = {e.id: e for e in events if isinstance(e, ProposalEvent)}
     last_way: dict[str, int] = {}
-    reversals = 0
+    by_knob: Counter[str] = Counter()
     for i in applied:
         p = proposals[i]
         knob = LR if p.knob == "rollback" else str(p.knob)
         if p.after == p.before:
             continue
         way = 1 if p.after > p.before else -1
-        reversals += last_way.get(knob, way) != way
+        by_knob[knob] += last_way.get(knob, way) != way
         last_way[knob] = way
     # after a rollback the evals of the abandoned steps are superseded by the new ones
     by_step: dict[int, float] = {}
@@ -117,7 +117,8 @@ def run_one(
         rules=dict(Counter(rule_of[i] for i in applied)),
         lr_changes=sum(1 for i in applied if knob_of[i] == LR),
         seconds=seconds,
-        reversals=reversals,
+        reversals=sum(by_knob.values()),
+        reversals_by_knob={k: v for k, v in by_knob.items() if v},
         scu_seconds=scu_seconds,
         train_seconds=train_seconds,
     )
