@@ -358,29 +358,28 @@ def render(a: Analysis, meta: dict[str, Any]) -> str:
 NOTES = """
 ### How the controller was tuned
 
-- **Tuned on the synthetic task only.** While tuning, the controller ran on the synthetic
-  task alone; on the demo it ran three times before any tuning (to see its signals) and
-  then in this benchmark. The per-period signals of the demo's warmup+cosine arm (no
-  controller) were looked at once, to check that the erratic-gradient threshold sits above
-  what healthy demo runs show; nothing was changed after seeing the demo results.
-- **At 10x the run is lost in its first 20 steps** (the loss jumps during warm-up, then sits
-  at a level no later LR cut leaves: cutting the LR x0.25 or x0.1 at step 20 without a
-  rollback ends exactly where doing nothing ends). The only clear signal is the gradient
-  variability of that first period (synthetic: 0.93-1.05 at 10x, below 0.3 at 0.1x-3x),
-  and the only cure is going back to before the damage. So the S-SCU rolls back to the
-  last checkpoint with the LR x0.25 when the robust gradient-norm variability exceeds 0.8
-  (x0.5 leaves a run that looks healthy, so no second rollback comes, but trains far
-  worse). In an earlier version of this benchmark that rule was a separate arm, with a
-  mean relative regret of 0.16 % against 11.86 % for the S-SCU without it.
-- **The rule's rollbacks follow the mode** like any other proposal: applied in auto,
-  waiting for an answer in ask, logged in observe. The divergence guard (non-finite
-  values, a loss blow-up) still acts at once.
-- **The low-LR cells hold most of the remaining regret**, and no rule reaches them: the
-  S-SCU raises the LR only on a *slow* loss (a significant fall below the 1 % per period
-  target), but at 0.1x and 0.3x the loss still falls by more than that per period, so the
-  run is "improving" while the warmup+cosine base decays under it; the constant schedule
-  wins those cells. Telling "too low" from "well tuned" needs a signal the S-SCU does not
-  get yet (e.g. the alignment of consecutive updates, g_t . u_(t-1), which the trainer
-  could report as one number per step), or a probe whose effect is judged against the
-  pre-probe trend rather than the pre-probe level.
+- **Which tasks tuned it.** The v1 rules were tuned on the synthetic task alone (the demo
+  was run three times before any tuning, to see its signals, and its healthy
+  warmup+cosine runs were looked at once to place the erratic-gradient threshold). The v2
+  additions (the alignment rules, the memory of effects, the constant base) were
+  developed on the demo and the synthetic task at 150/300 steps, one seed. The
+  **completions** task and the 1,000-step **synthetic-long** horizon were built after
+  that and were never used to choose a rule, a threshold or a default: nothing was
+  changed after seeing their results.
+- **Too low an LR** is seen through the alignment of consecutive updates: the cosine
+  between each step's gradient and Adam's momentum, one number per step from the trainer.
+  It stays well above zero when the LR is too low (steps keep pointing the same way),
+  sits near zero at a good LR and goes negative when the steps overshoot. The S-SCU
+  raises the LR x1.5 when it stays aligned (`raise_lr_aligned`) and cuts it x0.7 when the
+  loss stops improving while the updates oppose each other (`settle_lr_overshoot`).
+- **At 10x the run is lost in its first 20 steps** (the loss jumps during warm-up, then
+  sits at a level no later LR cut leaves). The only clear signal is the gradient
+  variability of that first period, and the only cure is going back to before the
+  damage: the S-SCU rolls back to the last checkpoint with the LR x0.25 when the robust
+  gradient-norm variability exceeds 0.8. Its rollbacks follow the mode like any other
+  proposal; the divergence guard (non-finite values, a loss blow-up) still acts at once.
+- **Memory of effects**: a knob moved one way is not moved back for 25 control periods
+  unless a safety rule or the effect check's revert demands it; a rule's move is not
+  repeated while its previous one is being judged; a move with no measurable effect backs
+  its rule off.
 """
