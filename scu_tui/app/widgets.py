@@ -9,12 +9,18 @@ Colours come from the theme through TCSS classes, never from Python.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from fractions import Fraction
 from typing import ClassVar
 
+from rich.color import Color as RichColor
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.geometry import Region
+from textual.strip import Strip
 from textual.widgets import Label, OptionList, ProgressBar, Sparkline, Static
 from textual.widgets.option_list import Option, OptionDoesNotExist
 
@@ -76,6 +82,137 @@ class Readout(Label):
             return
         self._shown = text
         self.update(text, layout=self.relayout)
+
+
+class Spark(Sparkline):
+    """Textual's sparkline, cell for cell, drawn a cheaper way.
+
+    Why: the stock widget builds one styled segment per cell through Rich and recomputes
+    every bucket's summary once per row; at 200x60 a chart is about 1,800 cells, and that
+    redraw took more of the app's main thread than everything else together, competing
+    with training for the CPU. Here each column's summary, bar and colour are computed
+    once, a row's cells of one look are a single segment, and the rows are kept until the
+    data, the size or the colours change.
+    """
+
+    BARS = "▁▂▃▄▅▆▇█"
+
+    def __init__(
+        self,
+        data: Sequence[float] | None = None,
+        *,
+        summary_function: Callable[[Sequence[float]], float] | None = None,
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
+        super().__init__(data, summary_function=summary_function, id=id, classes=classes)
+        self._rows: list[Strip] = []
+        self._rows_key: tuple[object, ...] | None = None
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        """Rebuild the rows when what they show changed, then let Textual style them."""
+        _, base = self.background_colors
+        low = base + self.get_component_styles("sparkline--min-color").color
+        high = base + self.get_component_styles("sparkline--max-color").color
+        style = self.visual_style.rich_style
+        data = tuple(self.data or ())
+        key = (data, self.size, low, high, style, self.summary_function)
+        if key != self._rows_key:
+            self._rows_key = key
+            self._rows = spark_rows(
+                data,
+                self.size.width,
+                self.size.height,
+                low.rich_color,
+                high.rich_color,
+                style,
+                self.summary_function,
+            )
+        return super().render_lines(crop)
+
+    def render_line(self, y: int) -> Strip:
+        return self._rows[y] if 0 <= y < len(self._rows) else Strip.blank(self.size.width)
+
+
+def spark_rows(
+    data: Sequence[float],
+    width: int,
+    height: int,
+    low: RichColor,
+    high: RichColor,
+    base: Style,
+    summary: Callable[[Sequence[float]], float],
+) -> list[Strip]:
+    """The rows of ``textual.renderables.sparkline.Sparkline`` over ``base`` (the same
+    buckets, bars and colours), one segment per run of equal cells."""
+    height = max(height, 1)
+    if width <= 0:
+        return [Strip([]) for _ in range(height)]
+    if len(data) < 2:
+        if not data:  # blank rows, then a floor of the lowest bar
+            floor = Segment("▁" * width, base + Style.from_color(low))
+            return [Strip([]) for _ in range(height - 1)] + [Strip([floor], width)]
+        full = Segment("█" * width, base + Style.from_color(high))
+        return [Strip([full], width) for _ in range(height)]
+    minimum, maximum = min(data), max(data)
+    extent = maximum - minimum or 1
+    buckets = list(spark_buckets(data, width))
+    levels = len(Spark.BARS) * height - 1
+    styles: dict[RichColor, Style] = {}
+    columns: list[tuple[int, Style]] = []  # (bar index, style) per column
+    index, step = 0.0, len(buckets) / width
+    for _ in range(width):
+        ratio = (summary(buckets[int(index)]) - minimum) / extent
+        color = blend(low, high, ratio)
+        cell_style = styles.get(color)
+        if cell_style is None:
+            cell_style = styles[color] = base + Style.from_color(color)
+        columns.append((int(ratio * levels), cell_style))
+        index += step
+    rows: list[Strip] = []
+    per_row = len(Spark.BARS)
+    for row in reversed(range(height)):
+        bottom, top = row * per_row, (row + 1) * per_row
+        segments: list[Segment] = []
+        text, run_style = "", base
+        for bar_index, cell_style in columns:
+            if bar_index < bottom:
+                char, cell = " ", base
+            else:
+                char = "█" if bar_index >= top else Spark.BARS[bar_index % per_row]
+                cell = cell_style
+            if cell is run_style:
+                text += char
+                continue
+            if text:
+                segments.append(Segment(text, run_style))
+            text, run_style = char, cell
+        segments.append(Segment(text, run_style))
+        rows.append(Strip(segments, width))
+    return rows
+
+
+def blend(low: RichColor, high: RichColor, ratio: float) -> RichColor:
+    """The colour ``ratio`` of the way from ``low`` to ``high``, as textual's sparkline
+    blends it (whole RGB steps, rounded down)."""
+    if low.triplet is None or high.triplet is None:
+        return high
+    (r1, g1, b1), (r2, g2, b2) = low.triplet, high.triplet
+    return RichColor.from_rgb(
+        r1 + (r2 - r1) * ratio, g1 + (g2 - g1) * ratio, b1 + (b2 - b1) * ratio
+    )
+
+
+def spark_buckets(data: Sequence[float], count: int) -> list[Sequence[float]]:
+    """``data`` in ``count`` consecutive buckets, the empty ones left out, as textual's
+    sparkline partitions it."""
+    size = Fraction(len(data), count)
+    buckets = []
+    for number in range(count):
+        part = data[int(size * number) : int(size * (number + 1))]
+        if part:
+            buckets.append(part)
+    return buckets
 
 
 class StatusPanel(Vertical):
@@ -215,18 +352,18 @@ class LossPanel(Vertical):
     def compose(self) -> ComposeResult:
         with Horizontal(classes="spark-row", id="loss-row"):
             yield Label("train", classes="spark-label")
-            yield Sparkline([], summary_function=mean, id="loss-spark")
+            yield Spark([], summary_function=mean, id="loss-spark")
         with Horizontal(classes="spark-row", id="val-row"):
             yield Label("val", classes="spark-label")
-            yield Sparkline([], summary_function=mean, id="val-spark")
+            yield Spark([], summary_function=mean, id="val-spark")
         yield Readout("", id="loss-text")
 
     def on_mount(self) -> None:
         self.border_title = "Loss"
 
     def show(self, state: RunState) -> None:
-        self.query_one("#loss-spark", Sparkline).data = state.recent(state.losses)
-        self.query_one("#val-spark", Sparkline).data = state.recent(state.val_losses)
+        self.query_one("#loss-spark", Spark).data = state.recent(state.losses)
+        self.query_one("#val-spark", Spark).data = state.recent(state.val_losses)
         first, last = state.span(state.losses)
         self.border_title = f"Loss · steps {first}-{last}" if last else "Loss"
         self.query_one("#loss-text", Readout).show(
@@ -240,7 +377,7 @@ class GradientPanel(Vertical):
     """Gradient-norm sparkline, and the S-SCU's robust variability, spikes and verdict."""
 
     def compose(self) -> ComposeResult:
-        yield Sparkline([], id="grad-spark")
+        yield Spark([], summary_function=max, id="grad-spark")
         yield Readout("", id="grad-text")
         yield Readout("", id="grad-status")
 
@@ -248,7 +385,7 @@ class GradientPanel(Vertical):
         self.border_title = "Gradients"
 
     def show(self, state: RunState) -> None:
-        self.query_one("#grad-spark", Sparkline).data = state.recent(state.grad_norms)
+        self.query_one("#grad-spark", Spark).data = state.recent(state.grad_norms)
         first, last = state.span(state.grad_norms)
         self.border_title = f"Gradients · {first}-{last}" if last else "Gradients"
         g = state.analysis.gradients if state.analysis is not None else {}
