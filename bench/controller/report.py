@@ -138,6 +138,23 @@ def verdict(a: Analysis) -> tuple[list[str], bool]:
     return lines, all(holds)
 
 
+def base_schedule_line(a: Analysis) -> str:
+    """Item 3 of the S-SCU v2 work: which base schedule the S-SCU should own."""
+    parts = []
+    for t in a.tasks:
+        own, ride = a.mean_regret(t, "scu"), a.mean_regret(t, "scu_cosine")
+        parts.append(f"{t} {fmt(own)} vs {fmt(ride)}")
+    own_all = 100 * a.overall_relative("scu")
+    ride_all = 100 * a.overall_relative("scu_cosine")
+    better = "a constant base" if own_all <= ride_all else "riding warmup+cosine"
+    return (
+        f"**The base schedule under the S-SCU**: {better} does better (mean relative regret "
+        f"{own_all:.2f} % on a constant base against {ride_all:.2f} % riding cosine; mean "
+        f"regret per task, constant base vs cosine: {'; '.join(parts)}). The shipped presets "
+        "run the S-SCU on a constant base."
+    )
+
+
 def _steps(x: float) -> str:
     return "never" if not math.isfinite(x) else f"{x:.0f}"
 
@@ -338,6 +355,8 @@ def render(a: Analysis, meta: dict[str, Any]) -> str:
     lines.append("")
     lines += checks
     lines.append("")
+    if "scu" in a.arms and "scu_cosine" in a.arms:
+        lines += [base_schedule_line(a), ""]
     for t in a.tasks:
         lines += [
             f"### {t}",
