@@ -397,6 +397,10 @@ NOTES = """
   damage: the S-SCU rolls back to the last checkpoint with the LR x0.25 when the robust
   gradient-norm variability exceeds 0.8. Its rollbacks follow the mode like any other
   proposal; the divergence guard (non-finite values, a loss blow-up) still acts at once.
+- **Steps to target at x3 and x10**: the target is 1.25x the best arm's mean at x1; when
+  no arm reaches it within the horizon the cell reads "never vs never" and the clause
+  "fewer steps" cannot hold, since the S-SCU's rescue (a rollback and a cut) leaves a run
+  that ends near, not below, the tuned runs.
 - **Memory of effects**: a knob moved one way is not moved back for 25 control periods
   unless a safety rule or the effect check's revert demands it; a rule's move is not
   repeated while its previous one is being judged; a move with no measurable effect backs
