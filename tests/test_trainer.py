@@ -15,7 +15,7 @@ from scu_tui.config import Settings
 from scu_tui.presets import load_preset
 from scu_tui.training.data import load_data
 from scu_tui.training.model import apply_lora, load_model
-from scu_tui.training.trainer import Trainer
+from scu_tui.training.trainer import Trainer, momentum_alignment
 
 
 def make_trainer(**updates: Any) -> Trainer:
@@ -131,3 +131,30 @@ def test_checkpoint_round_trip_continues_exactly(tmp_path: Path) -> None:
     assert resumed.step == 3 and resumed.knobs.weight_decay == 0.01
     got = [resumed.train_step().loss for _ in range(3)]
     assert got == pytest.approx(expected, rel=1e-6, abs=1e-7)
+
+
+def test_momentum_alignment_is_the_cosine_of_gradient_and_first_moment() -> None:
+    rng = np.random.default_rng(0)
+    g = {"a": rng.normal(size=(3, 4)), "b": {"c": rng.normal(size=5)}}
+    m = {"a": rng.normal(size=(3, 4)), "b": {"c": rng.normal(size=5)}}
+    flat_g = np.concatenate([g["a"].ravel(), g["b"]["c"]])
+    flat_m = np.concatenate([m["a"].ravel(), m["b"]["c"]])
+    expected = flat_g @ flat_m / np.linalg.norm(flat_g) / np.linalg.norm(flat_m)
+    grads = {"a": mx.array(g["a"]), "b": {"c": mx.array(g["b"]["c"])}}
+    # AdamW's state: a dict per parameter with its first moment m (and v, step, ...)
+    state = {
+        "step": mx.array(3),
+        "a": {"m": mx.array(m["a"]), "v": mx.ones((3, 4))},
+        "b": {"c": {"m": mx.array(m["b"]["c"]), "v": mx.ones(5)}},
+    }
+    g2 = mx.array(float(flat_g @ flat_g))
+    assert float(momentum_alignment(grads, state, g2)) == pytest.approx(expected, rel=1e-5)
+    zero = {"a": {"m": mx.zeros((3, 4))}, "b": {"c": {"m": mx.zeros(5)}}}
+    assert math.isnan(float(momentum_alignment(grads, zero, g2)))  # the first step
+
+
+def test_each_step_reports_its_alignment_after_the_first() -> None:
+    trainer = make_trainer()
+    results = [trainer.train_step() for _ in range(4)]
+    assert math.isnan(results[0].alignment)
+    assert all(-1.0 <= r.alignment <= 1.0 for r in results[1:])
