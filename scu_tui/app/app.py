@@ -6,9 +6,7 @@ How the two sides meet:
   worker, so every MLX call happens on that one thread;
 - the run emits events into an :class:`~scu_tui.app.feed.EventFeed` (a sink that only
   appends to bounded buffers); a timer at ``ui.refresh_hz`` drains it, folds the events
-  into a :class:`~scu_tui.app.feed.RunState` and redraws what changed: the state word,
-  decisions and the pending proposal at once, the numbers and charts in frames that a
-  :class:`FramePacer` spaces to keep the app's CPU use small beside training;
+  into a :class:`~scu_tui.app.feed.RunState` and redraws the panels once per tick;
 - keys become :class:`~scu_tui.events.Command` objects put on the run's queue (never
   blocking) and show their effect at once ("pausing…") until the run confirms it.
 """
@@ -100,60 +98,12 @@ MODE_CYCLE = (Mode.ASK, Mode.AUTO, Mode.OBSERVE)
 TALL_HEIGHT = 34
 #: After a hang-up and the run's end, how long the app may take to exit on its own.
 HANGUP_GRACE_SECONDS = 3.0
-#: The steady flow of numbers (progress, ETA, tok/s, knobs) and the charts redraw together,
-#: in frames, at most this often; what a person acts on (the state word, decisions, the
-#: pending proposal, pop-ups, a key's effect) follows every ``ui.refresh_hz`` tick.
-FRAME_HZ = 2.0
-#: The share of one core the app's thread may spend while training: frames come less often
-#: than FRAME_HZ when they cost more (a big terminal, a slow CPU). The thread's Python
-#: competes with training for the CPU and the GIL; on the demo at 200x60 a frame is about
-#: 25 ms of CPU (docs/benchmarks.md, "The app's cost to training").
-CPU_BUDGET = 0.03
-#: However costly the frames, the numbers and charts move at least this often.
-LONGEST_FRAME_SECONDS = 2.0
-#: Events that change what the status line says, not only its numbers: drawn at once.
-RESTATING = (StartEvent, PauseEvent, ResumeEvent, ModeEvent, RollbackEvent, DoneEvent)
+#: The charts (sparklines, wavelet bars) and the analysis behind them redraw at most this
+#: often; numbers, progress and decisions follow ``ui.refresh_hz``. Drawing the charts is
+#: most of a frame's cost, and on a small model a frame competes with training for the CPU.
+CHART_HZ = 2.0
 #: Exit codes, as the command line documents them.
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class FramePacer:
-    """When the next frame may be drawn, so the app's thread stays within its CPU budget.
-
-    At each frame the pacer reads how much CPU the thread used since the previous one (that
-    frame's drawing, and the ticks between) and spaces the next so the thread's share of a
-    core stays under ``budget``: every ``1 / hz`` seconds while frames are cheap, up to
-    ``longest`` apart while they are not. Measured, not guessed, because a frame's cost
-    depends on the terminal's size, the CPU and what else the thread does.
-    """
-
-    def __init__(
-        self,
-        hz: float = FRAME_HZ,
-        budget: float = CPU_BUDGET,
-        longest: float = LONGEST_FRAME_SECONDS,
-    ) -> None:
-        self.shortest = 1 / hz
-        self.budget = budget
-        self.longest = max(longest, self.shortest)
-        self.interval = self.shortest  # seconds from the last frame to the next
-        self._at = -math.inf  # when the last frame was drawn
-        self._cpu_at: float | None = None  # the thread's CPU time then
-
-    def due(self, now: float) -> bool:
-        """The budget allows a frame now."""
-        return now - self._at >= self.interval
-
-    def rested(self, now: float) -> bool:
-        """A frame now would come no sooner than the frame rate allows (the budget aside)."""
-        return now - self._at >= self.shortest
-
-    def drawn(self, now: float, cpu: float) -> None:
-        """A frame is drawn at ``now`` (monotonic); ``cpu`` is the thread's CPU time then."""
-        if self._cpu_at is not None:
-            used = max(cpu - self._cpu_at, 0.0)
-            self.interval = min(max(used / self.budget, self.shortest), self.longest)
-        self._at, self._cpu_at = now, cpu
 
 
 class TrainingRun(Protocol):
@@ -293,9 +243,8 @@ class ScuApp(App[int]):
         self._training_thread: threading.Thread | None = None
         self._codes: list[int] = []  # the training thread's exit code, once it has one
         self._history_until = 0.0  # attached: events before this are replayed history
-        self._frame_stale = False  # events arrived that the numbers and charts do not show
-        self._quiet_ticks = 0  # drains in a row that found no events
-        self.pacer = FramePacer()
+        self._charts_stale = False  # events arrived that the charts do not show yet
+        self._charts_at = -math.inf  # monotonic time of the last chart redraw
         self.alerts: list[str] = []  # bells rung (see alert)
         self.picked = False  # the run came from the preset picker (Escape goes back there)
         self._drain_timer: Timer | None = None
@@ -520,29 +469,21 @@ class ScuApp(App[int]):
     # --- the drain ------------------------------------------------------------------------
 
     def drain(self) -> None:
-        """Fold what the run emitted since the last tick; redraw what a person acts on at
-        once, and the numbers and charts in a frame when the pacer allows one.
-
-        A frame also comes at once when the run changes state (a pause or the end never
-        waits for one), and when the run has gone quiet (a second tick in a row without
-        news: paused by a guard, evaluating, a slow model), at most at FRAME_HZ.
-        """
+        """Fold what the run emitted since the last tick, then redraw once."""
         events = self.feed.drain()
         for event in events:
             self.state.fold(event)
             self._react(event)
-        self._quiet_ticks = 0 if events else self._quiet_ticks + 1
         if events:
-            self._frame_stale = True
+            self._charts_stale = True
             self.redraw()
-        if self._frame_stale:
+        if self._charts_stale:
             now = time.monotonic()
-            restated = any(isinstance(event, RESTATING) for event in events)
-            quiet = self._quiet_ticks >= 2 and self.pacer.rested(now)
-            if restated or quiet or self.pacer.due(now):
-                self.pacer.drawn(now, time.thread_time())
-                self._frame_stale = False
-                self.redraw_frame()
+            # catch up at once when the run goes quiet (paused, done), else at CHART_HZ
+            if not events or now - self._charts_at >= 1 / CHART_HZ:
+                self._charts_at = now
+                self._charts_stale = False
+                self.redraw_charts()
         self.drain_count += 1
         self._resolve(events)
         if self.state.done is not None and self.quitting:
@@ -550,26 +491,24 @@ class ScuApp(App[int]):
             self.call_later(self.finish)
 
     def redraw(self) -> None:
-        """The state word, log and banner (the last two only when they changed); the
-        numbers and charts follow in :meth:`redraw_frame`."""
+        """Status, log and banner (the last two only when they changed); the charts follow
+        at CHART_HZ in :meth:`redraw_charts`."""
         if self.settings is None:
             return
         dash = self.dashboard
         state = self.state
-        dash.query_one(StatusPanel).show_word(state, self._effect_text())
+        dash.query_one(StatusPanel).show(state, self._effect_text())
         key = (state.decisions_version, len(self._answering))
         if key != self._drawn:
             self._drawn = key
             dash.query_one(DecisionLog).show(list(state.decisions))
             self._show_banner()
 
-    def redraw_frame(self) -> None:
-        """The status numbers and the loss, gradient and wavelet panels, from the state and
-        the S-SCU's analysis."""
+    def redraw_charts(self) -> None:
+        """The loss, gradient and wavelet panels, from the state and the S-SCU's analysis."""
         if self.settings is None:
             return
         dash = self.dashboard
-        dash.query_one(StatusPanel).show(self.state, self._effect_text())
         dash.query_one(LossPanel).show(self.state)
         dash.query_one(GradientPanel).show(self.state)
         dash.query_one(EntropyPanel).show(self.state.analysis)
