@@ -465,7 +465,9 @@ class RunState:
         self.comparison = e
 
     def _on_message(self, e: MessageEvent) -> None:
-        if e.level == "error":
+        # once the run has ended, its message says why (a failure, a lost process); a later
+        # error (a key pressed at a dead run) is a notification, not the run's story
+        if e.level == "error" and self.done is None:
             self.message = e.text
 
     def _on_done(self, e: DoneEvent) -> None:
