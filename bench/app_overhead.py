@@ -8,6 +8,11 @@ from the run's own ``events.jsonl``: tokens trained between the end of a warm-up
 the last step, over the wall-clock time between those two events, so start-up (Python,
 Textual, loading the model) is left out and only the training loop counts.
 
+Throughput ratios move with whatever else the machine runs. A steadier figure is also
+reported: the CPU seconds the app's own thread (the process's main thread: Textual's
+event loop, every redraw) spent per 1,000 steps over the same span, read from
+``/proc`` (Linux only; left out elsewhere).
+
     python bench/app_overhead.py                      # 3 rounds, 400 steps, 80x24
     python bench/app_overhead.py --rounds 5 --steps 800 --size 200x60
 
@@ -32,6 +37,7 @@ from scu_tui.protocol import read_events as read_event_lines
 
 WARMUP_STEPS = 10  # compile and first evaluation: left out of the measured span
 POLL_SECONDS = 0.2
+PROC = Path("/proc")
 
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:
@@ -48,6 +54,33 @@ def throughput(run_dir: Path) -> float:
     span = steps[WARMUP_STEPS:]
     tokens = sum(e["tokens"] for e in span[1:])
     return float(tokens / (span[-1]["time"] - span[0]["time"]))
+
+
+def app_pid(out: Path) -> int | None:
+    """The pid of the app training into ``out`` (tmux starts it; its command line says)."""
+    wanted = f"--output-dir\0{out}\0".encode()
+    for entry in PROC.glob("[0-9]*"):
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if wanted in cmdline + b"\0" and b"scu_tui" in cmdline:
+            return int(entry.name)
+    return None
+
+
+def main_thread_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) of a process's main thread, or None once it is gone."""
+    try:
+        stat = (PROC / str(pid) / "task" / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def step_count(events: list[dict[str, Any]]) -> int:
+    return sum(e["type"] == "step" for e in events)
 
 
 def command(args: argparse.Namespace, out: Path) -> list[str]:
@@ -77,23 +110,43 @@ def run_headless(args: argparse.Namespace, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def run_app(args: argparse.Namespace, out: Path, session: str) -> float:
-    """The app in a tmux terminal; ``q`` once the run is done, as a user would."""
+def run_app(args: argparse.Namespace, out: Path, session: str) -> tuple[float, float | None]:
+    """The app in a tmux terminal; ``q`` once the run is done, as a user would.
+
+    Returns the wall-clock seconds and the app thread's CPU seconds per 1,000 steps
+    between the warm-up and the end (None where ``/proc`` cannot say)."""
     width, height = args.size
     start = time.perf_counter()
     line = " ".join(command(args, out))
+    terminal = ["-x", str(width), "-y", str(height)]
     subprocess.run(
-        ["tmux", "new-session", "-d", "-s", session, "-x", str(width), "-y", str(height), line],
+        ["tmux", "new-session", "-d", "-s", session, "-c", os.getcwd(), *terminal, line],
         check=True,
         env={**os.environ, "TERM": "xterm-256color"},
     )
     deadline = time.monotonic() + args.timeout
-    while not any(e["type"] == "done" for e in read_events(out)):
+    pid: int | None = None
+    first: tuple[int, float] | None = None  # (steps, main-thread CPU s) after the warm-up
+    last: tuple[int, float] | None = None
+    while True:
+        events = read_events(out)
+        done = any(e["type"] == "done" for e in events)
+        if pid is None and PROC.is_dir():
+            pid = app_pid(out)
+        cpu = main_thread_cpu(pid) if pid is not None else None
+        if cpu is not None and step_count(events) >= WARMUP_STEPS:
+            last = (step_count(events), cpu)
+            first = first or last
+        if done:
+            break
         if time.monotonic() > deadline:
             subprocess.run(["tmux", "kill-session", "-t", session], check=False)
             raise SystemExit(f"the app did not finish within {args.timeout:.0f} s")
         time.sleep(POLL_SECONDS)
     elapsed = time.perf_counter() - start
+    per_1k = None
+    if first is not None and last is not None and last[0] > first[0]:
+        per_1k = 1000 * (last[1] - first[1]) / (last[0] - first[0])
     alive = ["tmux", "has-session", "-t", session]
     while subprocess.run(alive, capture_output=True).returncode == 0:
         subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=False)
@@ -101,7 +154,7 @@ def run_app(args: argparse.Namespace, out: Path, session: str) -> float:
         if time.monotonic() > deadline:
             subprocess.run(["tmux", "kill-session", "-t", session], check=False)
             break
-    return elapsed
+    return elapsed, per_1k
 
 
 def size(text: str) -> tuple[int, int]:
@@ -121,35 +174,43 @@ def main() -> int:
         print("app_overhead.py needs tmux (apt-get install tmux)", file=sys.stderr)
         return 2
 
-    rows: list[tuple[int, str, float, float]] = []
+    rows: list[tuple[int, str, float, float, float | None]] = []
     with tempfile.TemporaryDirectory(prefix="scu-bench-") as tmp:
         for round_ in range(args.rounds):
             arms = ["headless", "app"] if round_ % 2 == 0 else ["app", "headless"]
             for arm in arms:
                 out = Path(tmp) / f"{arm}-{round_}"
                 print(f"round {round_ + 1}/{args.rounds}: {arm} ...", file=sys.stderr)
+                cpu: float | None = None
                 if arm == "app":
-                    wall = run_app(args, out, f"scu-bench-{os.getpid()}-{round_}")
+                    wall, cpu = run_app(args, out, f"scu-bench-{os.getpid()}-{round_}")
                 else:
                     wall = run_headless(args, out)
-                rows.append((round_ + 1, arm, throughput(out), wall))
+                rows.append((round_ + 1, arm, throughput(out), wall, cpu))
 
     width, height = args.size
     print(f"preset {args.preset}, {args.steps} steps, app in a {width}x{height} terminal\n")
-    print(f"{'round':>5}  {'arm':<8}  {'tok/s':>9}  {'wall s':>7}")
-    for round_, arm, tps, wall in rows:
-        print(f"{round_:>5}  {arm:<8}  {tps:>9,.0f}  {wall:>7.1f}")
+    print(f"{'round':>5}  {'arm':<8}  {'tok/s':>9}  {'wall s':>7}  {'app CPU s/1k steps':>18}")
+    for round_, arm, tps, wall, cpu in rows:
+        shown = "" if cpu is None else f"{cpu:.2f}"
+        print(f"{round_:>5}  {arm:<8}  {tps:>9,.0f}  {wall:>7.1f}  {shown:>18}")
     ratios = []
     for round_ in range(1, args.rounds + 1):
-        by_arm = {arm: tps for r, arm, tps, _ in rows if r == round_}
+        by_arm = {arm: tps for r, arm, tps, _, _ in rows if r == round_}
         ratios.append(by_arm["app"] / by_arm["headless"])
-    app = statistics.median(tps for _, arm, tps, _ in rows if arm == "app")
-    headless = statistics.median(tps for _, arm, tps, _ in rows if arm == "headless")
+    app = statistics.median(tps for _, arm, tps, _, _ in rows if arm == "app")
+    headless = statistics.median(tps for _, arm, tps, _, _ in rows if arm == "headless")
     print(
         f"\nmedian tok/s: app {app:,.0f}, headless {headless:,.0f}; "
         f"app/headless {app / headless:.3f} "
         f"(per round {', '.join(f'{r:.3f}' for r in ratios)})"
     )
+    cpus = [cpu for *_, cpu in rows if cpu is not None]
+    if cpus:
+        print(
+            f"the app's thread: {statistics.median(cpus):.2f} CPU s per 1,000 steps (median; "
+            f"{min(cpus):.2f} - {max(cpus):.2f})"
+        )
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from scu_tui.app import ScuApp
+    from scu_tui.protocol import StartEvent, StepEvent
 
 CLI = [sys.executable, "-m", "scu_tui"]
 
@@ -68,3 +69,57 @@ async def until(app: ScuApp, ready: Callable[[], bool], timeout: float = 120.0) 
             await app.drains(1)
 
     await asyncio.wait_for(ticks(), timeout)
+
+
+def step_event(
+    n: int,
+    *,
+    loss: float = 1.0,
+    grad: float = 1.0,
+    max_steps: int = 1000,
+    at: float | None = None,
+) -> StepEvent:
+    """A training step as a run emits it, for tests that feed the app or its state."""
+    from scu_tui.protocol import StepEvent
+
+    return StepEvent(
+        n,
+        loss=loss,
+        grad_norm=grad,
+        lr=1e-3,
+        tokens=100,
+        tokens_per_second=1000.0,
+        peak_memory_gb=0.1,
+        step_seconds=0.1,
+        eta_seconds=5.0,
+        max_steps=max_steps,
+        weight_decay=0.0,
+        dropout=0.0,
+        batch_size=4,
+        accumulation=1,
+        time=float(n) if at is None else at,
+    )
+
+
+def start_event(
+    n: int = 0, *, resumed: bool = False, max_steps: int = 1000, mode: str = "ask"
+) -> StartEvent:
+    """A run's start as it emits it (the demo's preset, made-up sizes)."""
+    from scu_tui.protocol import StartEvent
+
+    return StartEvent(
+        n,
+        max_steps=max_steps,
+        preset="demo",
+        model="m",
+        data="d",
+        output_dir="o",
+        trainable_parameters=1,
+        total_parameters=2,
+        train_examples=3,
+        valid_examples=4,
+        truncated=0,
+        resumed=resumed,
+        knobs={"lr": 1e-3},
+        mode=mode,
+    )

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import step_event
 from textual.widgets import Sparkline
 
 from scu_tui.app import ScuApp, make_app
@@ -373,22 +374,7 @@ async def test_picker_saves_a_copy_and_trains_with_it(tmp_path: Path, user_confi
 
 
 def step(n: int) -> StepEvent:
-    return StepEvent(
-        n,
-        loss=1.0 / n,
-        grad_norm=1.0,
-        lr=1e-3,
-        tokens=10,
-        tokens_per_second=100.0,
-        peak_memory_gb=0.1,
-        step_seconds=0.1,
-        eta_seconds=1.0,
-        max_steps=10_000,
-        weight_decay=0.0,
-        dropout=0.0,
-        batch_size=4,
-        accumulation=1,
-    )
+    return step_event(n, loss=1.0 / n, max_steps=10_000)
 
 
 def test_the_feed_coalesces_steps_but_keeps_every_proposal_in_order() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from helpers import scu
+from helpers import scu, start_event, step_event
 
 from scu_tui.app import make_app
 from scu_tui.app.feed import RunState, trend_change, trend_words
@@ -17,8 +17,10 @@ from scu_tui.app.widgets import status_numbers
 from scu_tui.presets import load_preset
 from scu_tui.protocol import (
     AnalysisEvent,
+    DoneEvent,
     EvalEvent,
     KnobEvent,
+    MessageEvent,
     PauseEvent,
     ResumeEvent,
     RollbackEvent,
@@ -30,42 +32,11 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def step(n: int, loss: float = 1.0, grad: float = 1.0, at: float | None = None) -> StepEvent:
-    return StepEvent(
-        n,
-        loss=loss,
-        grad_norm=grad,
-        lr=1e-3,
-        tokens=100,
-        tokens_per_second=1000.0,
-        peak_memory_gb=0.1,
-        step_seconds=0.1,
-        eta_seconds=5.0,
-        max_steps=1000,
-        weight_decay=0.0,
-        dropout=0.0,
-        batch_size=4,
-        accumulation=1,
-        time=float(n) if at is None else at,
-    )
+    return step_event(n, loss=loss, grad=grad, at=at)
 
 
 def start(n: int = 0, resumed: bool = False) -> StartEvent:
-    return StartEvent(
-        n,
-        max_steps=1000,
-        preset="demo",
-        model="m",
-        data="d",
-        output_dir="o",
-        trainable_parameters=1,
-        total_parameters=2,
-        train_examples=3,
-        valid_examples=4,
-        truncated=0,
-        resumed=resumed,
-        knobs={"lr": 1e-3},
-        mode="ask",
-    )
+    return start_event(n, resumed=resumed)
 
 
 def folded(*events: object) -> RunState:
@@ -120,6 +91,15 @@ def test_the_status_line_says_paused_instead_of_an_eta() -> None:
     assert "ETA 16m21s" in status_numbers(state)  # 981 steps at 1 s each
     state.fold(PauseEvent(19))
     assert "ETA paused" in status_numbers(state)
+
+
+def test_a_lost_run_keeps_saying_why_when_a_key_is_refused_after() -> None:
+    state = folded(start(), *(step(n) for n in range(1, 5)))
+    state.fold(MessageEvent(4, level="error", text="checkpoint write failed"))
+    assert state.message == "checkpoint write failed"  # while running: the latest error
+    state.fold(DoneEvent(4, status="lost", message="pid 4250 is gone (killed?)"))
+    state.fold(MessageEvent(4, level="error", text="command not sent: not running (lost)"))
+    assert status_numbers(state) == "lost at step 4: pid 4250 is gone (killed?)"
 
 
 def test_a_trend_rate_reads_against_a_period_ago() -> None:

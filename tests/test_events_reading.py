@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import start_event, step_event
 
 from scu_tui.errors import UserError
 from scu_tui.protocol import (
@@ -14,27 +15,11 @@ from scu_tui.protocol import (
     MessageEvent,
     ProposalEvent,
     StartEvent,
-    StepEvent,
     event_from_dict,
     read_events,
 )
 
-STEP: dict[str, Any] = StepEvent(
-    3,
-    loss=1.5,
-    grad_norm=0.5,
-    lr=1e-4,
-    tokens=100,
-    tokens_per_second=10.0,
-    peak_memory_gb=0.1,
-    step_seconds=0.1,
-    eta_seconds=1.0,
-    max_steps=10,
-    weight_decay=0.0,
-    dropout=0.0,
-    batch_size=4,
-    accumulation=1,
-).to_dict()
+STEP: dict[str, Any] = step_event(3, loss=1.5, grad=0.5, max_steps=10).to_dict()
 
 
 def line(data: Any) -> bytes:
@@ -117,22 +102,7 @@ def test_nested_fields_are_checked_too() -> None:
     }
     assert isinstance(event_from_dict(proposal), ProposalEvent)
     assert event_from_dict({**proposal, "evidence": 3}) is None
-    start = StartEvent(
-        0,
-        max_steps=10,
-        preset="demo",
-        model="@demo",
-        data="@demo",
-        output_dir="runs/x",
-        trainable_parameters=1,
-        total_parameters=2,
-        train_examples=3,
-        valid_examples=1,
-        truncated=0,
-        resumed=False,
-        knobs={"lr": 1e-4},
-        mode="ask",
-    ).to_dict()
+    start = start_event(max_steps=10).to_dict()
     assert isinstance(event_from_dict(start), StartEvent)
     assert event_from_dict({**start, "knobs": {"lr": "fast"}}) is None
     assert event_from_dict({**start, "knobs": [1.0]}) is None
