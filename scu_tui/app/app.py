@@ -6,7 +6,9 @@ How the two sides meet:
   worker, so every MLX call happens on that one thread;
 - the run emits events into an :class:`~scu_tui.app.feed.EventFeed` (a sink that only
   appends to bounded buffers); a timer at ``ui.refresh_hz`` drains it, folds the events
-  into a :class:`~scu_tui.app.feed.RunState` and redraws the panels once per tick;
+  into a :class:`~scu_tui.app.feed.RunState` and redraws the numbers and decisions once
+  per tick, the charts in frames that a :class:`FramePacer` spaces to keep the app's CPU
+  use small beside training;
 - keys become :class:`~scu_tui.events.Command` objects put on the run's queue (never
   blocking) and show their effect at once ("pausing…") until the run confirms it.
 """
@@ -99,11 +101,57 @@ TALL_HEIGHT = 34
 #: After a hang-up and the run's end, how long the app may take to exit on its own.
 HANGUP_GRACE_SECONDS = 3.0
 #: The charts (sparklines, wavelet bars) and the analysis behind them redraw at most this
-#: often; numbers, progress and decisions follow ``ui.refresh_hz``. Drawing the charts is
-#: most of a frame's cost, and on a small model a frame competes with training for the CPU.
+#: often; numbers, progress and decisions follow every ``ui.refresh_hz`` tick. Drawing the
+#: charts is most of a frame's cost, and on a small model it competes with training for the
+#: CPU and the GIL.
 CHART_HZ = 2.0
+#: The share of one core the app's thread may spend while training: chart frames come less
+#: often than CHART_HZ when they cost more (a big terminal, a slow CPU). On the demo at
+#: 200x60 a chart frame is about 25 ms of CPU (docs/benchmarks.md, "The app's cost to
+#: training").
+CPU_BUDGET = 0.03
+#: However costly the frames, the charts move at least this often.
+LONGEST_FRAME_SECONDS = 2.0
+#: Events after which the charts are drawn at once: the run changed state (a pause, a
+#: rollback, the end), and a person looks now.
+RESTATING = (StartEvent, PauseEvent, ResumeEvent, ModeEvent, RollbackEvent, DoneEvent)
 #: Exit codes, as the command line documents them.
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class FramePacer:
+    """When the next frame may be drawn, so the app's thread stays within its CPU budget.
+
+    At each frame the pacer reads how much CPU the thread used since the previous one (that
+    frame's drawing, and the ticks between) and spaces the next so the thread's share of a
+    core stays under ``budget``: every ``1 / hz`` seconds while frames are cheap, up to
+    ``longest`` apart while they are not. Measured, not guessed, because a frame's cost
+    depends on the terminal's size, the CPU and what else the thread does.
+    """
+
+    def __init__(
+        self,
+        hz: float = CHART_HZ,
+        budget: float = CPU_BUDGET,
+        longest: float = LONGEST_FRAME_SECONDS,
+    ) -> None:
+        self.shortest = 1 / hz
+        self.budget = budget
+        self.longest = max(longest, self.shortest)
+        self.interval = self.shortest  # seconds from the last frame to the next
+        self._at = -math.inf  # when the last frame was drawn
+        self._cpu_at: float | None = None  # the thread's CPU time then
+
+    def due(self, now: float) -> bool:
+        """The budget allows a frame now."""
+        return now - self._at >= self.interval
+
+    def drawn(self, now: float, cpu: float) -> None:
+        """A frame is drawn at ``now`` (monotonic); ``cpu`` is the thread's CPU time then."""
+        if self._cpu_at is not None:
+            used = max(cpu - self._cpu_at, 0.0)
+            self.interval = min(max(used / self.budget, self.shortest), self.longest)
+        self._at, self._cpu_at = now, cpu
 
 
 class TrainingRun(Protocol):
@@ -244,7 +292,8 @@ class ScuApp(App[int]):
         self._codes: list[int] = []  # the training thread's exit code, once it has one
         self._history_until = 0.0  # attached: events before this are replayed history
         self._charts_stale = False  # events arrived that the charts do not show yet
-        self._charts_at = -math.inf  # monotonic time of the last chart redraw
+        self._quiet_ticks = 0  # drains in a row that found no events
+        self.pacer = FramePacer()
         self.alerts: list[str] = []  # bells rung (see alert)
         self.picked = False  # the run came from the preset picker (Escape goes back there)
         self._drain_timer: Timer | None = None
@@ -469,19 +518,26 @@ class ScuApp(App[int]):
     # --- the drain ------------------------------------------------------------------------
 
     def drain(self) -> None:
-        """Fold what the run emitted since the last tick, then redraw once."""
+        """Fold what the run emitted since the last tick, redraw the numbers and decisions,
+        and the charts when the pacer allows a frame.
+
+        The charts also come at once when the run changes state (a pause or the end never
+        waits for a frame) and when it has gone quiet: the second tick in a row without
+        news (paused by a guard, evaluating, a slow model) shows everything it emitted.
+        """
         events = self.feed.drain()
         for event in events:
             self.state.fold(event)
             self._react(event)
+        self._quiet_ticks = 0 if events else self._quiet_ticks + 1
         if events:
             self._charts_stale = True
             self.redraw()
         if self._charts_stale:
             now = time.monotonic()
-            # catch up at once when the run goes quiet (paused, done), else at CHART_HZ
-            if not events or now - self._charts_at >= 1 / CHART_HZ:
-                self._charts_at = now
+            restated = any(isinstance(event, RESTATING) for event in events)
+            if restated or self._quiet_ticks >= 2 or self.pacer.due(now):
+                self.pacer.drawn(now, time.thread_time())
                 self._charts_stale = False
                 self.redraw_charts()
         self.drain_count += 1
@@ -492,7 +548,7 @@ class ScuApp(App[int]):
 
     def redraw(self) -> None:
         """Status, log and banner (the last two only when they changed); the charts follow
-        at CHART_HZ in :meth:`redraw_charts`."""
+        in :meth:`redraw_charts`."""
         if self.settings is None:
             return
         dash = self.dashboard
