@@ -2,19 +2,25 @@
 
 Each round trains the same run twice, as a user would start it: ``scu-tui --headless``
 in a plain subprocess, and ``scu-tui`` (the Textual app) in a real terminal (a tmux
-session of the given size, so the app renders every frame it would over SSH). Rounds
-alternate the order (A B, B A, ...) so machine noise hits both arms. Throughput comes
-from the run's own ``events.jsonl``: tokens trained between the end of a warm-up step and
-the last step, over the wall-clock time between those two events, so start-up (Python,
-Textual, loading the model) is left out and only the training loop counts.
+session of the given size, so the app renders every frame it would over SSH). With
+``--against DIR`` a third arm runs the app from another checkout, to set two builds side
+by side in one session. Each arm takes each place in the rounds' order in turn, so
+machine noise hits them all. Throughput comes from the run's own ``events.jsonl``: tokens
+trained between the end of a warm-up step and the last step, over the wall-clock time
+between those two events, so start-up (Python, Textual, loading the model) is left out
+and only the training loop counts.
 
-Throughput ratios move with whatever else the machine runs. A steadier figure is also
+Two ratios come of it: the arms' median tokens/s, and the median of the per-round
+ratios (paired: a round's two runs sit side by side in time, so drift over the session
+moves it less). Both move with whatever else the machine runs. A steadier figure is also
 reported: the CPU seconds the app's own thread (the process's main thread: Textual's
-event loop, every redraw) spent per 1,000 steps over the same span, read from
-``/proc`` (Linux only; left out elsewhere).
+event loop, every redraw) spent per 1,000 steps over the same span, read from ``/proc``
+(Linux only; left out elsewhere).
 
     python bench/app_overhead.py                      # 3 rounds, 400 steps, 80x24
     python bench/app_overhead.py --rounds 5 --steps 800 --size 200x60
+    git worktree add /tmp/before HEAD~1               # then, in the same rounds:
+    python bench/app_overhead.py --steps 800 --size 200x60 --against /tmp/before
 
 Needs tmux on the PATH.
 """
@@ -110,8 +116,11 @@ def run_headless(args: argparse.Namespace, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def run_app(args: argparse.Namespace, out: Path, session: str) -> tuple[float, float | None]:
-    """The app in a tmux terminal; ``q`` once the run is done, as a user would.
+def run_app(
+    args: argparse.Namespace, out: Path, session: str, checkout: Path
+) -> tuple[float, float | None]:
+    """The app in a tmux terminal; ``q`` once the run is done, as a user would. It starts in
+    ``checkout``, so ``python -m scu_tui`` runs that checkout's code.
 
     Returns the wall-clock seconds and the app thread's CPU seconds per 1,000 steps
     between the warm-up and the end (None where ``/proc`` cannot say)."""
@@ -120,7 +129,7 @@ def run_app(args: argparse.Namespace, out: Path, session: str) -> tuple[float, f
     line = " ".join(command(args, out))
     terminal = ["-x", str(width), "-y", str(height)]
     subprocess.run(
-        ["tmux", "new-session", "-d", "-s", session, "-c", os.getcwd(), *terminal, line],
+        ["tmux", "new-session", "-d", "-s", session, "-c", str(checkout), *terminal, line],
         check=True,
         env={**os.environ, "TERM": "xterm-256color"},
     )
@@ -169,47 +178,66 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", type=size, default=(80, 24), help="terminal WIDTHxHEIGHT")
     parser.add_argument("--timeout", type=float, default=600.0, help="per app run, seconds")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="DIR",
+        help="also run the app from another checkout (e.g. git worktree add DIR COMMIT), "
+        "a third arm in every round",
+    )
     args = parser.parse_args()
     if shutil.which("tmux") is None:
         print("app_overhead.py needs tmux (apt-get install tmux)", file=sys.stderr)
         return 2
+    if args.against is not None and not (args.against / "scu_tui").is_dir():
+        print(f"--against {args.against}: no scu_tui package there", file=sys.stderr)
+        return 2
 
+    here = Path.cwd()
+    checkouts = {"app": here} | ({"app@other": args.against.resolve()} if args.against else {})
+    arms = ["headless", *checkouts]
     rows: list[tuple[int, str, float, float, float | None]] = []
     with tempfile.TemporaryDirectory(prefix="scu-bench-") as tmp:
         for round_ in range(args.rounds):
-            arms = ["headless", "app"] if round_ % 2 == 0 else ["app", "headless"]
-            for arm in arms:
+            shift = round_ % len(arms)  # each arm takes each place in turn
+            for arm in arms[shift:] + arms[:shift]:
                 out = Path(tmp) / f"{arm}-{round_}"
                 print(f"round {round_ + 1}/{args.rounds}: {arm} ...", file=sys.stderr)
                 cpu: float | None = None
-                if arm == "app":
-                    wall, cpu = run_app(args, out, f"scu-bench-{os.getpid()}-{round_}")
+                if arm in checkouts:
+                    session = f"scu-bench-{os.getpid()}-{round_}"
+                    wall, cpu = run_app(args, out, session, checkouts[arm])
                 else:
                     wall = run_headless(args, out)
                 rows.append((round_ + 1, arm, throughput(out), wall, cpu))
 
     width, height = args.size
-    print(f"preset {args.preset}, {args.steps} steps, app in a {width}x{height} terminal\n")
-    print(f"{'round':>5}  {'arm':<8}  {'tok/s':>9}  {'wall s':>7}  {'app CPU s/1k steps':>18}")
+    print(f"preset {args.preset}, {args.steps} steps, app in a {width}x{height} terminal")
+    if args.against is not None:
+        print(f"app@other: the app from {args.against}")
+    print(f"\n{'round':>5}  {'arm':<9}  {'tok/s':>9}  {'wall s':>7}  {'app CPU s/1k steps':>18}")
     for round_, arm, tps, wall, cpu in rows:
         shown = "" if cpu is None else f"{cpu:.2f}"
-        print(f"{round_:>5}  {arm:<8}  {tps:>9,.0f}  {wall:>7.1f}  {shown:>18}")
-    ratios = []
-    for round_ in range(1, args.rounds + 1):
-        by_arm = {arm: tps for r, arm, tps, _, _ in rows if r == round_}
-        ratios.append(by_arm["app"] / by_arm["headless"])
-    app = statistics.median(tps for _, arm, tps, _, _ in rows if arm == "app")
+        print(f"{round_:>5}  {arm:<9}  {tps:>9,.0f}  {wall:>7.1f}  {shown:>18}")
     headless = statistics.median(tps for _, arm, tps, _, _ in rows if arm == "headless")
-    print(
-        f"\nmedian tok/s: app {app:,.0f}, headless {headless:,.0f}; "
-        f"app/headless {app / headless:.3f} "
-        f"(per round {', '.join(f'{r:.3f}' for r in ratios)})"
-    )
-    cpus = [cpu for *_, cpu in rows if cpu is not None]
-    if cpus:
+    print(f"\nheadless: median {headless:,.0f} tok/s")
+    for app_arm in checkouts:
+        ratios = []
+        for round_ in range(1, args.rounds + 1):
+            by_arm = {arm: tps for r, arm, tps, _, _ in rows if r == round_}
+            ratios.append(by_arm[app_arm] / by_arm["headless"])
+        app = statistics.median(tps for _, arm, tps, _, _ in rows if arm == app_arm)
+        cpus = [cpu for _, arm, _, _, cpu in rows if arm == app_arm and cpu is not None]
+        cpu_text = (
+            f"; its thread {statistics.median(cpus):.2f} CPU s per 1,000 steps "
+            f"({min(cpus):.2f} - {max(cpus):.2f})"
+            if cpus
+            else ""
+        )
         print(
-            f"the app's thread: {statistics.median(cpus):.2f} CPU s per 1,000 steps (median; "
-            f"{min(cpus):.2f} - {max(cpus):.2f})"
+            f"{app_arm}: median {app:,.0f} tok/s, {app / headless:.3f} of headless; "
+            f"median of the per-round ratios {statistics.median(ratios):.3f} "
+            f"(per round {', '.join(f'{r:.3f}' for r in ratios)}){cpu_text}"
         )
     return 0
 
