@@ -148,6 +148,16 @@ def test_plots_mark_decisions_and_rollbacks_and_a_spike_does_not_flatten_the_res
     assert "(log y)" in ANSI.sub("", render_plots(state, 100, 40, colours, log_y=True))
 
 
+def test_a_flat_curve_plots_on_the_log_axis_too() -> None:
+    # a constant gradient norm (every step clipped to the same value, say) has no range
+    # for a log axis to show: it is drawn flat, mid-plot, instead of failing the screen
+    state = folded(start(), *(step(n, loss=3.0 - n / 100, grad=1.0) for n in range(1, 101)))
+    text = ANSI.sub("", render_plots(state, 100, 40, {}, log_y=True))
+    labels = re.findall(r"^\s*([\d.]+)┤", text.split("gradient norm")[1], re.M)
+    assert 1.0 in {float(label) for label in labels}
+    assert "loss: train" in text and "(log y)" in text
+
+
 async def test_a_resumed_run_plots_its_whole_history(tmp_path: Path) -> None:
     out = tmp_path / "run"
     first = scu("--headless", "--preset", "demo", "--max-steps", "20", "--output-dir", str(out),

@@ -708,9 +708,9 @@ def render_plots(
         if not seen:
             continue
         bottom, top = min(seen), max(seen) if log else robust_top(seen)
-        if top <= bottom:  # a flat line needs a range
+        if top <= bottom:  # a flat line needs a range, and a log axis has nothing to show
             pad = abs(top) * 0.1 or 1.0
-            bottom, top = bottom - pad, top + pad
+            bottom, top, log = bottom - pad, top + pad, False
         if log:
             sub.ruler("y").scale("log")
         else:
