@@ -149,8 +149,8 @@ def test_plots_mark_decisions_and_rollbacks_and_a_spike_does_not_flatten_the_res
 
 
 def test_a_flat_curve_plots_on_the_log_axis_too() -> None:
-    # a constant gradient norm (every step clipped to the same value, say) has no range
-    # for a log axis to show: it is drawn flat, mid-plot, instead of failing the screen
+    # a constant gradient norm has no range for a log axis to show: it is drawn flat,
+    # mid-plot, instead of failing the screen
     state = folded(start(), *(step(n, loss=3.0 - n / 100, grad=1.0) for n in range(1, 101)))
     text = ANSI.sub("", render_plots(state, 100, 40, {}, log_y=True))
     labels = re.findall(r"^\s*([\d.]+)┤", text.split("gradient norm")[1], re.M)
