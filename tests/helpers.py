@@ -7,13 +7,15 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from scu_tui.app import ScuApp
-    from scu_tui.protocol import StartEvent, StepEvent
+    from scu_tui.protocol import Event, StartEvent, StepEvent
+    from scu_tui.sinks import Sink
 
 CLI = [sys.executable, "-m", "scu_tui"]
 
@@ -123,3 +125,35 @@ def start_event(
         knobs={"lr": 1e-3},
         mode=mode,
     )
+
+
+class StandInRun:
+    """Stands in for a run in the app (``run_factory``): emits :meth:`events` to the app's
+    sinks, then idles until stopped, keeping the commands it was sent."""
+
+    attached = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.sinks: list[Sink] = []
+        self.stopped = threading.Event()
+        self.commands: list[Any] = []
+
+    def events(self) -> Iterable[Event]:
+        """What the run emits before it idles: nothing here (the test feeds the app)."""
+        return ()
+
+    def add_sink(self, sink: Sink) -> None:
+        self.sinks.append(sink)
+
+    def execute(self) -> int:
+        for event in self.events():
+            for sink in self.sinks:
+                sink.emit(event)
+        self.stopped.wait()
+        return 0
+
+    def submit(self, command: Any) -> None:
+        self.commands.append(command)
+
+    def request_stop(self, reason: str = "user") -> None:
+        self.stopped.set()

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
 import pytest
-from helpers import start_event, step_event
+from helpers import StandInRun, start_event, step_event
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.color import Color
@@ -29,7 +27,6 @@ from scu_tui.app.app import FramePacer
 from scu_tui.app.widgets import Readout, Spark, mean, spark_rows
 from scu_tui.presets import load_preset
 from scu_tui.protocol import DoneEvent, PauseEvent, StartEvent, StepEvent
-from scu_tui.sinks import Sink
 
 LOW, HIGH = Color.from_rgb(20, 200, 40), Color.from_rgb(250, 160, 0)
 BASE = Style(color="#e0e0e0", bgcolor="#101418")
@@ -105,28 +102,6 @@ def test_frames_come_at_the_frame_rate_while_cheap_and_spread_out_when_costly() 
     assert pacer.interval == 0.5
 
 
-class Silent:
-    """Stands in for a run: the test emits its events into the app's feed itself."""
-
-    attached = False
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.stopped = threading.Event()
-
-    def add_sink(self, sink: Sink) -> None:
-        pass
-
-    def execute(self) -> int:
-        self.stopped.wait()
-        return 0
-
-    def submit(self, command: Any) -> None:
-        pass
-
-    def request_stop(self, reason: str = "user") -> None:
-        self.stopped.set()
-
-
 def started() -> StartEvent:
     return start_event(max_steps=100, mode="auto")
 
@@ -145,7 +120,7 @@ def charted(app: ScuApp) -> int:
 
 
 async def test_charts_wait_for_a_frame_but_numbers_a_pause_and_the_end_do_not() -> None:
-    app = make_app(load_preset("demo").replace({"ui.refresh_hz": 20.0}), run_factory=Silent)
+    app = make_app(load_preset("demo").replace({"ui.refresh_hz": 20.0}), run_factory=StandInRun)
     async with app.run_test(size=(80, 24)):
 
         async def tick() -> None:

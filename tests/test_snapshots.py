@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from helpers import until
+from helpers import StandInRun, until
 from textual.widgets import Static
 
 from scu_tui.app import ScuApp, make_app
 from scu_tui.app.screens import InspectorScreen
 from scu_tui.app.widgets import DecisionLog
 from scu_tui.presets import load_preset
-from scu_tui.protocol import event_from_dict
-from scu_tui.sinks import Sink
+from scu_tui.protocol import Event, event_from_dict
 
 RECORDED = Path(__file__).parent / "data" / "dashboard-events.jsonl"
 
@@ -46,35 +45,17 @@ MORE = [
 ]  # fmt: skip
 
 
-class RecordedRun:
+class RecordedRun(StandInRun):
     """Stands in for a run: emits the recorded events, then idles until stopped."""
 
-    attached = False
     extra: ClassVar[list[dict[str, Any]]] = []
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.sinks: list[Sink] = []
-        self.stopped = threading.Event()
-        self.commands: list[Any] = []
-
-    def add_sink(self, sink: Sink) -> None:
-        self.sinks.append(sink)
-
-    def execute(self) -> int:
+    def events(self) -> Iterable[Event]:
         lines = RECORDED.read_text(encoding="utf-8").splitlines()
         for data in [*map(json.loads, lines), *self.extra]:
             event = event_from_dict(data)
             assert event is not None
-            for sink in self.sinks:
-                sink.emit(event)
-        self.stopped.wait()
-        return 0
-
-    def submit(self, command: Any) -> None:
-        self.commands.append(command)
-
-    def request_stop(self, reason: str = "user") -> None:
-        self.stopped.set()
+            yield event
 
 
 class MoreDecisions(RecordedRun):
