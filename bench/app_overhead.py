@@ -28,6 +28,7 @@ Needs tmux on the PATH.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -40,6 +41,7 @@ from typing import Any
 
 from scu_tui.protocol import RunFile
 from scu_tui.protocol import read_events as read_event_lines
+from scu_tui.remote.attach import lines_from
 
 WARMUP_STEPS = 10  # compile and first evaluation: left out of the measured span
 POLL_SECONDS = 0.2
@@ -85,8 +87,13 @@ def main_thread_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def step_count(events: list[dict[str, Any]]) -> int:
-    return sum(e["type"] == "step" for e in events)
+def kind_of(line: str) -> str | None:
+    """An event line's type (None for a line that is not an event)."""
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    return data.get("type") if isinstance(data, dict) else None
 
 
 def command(args: argparse.Namespace, out: Path) -> list[str]:
@@ -137,14 +144,18 @@ def run_app(
     pid: int | None = None
     first: tuple[int, float] | None = None  # (steps, main-thread CPU s) after the warm-up
     last: tuple[int, float] | None = None
+    events, offset, steps, done = out / RunFile.EVENTS, 0, 0, False
     while True:
-        events = read_events(out)
-        done = any(e["type"] == "done" for e in events)
+        if events.exists():  # only the lines added since the last poll: the bench's own
+            lines, offset = lines_from(events, offset)  # reading must not load the CPU
+            kinds = [kind_of(line) for line in lines]
+            steps += kinds.count("step")
+            done = done or "done" in kinds
         if pid is None and PROC.is_dir():
             pid = app_pid(out)
         cpu = main_thread_cpu(pid) if pid is not None else None
-        if cpu is not None and step_count(events) >= WARMUP_STEPS:
-            last = (step_count(events), cpu)
+        if cpu is not None and steps >= WARMUP_STEPS:
+            last = (steps, cpu)
             first = first or last
         if done:
             break
