@@ -184,7 +184,9 @@ class Run:
         self.peers = peers  # the other ranks of a data-parallel run (rank 0 only)
         self.resume_dir = resume
         self.output_dir = resume or output_dir or default_output_dir(settings)
-        self.commands: queue.Queue[Command] = queue.Queue()
+        # SimpleQueue: its put is reentrant, so a signal handler's stop request that lands
+        # while this thread is inside get() cannot deadlock on the queue's lock
+        self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self.sinks: list[Sink] = []
         self.status = RunProgress()
         self.mode = Mode(settings.scu.mode)

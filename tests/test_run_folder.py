@@ -13,12 +13,19 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pytest
 from helpers import read_events, scu, scu_popen, step_losses, wait_for_line
 
+from scu_tui.presets import load_preset
+from scu_tui.protocol import CommandKind
+from scu_tui.run import Run
 from scu_tui.runlock import RunLock, is_locked
 
 DEMO = ["--headless", "--preset", "demo", "--set", "scu.enabled=false"]
@@ -186,3 +193,35 @@ def test_a_quick_second_sigint_does_not_lose_the_checkpoint(tmp_path: Path) -> N
     assert saved and (Path(saved[0]["path"]) / "trainer_state.json").is_file()
     summary = json.loads((out / "scu_training_summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["steps"] == saved[0]["step"]
+
+
+def test_a_stop_request_between_any_two_lines_of_taking_a_command_does_not_deadlock(
+    tmp_path: Path,
+) -> None:
+    """A signal handler runs between two bytecodes of the thread it interrupts, which may
+    be inside the command queue's get(). The stop request it makes must not wait on a lock
+    that this very thread holds (a headless run stuck forever after Ctrl-C)."""
+    run = Run(load_preset("demo"), output_dir=tmp_path / "run")
+    landed: list[str] = []
+
+    def between_lines(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "line":  # what a handler does, at every point one could land
+            landed.append(frame.f_code.co_name)
+            run.request_stop()
+        return between_lines
+
+    taken: list[Any] = []
+
+    def take_commands() -> None:  # what the training loop does between two steps
+        sys.settrace(between_lines)
+        try:
+            taken.append(run.commands.get(block=False))
+        finally:
+            sys.settrace(None)
+
+    run.request_stop()
+    worker = threading.Thread(target=take_commands, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), f"deadlocked inside the queue after {landed}"
+    assert taken and taken[0].kind == CommandKind.STOP
