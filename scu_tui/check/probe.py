@@ -3,9 +3,9 @@
 Every step runs through the run's own ``Trainer`` (its compiled step, optimizer and
 guard), on the model the run would load, so what is measured is what the run will do:
 
-- memory: the peak of one step at batch size 1 and a few sequence lengths, fitted by
-  ``fixed + a*W + b*W^2`` (the memory model's form), for the configured gradient
-  checkpointing and the other choice;
+- memory: the peak of one step at batch size 1 and a few sequence lengths, and one at
+  the run's batch size and the widest length, fitted by ``fixed + B*(a*W + b*W^2)`` (the
+  memory model's form), for the configured gradient checkpointing and the other choice;
 - time: steady-state seconds of a micro-batch of the run's batch size at the smallest,
   a middle and the largest width its data produces (each width compiles once first), then
   the mean over the run's real width distribution; plus a timed evaluation batch.
@@ -129,43 +129,76 @@ class Probe:
         top = min(self.settings.data.max_seq_length, 8 * PAD_TO + 1)
         return [w for w in (PAD_TO + 1, 2 * PAD_TO + 1, 4 * PAD_TO + 1) if w < top] + [top]
 
-    def calibrate(self, grad_checkpoint: bool) -> Coefficients:
-        """Fit the activation terms from peaks at batch size 1.
+    def _peak(self, trainer: Trainer, rows: int, width: int) -> float:
+        """The peak bytes of one step on ``rows`` rows padded to ``width`` (after a first
+        step that compiles for the shape)."""
+        split = _uniform_split(self.data, rows, width, self.settings.data.max_seq_length)
+        self._feed(trainer, split, rows)
+        trainer.train_step()
+        mx.reset_peak_memory()
+        trainer.train_step()
+        return float(mx.get_peak_memory())
 
-        With three widths or more, ``fixed + a*W + b*W^2`` is fitted; with fewer (a short
-        ``max_seq_length``), the config-derived terms fill in what cannot be fitted.
+    def calibrate(self, grad_checkpoint: bool) -> Coefficients:
+        """Fit ``peak(B, W) = fixed + B*(a*W + b*W^2)`` from measured steps.
+
+        Steps at batch size 1 and a few widths give the shape in ``W``; one more step at
+        the run's batch size (or 2, or none when neither fits) and the widest width pins
+        the per-row cost, so ``fixed`` is measured by the contrast of two batch sizes
+        instead of extrapolated to ``W = 0`` from a curve (a few % of noise in each peak
+        moved that extrapolation by more than the safety margin). With fewer than three
+        widths (a short ``max_seq_length``), the config-derived terms fill in what cannot
+        be fitted.
         """
         trainer = self._trainer(grad_checkpoint)
         prior = from_config(self.facts, grad_checkpoint)
-        prior_token = prior.per_token_layers + prior.per_token_vocab
         widths = self.calibration_widths()
-        peaks = []
-        for width in widths:
-            split = _uniform_split(self.data, 1, width, self.settings.data.max_seq_length)
-            self._feed(trainer, split, 1)
-            trainer.train_step()  # compiles for this shape
-            mx.reset_peak_memory()
-            trainer.train_step()
-            peaks.append(float(mx.get_peak_memory()))
-        w = np.array(widths, dtype=float)
-        y = np.array(peaks, dtype=float)
-        per_sq, per_token = prior.per_token_sq, prior_token
-        if len(widths) >= 3:
-            design = np.stack([np.ones_like(w), w, w * w], axis=1)
-            fixed, per_token, per_sq = (float(v) for v in np.linalg.lstsq(design, y, rcond=None)[0])
-        if len(widths) < 3 or per_sq < 0:
-            per_sq = prior.per_token_sq if len(widths) < 3 else 0.0
-            rest = y - per_sq * w * w
-            if len(widths) >= 2:
-                design = np.stack([np.ones_like(w), w], axis=1)
-                fixed, per_token = (float(v) for v in np.linalg.lstsq(design, rest, rcond=None)[0])
-        per_token = max(per_token, 0.0)
-        fixed = float(np.max(y - per_token * w - per_sq * w * w))  # never under a measured peak
+        points = [(1, width, self._peak(trainer, 1, width)) for width in widths]
+        fixed, per_token, per_sq = self._fit(points, prior)
+        top = widths[-1]
+        first = fitted(self.facts, grad_checkpoint, fixed, per_token, per_sq)
+        rows = self._contrast_rows(first, grad_checkpoint)
+        if rows > 1:
+            points.append((rows, top, self._peak(trainer, rows, top)))
+            fixed, per_token, per_sq = self._fit(points, prior)
         self.log(
             f"memory probe ({'with' if grad_checkpoint else 'without'} checkpointing): "
-            + ", ".join(f"{wd} tok {p / 1e6:.1f} MB" for wd, p in zip(widths, peaks, strict=True))
+            + ", ".join(f"{b} x {w} tok {p / 1e6:.1f} MB" for b, w, p in points)
         )
         return fitted(self.facts, grad_checkpoint, fixed, per_token, per_sq)
+
+    def _contrast_rows(self, coeffs: Coefficients, grad_checkpoint: bool) -> int:
+        """The batch size of the contrast step: the run's, else 2, else 1 (none)."""
+        top = self.calibration_widths()[-1]
+        for rows in (self.settings.training.batch_size, 2):
+            need = estimate(self.facts, coeffs, rows, top, grad_checkpoint=grad_checkpoint).total
+            if rows > 1 and need <= SAFE_SHARE * self.limit:
+                return rows
+        return 1
+
+    @staticmethod
+    def _fit(
+        points: list[tuple[int, int, float]], prior: Coefficients
+    ) -> tuple[float, float, float]:
+        """``(fixed, per_token, per_token_sq)`` from ``(rows, width, peak)`` points; never
+        under a measured peak, never a negative slope."""
+        b = np.array([p[0] for p in points], dtype=float)
+        w = np.array([p[1] for p in points], dtype=float)
+        y = np.array([p[2] for p in points], dtype=float)
+        per_token = prior.per_token_layers + prior.per_token_vocab
+        per_sq = prior.per_token_sq
+        if len(set(w)) >= 3:
+            design = np.stack([np.ones_like(w), b * w, b * w * w], axis=1)
+            fixed, per_token, per_sq = (float(v) for v in np.linalg.lstsq(design, y, rcond=None)[0])
+        if len(set(w)) < 3 or per_sq < 0:
+            per_sq = prior.per_token_sq if len(set(w)) < 3 else 0.0
+            rest = y - per_sq * b * w * w
+            if len(set(zip(b, w, strict=True))) >= 2:
+                design = np.stack([np.ones_like(w), b * w], axis=1)
+                fixed, per_token = (float(v) for v in np.linalg.lstsq(design, rest, rcond=None)[0])
+        per_token = max(per_token, 0.0)
+        fixed = float(np.max(y - b * (per_token * w + per_sq * w * w)))
+        return fixed, per_token, per_sq
 
     # --- time -----------------------------------------------------------------------------
 
