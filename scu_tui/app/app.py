@@ -287,7 +287,8 @@ class ScuApp(App[int]):
         self._signals: list[signal.Signals] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._previous_hup: Any = None
-        self._hangup_thread: threading.Thread | None = None
+        self._hangup_thread: threading.Thread | None = None  # waits for a SIGHUP
+        self._hangup_fd: int | None = None  # the SIGHUP handler writes here
         self._training_thread: threading.Thread | None = None
         self._codes: list[int] = []  # the training thread's exit code, once it has one
         self._history_until = 0.0  # attached: events before this are replayed history
@@ -452,6 +453,14 @@ class ScuApp(App[int]):
         if threading.current_thread() is not threading.main_thread():
             return
         self._loop = asyncio.get_running_loop()
+        # the handler only writes a byte to this pipe: a signal lands between any two
+        # bytecodes, so it must not take a lock (starting a thread does) that the code it
+        # interrupted may hold
+        read_fd, self._hangup_fd = os.pipe()
+        self._hangup_thread = threading.Thread(
+            target=self._await_hangup, args=(read_fd,), name="scu-hangup", daemon=True
+        )
+        self._hangup_thread.start()
         self._previous_hup = signal.signal(signal.SIGHUP, self._on_hangup)
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -468,16 +477,25 @@ class ScuApp(App[int]):
         if self._previous_hup is not None:
             signal.signal(signal.SIGHUP, self._previous_hup)
             self._previous_hup = None
+        if self._hangup_fd is not None:
+            os.close(self._hangup_fd)  # the watcher reads the end of the pipe and goes
+            self._hangup_fd = None
 
     def _on_hangup(self, signum: int, frame: FrameType | None) -> None:
-        """SIGHUP, between two bytecodes of the main thread: hand the work to a thread."""
-        if self._hangup_thread is not None:
-            return
+        """SIGHUP, between two bytecodes of the main thread: wake the watcher thread."""
         self.signalled = True
-        self._hangup_thread = threading.Thread(
-            target=self._after_hangup, name="scu-hangup", daemon=True
-        )
-        self._hangup_thread.start()
+        if self._hangup_fd is not None:
+            with contextlib.suppress(OSError):  # os.write: safe inside a signal handler
+                os.write(self._hangup_fd, b"h")
+
+    def _await_hangup(self, read_fd: int) -> None:
+        """The watcher: a byte means SIGHUP came; the pipe's end means the app is leaving."""
+        try:
+            woken = os.read(read_fd, 1)
+        finally:
+            os.close(read_fd)
+        if woken:
+            self._after_hangup()
 
     def _after_hangup(self) -> None:
         """Stop the run (it saves a checkpoint), then make sure the process ends.
