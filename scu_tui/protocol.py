@@ -216,7 +216,7 @@ class StepEvent(Event):
     accumulation: int
     skipped: bool = False
     #: cos(gradient, Adam's first moment before the step): > 0 the new gradient still
-    #: points along the last updates (see ``training.trainer.momentum_alignment``).
+    #: points along the last updates (see ``training.trainer.gradient_stats``).
     alignment: float = math.nan
 
 

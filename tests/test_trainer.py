@@ -15,7 +15,7 @@ from scu_tui.config import Settings
 from scu_tui.presets import load_preset
 from scu_tui.training.data import load_data
 from scu_tui.training.model import apply_lora, load_model
-from scu_tui.training.trainer import Trainer, momentum_alignment
+from scu_tui.training.trainer import Trainer, gradient_stats
 
 
 def make_trainer(**updates: Any) -> Trainer:
@@ -133,7 +133,7 @@ def test_checkpoint_round_trip_continues_exactly(tmp_path: Path) -> None:
     assert got == pytest.approx(expected, rel=1e-6, abs=1e-7)
 
 
-def test_momentum_alignment_is_the_cosine_of_gradient_and_first_moment() -> None:
+def test_gradient_stats_are_the_squared_norm_and_the_cosine_with_the_first_moment() -> None:
     rng = np.random.default_rng(0)
     g = {"a": rng.normal(size=(3, 4)), "b": {"c": rng.normal(size=5)}}
     m = {"a": rng.normal(size=(3, 4)), "b": {"c": rng.normal(size=5)}}
@@ -147,10 +147,14 @@ def test_momentum_alignment_is_the_cosine_of_gradient_and_first_moment() -> None
         "a": {"m": mx.array(m["a"]), "v": mx.ones((3, 4))},
         "b": {"c": {"m": mx.array(m["b"]["c"]), "v": mx.ones(5)}},
     }
-    g2 = mx.array(float(flat_g @ flat_g))
-    assert float(momentum_alignment(grads, state, g2)) == pytest.approx(expected, rel=1e-5)
+    g2, align = gradient_stats(grads, state)
+    assert float(g2) == pytest.approx(float(flat_g @ flat_g), rel=1e-5)
+    assert float(align) == pytest.approx(expected, rel=1e-5)
     zero = {"a": {"m": mx.zeros((3, 4))}, "b": {"c": {"m": mx.zeros(5)}}}
-    assert math.isnan(float(momentum_alignment(grads, zero, g2)))  # the first step
+    g2, align = gradient_stats(grads, zero)
+    assert float(g2) == pytest.approx(float(flat_g @ flat_g), rel=1e-5)
+    assert math.isnan(float(align))  # the first step: m is all zeros
+    assert math.isnan(float(gradient_stats(grads, {"step": mx.array(1)})[1]))  # no moments
 
 
 def test_each_step_reports_its_alignment_after_the_first() -> None:

@@ -176,28 +176,32 @@ class StepResult:
     alignment: float = math.nan
 
 
-def momentum_alignment(grads: Any, state: Any, g2: mx.array) -> mx.array:
-    """cos(g_t, m_(t-1)) over every trainable parameter, from Adam's first moment ``m``;
-    ``g2`` is the squared gradient norm, which the step has computed already.
+def gradient_stats(grads: Any, state: Any) -> tuple[mx.array, mx.array]:
+    """``(|g|^2, cos(g_t, m_(t-1)))`` over every trainable parameter, from one flat copy.
 
-    The update AdamW applied last moved the weights along -m / sqrt(v), so a positive
-    value says the new gradient still points down the same slope (the steps are shorter
-    than the slope: a sign of too low an LR), a negative one that the last step overshot.
-    Costs two dot products over one flat copy of the gradient and of ``m`` (one
-    reduction each, not one per parameter: LoRA has many small matrices, and a reduction
-    per matrix slowed the demo's step by a sixth); reads the state, changes nothing (nan
-    while m is all zeros, on the first step).
+    The squared norm feeds clipping and the reported gradient norm. The cosine is taken
+    against Adam's first moment ``m`` before this step's update: the update AdamW applied
+    last moved the weights along -m / sqrt(v), so a positive value says the new gradient
+    still points down the same slope (the steps are shorter than the slope: a sign of too
+    low an LR), a negative one that the last step overshot (nan while m is all zeros, on
+    the first step). Reads the state, changes nothing.
+
+    Everything is three reductions over one concatenation of the gradient and one of
+    ``m``: LoRA has many small matrices, and a reduction per matrix is what costs on a
+    small model (one per matrix for the norm and two for the cosine slowed the demo's
+    step by a sixth).
     """
     moments = dict(tree_flatten(state))
-    pairs = [(g, moments[f"{k}.m"]) for k, g in tree_flatten(grads) if f"{k}.m" in moments]
-    if not pairs:
-        return mx.array(math.nan)
-    flat_g = mx.concatenate([g.reshape(-1).astype(mx.float32) for g, _ in pairs])
-    flat_m = mx.concatenate([m.reshape(-1).astype(mx.float32) for _, m in pairs])
+    named = tree_flatten(grads)
+    flat_g = mx.concatenate([g.reshape(-1).astype(mx.float32) for _, g in named])
+    g2 = mx.sum(flat_g * flat_g)
+    if not all(f"{k}.m" in moments for k, _ in named):  # an optimizer without moments
+        return g2, mx.array(math.nan)
+    flat_m = mx.concatenate([moments[f"{k}.m"].reshape(-1).astype(mx.float32) for k, _ in named])
     dot = mx.sum(flat_g * flat_m)
     m2 = mx.sum(flat_m * flat_m)
     denom = mx.sqrt(g2 * m2)
-    return mx.where(denom > 0, dot / mx.maximum(denom, 1e-30), mx.array(math.nan))
+    return g2, mx.where(denom > 0, dot / mx.maximum(denom, 1e-30), mx.array(math.nan))
 
 
 class Trainer:
@@ -299,8 +303,7 @@ class Trainer:
                 grads = tree_map(mx.add, grads, prev)
             if world > 1:  # mlx-lm's reduction, which averages: the weights already sum to 1
                 grads = average_gradients(tree_map(lambda g: g * world, grads), group=group)
-            g2 = sum(mx.sum(g.astype(mx.float32) ** 2) for _, g in tree_flatten(grads))
-            align = momentum_alignment(grads, opt.state, g2)
+            g2, align = gradient_stats(grads, opt.state)
             norm = mx.sqrt(g2) * inv_accum
             finite = mx.logical_and(mx.isfinite(loss), mx.isfinite(norm))
             scale = inv_accum * mx.where(
