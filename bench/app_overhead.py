@@ -28,7 +28,6 @@ Needs tmux on the PATH.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -39,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scu_tui.protocol import RunFile
+from scu_tui.protocol import RunFile, parse_event_line
 from scu_tui.protocol import read_events as read_event_lines
 from scu_tui.remote.attach import lines_from
 
@@ -85,15 +84,6 @@ def main_thread_cpu(pid: int) -> float | None:
         return None
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def kind_of(line: str) -> str | None:
-    """An event line's type (None for a line that is not an event)."""
-    try:
-        data = json.loads(line)
-    except ValueError:
-        return None
-    return data.get("type") if isinstance(data, dict) else None
 
 
 def command(args: argparse.Namespace, out: Path) -> list[str]:
@@ -148,7 +138,7 @@ def run_app(
     while True:
         if events.exists():  # only the lines added since the last poll: the bench's own
             lines, offset = lines_from(events, offset)  # reading must not load the CPU
-            kinds = [kind_of(line) for line in lines]
+            kinds = [(parse_event_line(line) or {}).get("type") for line in lines]
             steps += kinds.count("step")
             done = done or "done" in kinds
         if pid is None and PROC.is_dir():

@@ -157,7 +157,7 @@ class Probe:
         fixed, per_token, per_sq = self._fit(points, prior)
         top = widths[-1]
         first = fitted(self.facts, grad_checkpoint, fixed, per_token, per_sq)
-        rows = self._contrast_rows(first, grad_checkpoint)
+        rows = self._contrast_rows(first, grad_checkpoint, top)
         if rows > 1:
             points.append((rows, top, self._peak(trainer, rows, top)))
             fixed, per_token, per_sq = self._fit(points, prior)
@@ -167,9 +167,9 @@ class Probe:
         )
         return fitted(self.facts, grad_checkpoint, fixed, per_token, per_sq)
 
-    def _contrast_rows(self, coeffs: Coefficients, grad_checkpoint: bool) -> int:
-        """The batch size of the contrast step: the run's, else 2, else 1 (none)."""
-        top = self.calibration_widths()[-1]
+    def _contrast_rows(self, coeffs: Coefficients, grad_checkpoint: bool, top: int) -> int:
+        """The batch size of the contrast step at width ``top``: the run's, else 2, else 1
+        (none)."""
         for rows in (self.settings.training.batch_size, 2):
             need = estimate(self.facts, coeffs, rows, top, grad_checkpoint=grad_checkpoint).total
             if rows > 1 and need <= SAFE_SHARE * self.limit:
@@ -187,11 +187,12 @@ class Probe:
         y = np.array([p[2] for p in points], dtype=float)
         per_token = prior.per_token_layers + prior.per_token_vocab
         per_sq = prior.per_token_sq
-        if len(set(w)) >= 3:
+        distinct = len(set(w))  # widths
+        if distinct >= 3:
             design = np.stack([np.ones_like(w), b * w, b * w * w], axis=1)
             fixed, per_token, per_sq = (float(v) for v in np.linalg.lstsq(design, y, rcond=None)[0])
-        if len(set(w)) < 3 or per_sq < 0:
-            per_sq = prior.per_token_sq if len(set(w)) < 3 else 0.0
+        if distinct < 3 or per_sq < 0:
+            per_sq = prior.per_token_sq if distinct < 3 else 0.0
             rest = y - per_sq * b * w * w
             if len(set(zip(b, w, strict=True))) >= 2:
                 design = np.stack([np.ones_like(w), b * w], axis=1)
