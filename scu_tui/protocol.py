@@ -333,6 +333,27 @@ class MessageEvent(Event):
 
 
 @dataclass(frozen=True)
+class RefusedEvent(Event):
+    """A command that did not take effect, typed so that no consumer parses a sentence: the
+    command's kind, the proposal it answered (``id``, empty when it answered none), and why.
+    ``sent`` is false when the command never reached the run (an attached app whose run is
+    gone, a socket error); ``sentence`` is what the console and the socket print."""
+
+    type: ClassVar[str] = "refused"
+    command: CommandKind
+    reason: str
+    id: str = ""
+    sent: bool = True
+
+    @property
+    def sentence(self) -> str:
+        if self.id:
+            return f"proposal {self.id} is no longer pending ({self.reason}); nothing done"
+        verb = "command refused" if self.sent else "command not sent"
+        return f"{verb}: {self.reason}"
+
+
+@dataclass(frozen=True)
 class DoneEvent(Event):
     type: ClassVar[str] = "done"
     status: str  # a RunStatus: completed | stopped | interrupted | failed
@@ -385,6 +406,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         AnalysisEvent,
         RollbackEvent,
         MessageEvent,
+        RefusedEvent,
         DoneEvent,
         SamplesEvent,
         ComparisonEvent,
@@ -421,6 +443,11 @@ def _typed(hint: Any, value: Any) -> Any:
         if isinstance(value, int):
             return float(value) if abs(value) < 2**1023 else _BAD
         return float(value) if value in _NON_FINITE else _BAD
+    if isinstance(hint, type) and issubclass(hint, StrEnum):
+        try:
+            return hint(value) if isinstance(value, str) else _BAD
+        except ValueError:  # a member this reader does not know
+            return _BAD
     if hint is str:
         return value if isinstance(value, str) else _BAD
     if get_origin(hint) is list:
