@@ -38,6 +38,8 @@ STEP_COLUMNS = (
     "tokens",
     "tokens_per_second",
     "peak_memory_gb",
+    "rss_gb",
+    "swap_gb",
     "val_loss",
 )
 DECISION_COLUMNS = (
@@ -134,6 +136,8 @@ def write_tensorboard(run_dir: Path, out_dir: Path) -> Path:
         "accumulation": "knobs/accumulation",
         "tokens_per_second": "speed/tokens_per_second",
         "peak_memory_gb": "memory/peak_gb",
+        "rss_gb": "memory/rss_gb",
+        "swap_gb": "memory/swap_gb",
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(logdir=str(out_dir))

@@ -218,6 +218,20 @@ class StepEvent(Event):
     #: cos(gradient, Adam's first moment before the step): > 0 the new gradient still
     #: points along the last updates (see ``training.trainer.gradient_stats``).
     alignment: float = math.nan
+    #: MLX's memory now: in use, and freed but kept for reuse (``peak_memory_gb`` is its
+    #: high-water mark)
+    active_memory_gb: float = math.nan
+    cache_memory_gb: float = math.nan
+    #: the operating system's side (``memory_readings``): the process's resident memory
+    #: (``rss_source`` says which figure: ``VmRSS`` on Linux, ``phys_footprint`` on macOS,
+    #: which counts Metal's buffers), its high-water mark, the process's pages in swap
+    #: (Linux), the machine's swap in use and its available memory; NaN where unknown
+    rss_gb: float = math.nan
+    rss_peak_gb: float = math.nan
+    rss_source: str = ""
+    swap_gb: float = math.nan
+    system_swap_gb: float = math.nan
+    available_gb: float = math.nan
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from scu_tui.control.controller import Controller
 from scu_tui.control.policy import ROLLBACK, Proposal
 from scu_tui.control.proposals import ProposalBook
 from scu_tui.errors import UserError
+from scu_tui.memory_readings import OsMemory, read_os_memory
 from scu_tui.protocol import (
     AnalysisEvent,
     CheckpointEvent,
@@ -480,6 +481,7 @@ class Run:
         if result.step > self._rolled_back_from >= 0 and not result.skipped:
             self.rollbacks_since_progress = 0  # further than before the last rollback
             self._rolled_back_from = -1
+        reading = read_os_memory()
         self.emit(
             StepEvent(
                 result.step,
@@ -498,9 +500,12 @@ class Run:
                 accumulation=t.knobs.accumulation,
                 skipped=result.skipped,
                 alignment=result.alignment,
+                active_memory_gb=mx.get_active_memory() / 1e9,
+                cache_memory_gb=mx.get_cache_memory() / 1e9,
+                **reading.event_fields(),
             )
         )
-        self._watch_memory(result.step)
+        self._watch_memory(result.step, reading)
         if result.skipped:
             self.emit(
                 MessageEvent(
@@ -567,17 +572,21 @@ class Run:
         if self.settings.training.samples and self._real_model_and_data:
             self._answer_samples()
 
-    def _watch_memory(self, step: int) -> None:
-        """Near the memory this machine gives a run: pause with a checkpoint and say why,
-        before the system pages (a Mac) or kills the process (Linux)."""
+    def _watch_memory(self, step: int, reading: OsMemory) -> None:
+        """Near the memory this machine gives a run, or paging already: pause with a
+        checkpoint and say why (which figure), before the system pages for hours (a Mac)
+        or kills the process (Linux). A machine that swaps for other reasons is a warning."""
         import mlx.core as mx
 
-        reason = self.memory.check(mx.get_peak_memory()) if self.memory is not None else None
-        if reason is None or self.paused:
+        if self.memory is None:
             return
-        self.save_checkpoint("memory")
-        self._apply(Command(CommandKind.PAUSE, by=Decider.GUARD))
-        self.emit(MessageEvent(step, level="warning", text=reason))
+        alarm = self.memory.check(mx.get_peak_memory(), reading)
+        if alarm is None or (alarm.pause and self.paused):
+            return
+        if alarm.pause:
+            self.save_checkpoint("memory")
+            self._apply(Command(CommandKind.PAUSE, by=Decider.GUARD))
+        self.emit(MessageEvent(step, level="warning", text=alarm.text))
 
     def _answer_samples(self) -> None:
         """The adapters' answers to a few fixed validation prompts (a person sees them
@@ -954,9 +963,21 @@ class Run:
             "blas": blas.active or f"bundled ({blas.reason})",
             "model": self.settings.model.path,
             "data": self.settings.data.path,
+            "memory": self._memory_summary(),
         }
         atomic_write_json(self.output_dir / RunFile.SUMMARY, summary)
         atomic_write_json(self.output_dir / RunFile.METRICS, self.book.metrics())
+
+    def _memory_summary(self) -> dict[str, Any]:
+        """MLX's figures beside the system's (what the watchdog saw), in GB."""
+        import mlx.core as mx
+
+        mlx_side = {
+            "peak_memory_gb": mx.get_peak_memory() / 1e9,
+            "active_memory_gb": mx.get_active_memory() / 1e9,
+            "cache_memory_gb": mx.get_cache_memory() / 1e9,
+        }
+        return {**mlx_side, **(self.memory.summary() if self.memory is not None else {})}
 
     def _done(self, status: RunStatus, code: ExitCode, message: str = "") -> int:
         """Record the end; after a failure, every write is best effort (the disk may be full)
@@ -985,11 +1006,11 @@ class Run:
 
 def memory_watchdog(limit_gb: float) -> MemoryWatchdog:
     """The watchdog on ``training.memory_limit_gb`` (0: what this machine gives a run)."""
-    from scu_tui.check.environment import memory_limit_bytes
+    from scu_tui.check.environment import backend, memory_limit_bytes
     from scu_tui.check.watchdog import MemoryWatchdog
 
     limit = int(limit_gb * 1e9) if limit_gb > 0 else memory_limit_bytes()
-    return MemoryWatchdog(limit)
+    return MemoryWatchdog(limit, os_figure=backend() in ("CPU", "Metal"))
 
 
 def _analysis_fields(data: dict[str, Any]) -> dict[str, Any]:

@@ -85,10 +85,13 @@ def format_event(event: Event, report_every: int = 1) -> str | None:
         if event.step % report_every and not last and not event.skipped:
             return None
         flag = "  SKIPPED (non-finite)" if event.skipped else ""
+        if event.swap_gb >= 0.01:
+            flag += f"  SWAPPING {event.swap_gb:.2f} GB"
         return (
             f"step {event.step:>6}/{event.max_steps}  loss {event.loss:.4f}  "
             f"grad {event.grad_norm:.3g}  lr {event.lr:.3g}  "
-            f"tok/s {event.tokens_per_second:,.0f}  mem {event.peak_memory_gb:.2f} GB  "
+            f"tok/s {event.tokens_per_second:,.0f}  mem {event.peak_memory_gb:.2f} GB"
+            f"{f' (rss {event.rss_gb:.2f})' if math.isfinite(event.rss_gb) else ''}  "
             f"eta {format_duration(event.eta_seconds)}{flag}"
         )
     if isinstance(event, EvalEvent):

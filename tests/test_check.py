@@ -277,9 +277,10 @@ def test_largest_batch_and_width_are_the_limits_of_the_estimate() -> None:
 def test_watchdog_pauses_once_per_level_near_the_budget() -> None:
     dog = MemoryWatchdog(limit_bytes=10_000_000_000)
     assert dog.check(5e9) is None and dog.check(9.1e9) is None
-    reason = dog.check(9.3e9)
-    assert reason is not None and "9.30 GB" in reason and "93%" in reason
-    assert "checkpoint" in reason and "training.grad_checkpoint" in reason
+    alarm = dog.check(9.3e9)
+    assert alarm is not None and alarm.pause
+    assert "9.30 GB" in alarm.text and "93%" in alarm.text
+    assert "checkpoint" in alarm.text and "training.grad_checkpoint" in alarm.text
     assert dog.check(9.3e9) is None and dog.check(9.6e9) is None  # a person resumed
     assert dog.check(9.8e9) is not None  # ... and it grew further
     assert MemoryWatchdog(limit_bytes=0).check(1e12) is None

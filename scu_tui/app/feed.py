@@ -198,6 +198,10 @@ class RunState:
     batch_size: int = 0
     tokens_per_second: float = math.nan
     peak_memory_gb: float = math.nan
+    rss_gb: float = math.nan  # the system's figure for the run (footprint on macOS)
+    swap_gb: float = math.nan  # the run's pages in swap (Linux)
+    system_swap_gb: float = math.nan
+    system_swap_start_gb: float = math.nan  # the machine's swap at the first step seen
     eta_seconds: float = math.nan  # the run's own estimate (its recent step times only)
     mode: str = ""
     paused: bool = False
@@ -349,6 +353,9 @@ class RunState:
         )
         self.batch_size = e.batch_size
         self.peak_memory_gb, self.eta_seconds = e.peak_memory_gb, e.eta_seconds
+        self.rss_gb, self.swap_gb, self.system_swap_gb = e.rss_gb, e.swap_gb, e.system_swap_gb
+        if math.isnan(self.system_swap_start_gb):
+            self.system_swap_start_gb = e.system_swap_gb
         self._throughput.append((e.tokens, e.step_seconds))
         seconds = sum(s for _, s in self._throughput)
         if seconds > 0:

@@ -33,6 +33,8 @@ from scu_tui.app.feed import (
 from scu_tui.protocol import AnalysisEvent, ProposalEvent
 from scu_tui.sinks import format_duration
 
+SWAP_SHOWN_GB = 0.01  # swap the status line shows as SWAPPING
+
 
 def mean(values: Sequence[float]) -> float:
     """Sparkline buckets show the mean loss: one noisy batch should not hide the trend."""
@@ -283,9 +285,23 @@ def status_numbers(state: RunState) -> str:
         f"{num(state.tokens_per_second, ',.0f')} tok/s  "
         f"peak {num(state.peak_memory_gb, '.2f')} GB"
     )
+    if math.isfinite(state.rss_gb):
+        numbers += f"  rss {state.rss_gb:.2f} GB"
+    numbers += swap_note(state)
     if state.rollbacks:
         numbers += f"  rollbacks {state.rollbacks}"
     return numbers
+
+
+def swap_note(state: RunState) -> str:
+    """``SWAPPING …`` while the run has pages in swap (Linux), or, where the system cannot
+    say that (macOS), while the machine's swap has grown since the run started."""
+    if state.swap_gb >= SWAP_SHOWN_GB:
+        return f"  SWAPPING {state.swap_gb:.2f} GB"
+    grown = state.system_swap_gb - state.system_swap_start_gb
+    if math.isnan(state.swap_gb) and grown >= SWAP_SHOWN_GB:
+        return f"  machine SWAPPING +{grown:.2f} GB"
+    return ""
 
 
 def state_word(state: RunState, transient: str) -> tuple[str, str]:
