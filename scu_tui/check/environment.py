@@ -16,6 +16,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from scu_tui.memory_readings import parse_kb_fields
+
 #: The one command that installs the system OpenBLAS on Debian/Ubuntu.
 OPENBLAS_INSTALL = "sudo apt-get install libopenblas0-pthread"
 #: Training tokens/s with the system OpenBLAS over MLX's bundled reference BLAS, measured
@@ -94,17 +96,11 @@ def _device_info() -> dict[str, Any]:
 
 def _meminfo() -> dict[str, int]:
     """``/proc/meminfo`` in bytes (empty where there is none)."""
-    values: dict[str, int] = {}
     try:
         text = Path("/proc/meminfo").read_text(encoding="ascii")
     except OSError:
-        return values
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if parts and parts[0].isdigit():
-            values[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
-    return values
+        return {}
+    return parse_kb_fields(text)
 
 
 def _cgroup_limit() -> int | None:
