@@ -175,9 +175,10 @@ def test_status_line_shows_resident_memory_and_swapping() -> None:
     assert "rss 2.50 GB" in calm and "SWAPPING" not in calm
     assert "SWAPPING 0.40 GB" in status_after(step_event(rss_gb=2.5, swap_gb=0.4))
     mac_like = status_after(
-        step_event(rss_gb=6.0, system_swap_gb=1.0), step_event(rss_gb=6.0, system_swap_gb=1.5)
+        step_event(rss_gb=6.0, rss_source="phys_footprint", system_swap_gb=1.0),
+        step_event(rss_gb=6.0, rss_source="phys_footprint", system_swap_gb=1.5),
     )
-    assert "machine SWAPPING +0.50 GB" in mac_like
+    assert "footprint 6.00 GB" in mac_like and "machine SWAPPING +0.50 GB" in mac_like
 
 
 def test_old_step_events_stay_readable() -> None:

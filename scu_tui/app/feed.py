@@ -199,6 +199,7 @@ class RunState:
     tokens_per_second: float = math.nan
     peak_memory_gb: float = math.nan
     rss_gb: float = math.nan  # the system's figure for the run (footprint on macOS)
+    rss_label: str = "rss"  # "footprint" on macOS
     swap_gb: float = math.nan  # the run's pages in swap (Linux)
     system_swap_gb: float = math.nan
     system_swap_start_gb: float = math.nan  # the machine's swap at the first step seen
@@ -354,6 +355,7 @@ class RunState:
         self.batch_size = e.batch_size
         self.peak_memory_gb, self.eta_seconds = e.peak_memory_gb, e.eta_seconds
         self.rss_gb, self.swap_gb, self.system_swap_gb = e.rss_gb, e.swap_gb, e.system_swap_gb
+        self.rss_label = "footprint" if e.rss_source == "phys_footprint" else "rss"
         if math.isnan(self.system_swap_start_gb):
             self.system_swap_start_gb = e.system_swap_gb
         self._throughput.append((e.tokens, e.step_seconds))

@@ -286,7 +286,7 @@ def status_numbers(state: RunState) -> str:
         f"peak {num(state.peak_memory_gb, '.2f')} GB"
     )
     if math.isfinite(state.rss_gb):
-        numbers += f"  rss {state.rss_gb:.2f} GB"
+        numbers += f"  {state.rss_label} {state.rss_gb:.2f} GB"
     numbers += swap_note(state)
     if state.rollbacks:
         numbers += f"  rollbacks {state.rollbacks}"
