@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -31,33 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from docs_section import write_section  # bench/ is on the path of a script run from it
+from workloads import QWEN3_4B_MLX_4BIT, build_qwen3_25m, config_only, long_text_data
 
 import scu_tui  # noqa: F401  (loads the system OpenBLAS before mlx, as the app does)
 
 CLI = [sys.executable, "-m", "scu_tui"]
-
-#: config.json of Qwen/Qwen3-4B-MLX-4bit (as on the hub).
-QWEN3_4B_MLX_4BIT: dict[str, Any] = {
-    "architectures": ["Qwen3ForCausalLM"],
-    "attention_bias": False,
-    "head_dim": 128,
-    "hidden_act": "silu",
-    "hidden_size": 2560,
-    "intermediate_size": 9728,
-    "max_position_embeddings": 40960,
-    "max_window_layers": 36,
-    "model_type": "qwen3",
-    "num_attention_heads": 32,
-    "num_hidden_layers": 36,
-    "num_key_value_heads": 8,
-    "quantization": {"group_size": 64, "bits": 4},
-    "rms_norm_eps": 1e-06,
-    "rope_theta": 1000000,
-    "tie_word_embeddings": True,
-    "torch_dtype": "bfloat16",
-    "vocab_size": 151936,
-}
-
 
 ACTIVATION_TERMS = ("activations", "logits", "attention", "safety")
 
@@ -107,56 +84,6 @@ def openblas(tmp: Path) -> list[str]:
         "|:--|--:|--:|--:|",
         *rows,
     ]
-
-
-def build_qwen3_25m(out: Path) -> None:
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from mlx_lm.models.qwen3 import Model, ModelArgs
-
-    from scu_tui.demo import MODEL_DIR
-
-    config = json.loads((MODEL_DIR / "config.json").read_text(encoding="utf-8"))
-    config.update(
-        hidden_size=512,
-        intermediate_size=1536,
-        num_hidden_layers=8,
-        max_window_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        head_dim=64,
-    )
-    mx.random.seed(0)
-    weights = {
-        k: v.astype(mx.float32)
-        for k, v in tree_flatten(Model(ModelArgs.from_dict(config)).parameters())
-    }
-    out.mkdir(parents=True)
-    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
-    (out / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        shutil.copy(MODEL_DIR / name, out / name)
-
-
-def long_text_data(out: Path) -> None:
-    from scu_tui.demo import DATA_DIR
-
-    answers = [
-        json.loads(line)["messages"][1]["content"]
-        for line in (DATA_DIR / "train.jsonl").read_text(encoding="utf-8").splitlines()
-    ]
-    out.mkdir(parents=True)
-    for split, count in (("train", 48), ("valid", 8)):
-        rows = [json.dumps({"text": " ".join(answers[i * 12 : i * 12 + 12])}) for i in range(count)]
-        (out / f"{split}.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
-
-
-def config_only(model: Path, out: Path) -> Path:
-    out.mkdir(parents=True)
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
-        if (model / name).is_file():
-            shutil.copy(model / name, out / name)
-    return out
 
 
 def real_run(flags: list[str], out: Path, skip: int) -> tuple[float, float]:

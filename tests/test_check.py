@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from helpers import scu
 
+from bench.workloads import QWEN3_4B_MLX_4BIT
 from scu_tui.check.data_report import batch_width, loss_tokens, report
 from scu_tui.check.find_lr import suggest
 from scu_tui.check.memory import (
@@ -26,36 +27,6 @@ from scu_tui.check.watchdog import MemoryWatchdog
 from scu_tui.demo import MODEL_DIR
 from scu_tui.presets import load_preset
 from scu_tui.training.data import DataBundle, Split
-
-#: config.json of Qwen/Qwen3-4B-MLX-4bit, the reference workload's model.
-QWEN3_4B_MLX_4BIT = {
-    "architectures": ["Qwen3ForCausalLM"],
-    "attention_bias": False,
-    "attention_dropout": 0.0,
-    "bos_token_id": 151643,
-    "eos_token_id": 151645,
-    "head_dim": 128,
-    "hidden_act": "silu",
-    "hidden_size": 2560,
-    "initializer_range": 0.02,
-    "intermediate_size": 9728,
-    "max_position_embeddings": 40960,
-    "max_window_layers": 36,
-    "model_type": "qwen3",
-    "num_attention_heads": 32,
-    "num_hidden_layers": 36,
-    "num_key_value_heads": 8,
-    "quantization": {"group_size": 64, "bits": 4},
-    "rms_norm_eps": 1e-06,
-    "rope_scaling": None,
-    "rope_theta": 1000000,
-    "sliding_window": None,
-    "tie_word_embeddings": True,
-    "torch_dtype": "bfloat16",
-    "use_cache": True,
-    "use_sliding_window": False,
-    "vocab_size": 151936,
-}
 
 REQUIRED_JSON = ("peak_memory_gb", "seconds_per_step", "tokens_per_step", "fits", "verdict")
 

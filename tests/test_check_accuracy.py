@@ -5,7 +5,6 @@ processes, as a user runs them: MLX's peak memory is per process)."""
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 from pathlib import Path
 from typing import Any
@@ -13,57 +12,13 @@ from typing import Any
 import pytest
 from helpers import read_events, scu
 
+from bench.workloads import build_qwen3_25m, config_only, long_text_data
+
 pytestmark = pytest.mark.slow
 
 MEMORY_TOLERANCE = 0.30
 TIME_TOLERANCE = 0.50
 TIME_ATTEMPTS = 3  # a shared machine may slow one of the two measurements
-
-
-def build_qwen3_25m(out: Path) -> int:
-    """A ~25M-parameter Qwen3 (random init, float32) with the demo's tokenizer; its count."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from mlx_lm.models.qwen3 import Model, ModelArgs
-
-    from scu_tui.demo import MODEL_DIR
-
-    config = json.loads((MODEL_DIR / "config.json").read_text(encoding="utf-8"))
-    config.update(
-        hidden_size=512,
-        intermediate_size=1536,
-        num_hidden_layers=8,
-        max_window_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        head_dim=64,
-    )
-    mx.random.seed(0)
-    model = Model(ModelArgs.from_dict(config))
-    weights = {k: v.astype(mx.float32) for k, v in tree_flatten(model.parameters())}
-    out.mkdir(parents=True)
-    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
-    (out / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        shutil.copy(MODEL_DIR / name, out / name)
-    return sum(v.size for v in weights.values())
-
-
-def long_text_data(out: Path, rows: int = 48) -> Path:
-    """Text rows far longer than the test's max_seq_length, so every batch has one width."""
-    from scu_tui.demo import DATA_DIR
-
-    answers = [
-        json.loads(line)["messages"][1]["content"]
-        for line in (DATA_DIR / "train.jsonl").read_text(encoding="utf-8").splitlines()
-    ]
-    out.mkdir(parents=True)
-    for split, count in (("train", rows), ("valid", 8)):
-        lines = [
-            json.dumps({"text": " ".join(answers[i * 12 : i * 12 + 12])}) for i in range(count)
-        ]
-        (out / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -154,12 +109,8 @@ def test_config_alone_errs_on_the_cautious_side(
     """Before the download: no weights, no probe; the estimate from the config's counts
     is above the real peak, and not absurdly so."""
     model, data = qwen3_25m
-    config_only = tmp_path / "config-only"
-    config_only.mkdir()
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(model / name, config_only / name)
     flags = ["--data", str(data), "--set", "data.max_seq_length=96"]
-    alone = check_json("--model", str(config_only), *flags)
+    alone = check_json("--model", str(config_only(model, tmp_path / "config-only")), *flags)
     full = check_json("--model", str(model), *flags)
     assert alone["model_source"] == "config" and alone["seconds_per_step"] is None
     assert alone["model"]["parameters"] == full["model"]["parameters"]
