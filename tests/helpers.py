@@ -1,14 +1,17 @@
-"""Helpers shared by tests: run the CLI as a user would, read a run's events."""
+"""Helpers shared by tests: run the CLI as a user would, read a run's events, build the
+events a run emits."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import queue
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +46,16 @@ def scu_popen(*args: str) -> subprocess.Popen[str]:
     )
 
 
+@dataclass(frozen=True)
+class TrainedDemo:
+    """The session's finished demo run (150 steps, S-SCU off), shared read-only: a test that
+    writes into a run works on a copy (``shutil.copytree``)."""
+
+    folder: Path
+    #: what the CLI printed while training it
+    stdout: str
+
+
 def read_events(run_dir: Path) -> list[dict[str, Any]]:
     lines = (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
@@ -61,6 +74,37 @@ def wait_for_line(proc: subprocess.Popen[str], prefix: str, contains: str = "") 
             return line
     stderr = proc.stderr.read() if proc.stderr else ""
     raise AssertionError(f"the run ended before printing {prefix!r}: {stderr}")
+
+
+def start_headless(out: Path, *extra: str) -> subprocess.Popen[str]:
+    """A long headless run of the demo, once it has taken a step; its stdout is read on a
+    thread so the pipe never fills."""
+    proc = scu_popen(
+        "--headless", "--preset", "demo", "--max-steps", "20000", "--output-dir", str(out), *extra
+    )
+    wait_for_line(proc, "step")
+    assert proc.stdout is not None
+    threading.Thread(target=proc.stdout.read, daemon=True).start()
+    return proc
+
+
+class Inbox:
+    """A sink handing events to the test thread through a queue (no polling, no sleeps)."""
+
+    def __init__(self) -> None:
+        self.events: queue.Queue[Event] = queue.Queue()
+
+    def emit(self, event: Event) -> None:
+        self.events.put(event)
+
+    def close(self) -> None:
+        pass
+
+    def wait_for(self, kind: str, timeout: float = 120) -> Event:
+        while True:
+            event = self.events.get(timeout=timeout)
+            if event.type == kind:
+                return event
 
 
 async def until(app: ScuApp, ready: Callable[[], bool], timeout: float = 120.0) -> None:

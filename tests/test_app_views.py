@@ -8,7 +8,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from helpers import scu, start_event, step_event
+from helpers import scu
+from helpers import start_event as start
+from helpers import step_event as step
 
 from scu_tui.app import make_app
 from scu_tui.app.feed import RunState, trend_change, trend_words
@@ -24,19 +26,9 @@ from scu_tui.protocol import (
     PauseEvent,
     ResumeEvent,
     RollbackEvent,
-    StartEvent,
-    StepEvent,
 )
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def step(n: int, loss: float = 1.0, grad: float = 1.0, at: float | None = None) -> StepEvent:
-    return step_event(n, loss=loss, grad=grad, at=at)
-
-
-def start(n: int = 0, resumed: bool = False) -> StartEvent:
-    return start_event(n, resumed=resumed)
 
 
 def folded(*events: object) -> RunState:

@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import queue
-import subprocess
 import threading
 from pathlib import Path
 
 import pytest
-from helpers import read_events, scu, scu_popen, until, wait_for_line
+from helpers import Inbox, read_events, scu, scu_popen, start_headless, until, wait_for_line
 
 from scu_tui.app.screens import ConfirmScreen
 from scu_tui.errors import UserError
-from scu_tui.protocol import Command, Event
+from scu_tui.protocol import Command
 from scu_tui.remote.attach import RemoteRun, attach_app, find_live_run
-
-
-class Inbox:
-    """A sink handing events to the test thread through a queue (no polling, no sleeps)."""
-
-    def __init__(self) -> None:
-        self.events: queue.Queue[Event] = queue.Queue()
-
-    def emit(self, event: Event) -> None:
-        self.events.put(event)
-
-    def close(self) -> None:
-        pass
-
-    def wait_for(self, kind: str, timeout: float = 120) -> Event:
-        while True:
-            event = self.events.get(timeout=timeout)
-            if event.type == kind:
-                return event
 
 
 def attach(run_dir: Path) -> tuple[RemoteRun, Inbox, threading.Thread]:
@@ -123,17 +102,6 @@ HOT_HEADLESS = (
     "ui.refresh_hz=20.0",
 )
 TIMEOUT = 120.0
-
-
-def start_headless(out: Path, *extra: str) -> subprocess.Popen[str]:
-    """A long headless run; its stdout is read on a thread so the pipe never fills."""
-    proc = scu_popen(
-        "--headless", "--preset", "demo", "--max-steps", "20000", "--output-dir", str(out), *extra
-    )
-    wait_for_line(proc, "step")
-    assert proc.stdout is not None
-    threading.Thread(target=proc.stdout.read, daemon=True).start()
-    return proc
 
 
 async def test_attached_dashboard_steers_the_run_and_detaching_leaves_it_going(

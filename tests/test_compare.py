@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
-from helpers import scu
+from helpers import TrainedDemo, scu
 
 from scu_tui.compare import COMPARISON_FILE, compare_run, is_right, normalised
 from scu_tui.run import load_run_settings
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("compare") / "run"
-    result = scu("--headless", "--preset", "demo", "--max-steps", "150", "--output-dir",
-                 str(out), "--set", "scu.enabled=false")  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return out
+def trained(trained_demo: TrainedDemo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's demo run: comparing writes comparison.json into the run."""
+    return Path(shutil.copytree(trained_demo.folder, tmp_path_factory.mktemp("compare") / "run"))
 
 
 def test_the_demo_adapters_fix_answers_the_base_model_gets_wrong(trained: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import queue
 import socket
 import subprocess
 import sys
@@ -16,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import scu, scu_popen, until, wait_for_line
+from helpers import Inbox, scu, scu_popen, start_headless, until, wait_for_line
 
 from scu_tui.app import ScuApp
 from scu_tui.app.widgets import Readout
 from scu_tui.errors import UserError
-from scu_tui.protocol import Command, Event, RunFile
+from scu_tui.protocol import Command, RunFile
 from scu_tui.remote.attach import LOST, RemoteRun, attach_app, find_live_run
 from scu_tui.remote.control import (
     ControlClient,
@@ -34,25 +33,6 @@ TIMEOUT = 120.0
 NOTICE_SECONDS = 15.0
 
 
-class Inbox:
-    """A sink handing events to the test thread through a queue."""
-
-    def __init__(self) -> None:
-        self.events: queue.Queue[Event] = queue.Queue()
-
-    def emit(self, event: Event) -> None:
-        self.events.put(event)
-
-    def close(self) -> None:
-        pass
-
-    def wait_for(self, kind: str, timeout: float = TIMEOUT) -> Event:
-        while True:
-            event = self.events.get(timeout=timeout)
-            if event.type == kind:
-                return event
-
-
 class Recorder:
     """A stand-in for the run behind an in-process control server."""
 
@@ -61,17 +41,6 @@ class Recorder:
 
     def status_snapshot(self) -> dict[str, Any]:
         return {"status": "running"}
-
-
-def start_headless(out: Path, *extra: str) -> subprocess.Popen[str]:
-    """A long headless run; its stdout is read on a thread so the pipe never fills."""
-    proc = scu_popen(
-        "--headless", "--preset", "demo", "--max-steps", "20000", "--output-dir", str(out), *extra
-    )
-    wait_for_line(proc, "step")
-    assert proc.stdout is not None
-    threading.Thread(target=proc.stdout.read, daemon=True).start()
-    return proc
 
 
 def kill_9(proc: subprocess.Popen[str]) -> None:

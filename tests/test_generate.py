@@ -8,22 +8,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import scu
+from helpers import TrainedDemo, scu
 
 from scu_tui.generate import example_prompt, generate_with_run, mlx_lm_command
 from scu_tui.run import load_run_settings
 
-PRINTED: dict[str, str] = {}
 
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("generate") / "run"
-    result = scu("--headless", "--preset", "demo", "--max-steps", "150", "--output-dir",
-                 str(out), "--set", "scu.enabled=false")  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    PRINTED["stdout"] = result.stdout
-    return out
+@pytest.fixture
+def trained(trained_demo: TrainedDemo) -> Path:
+    """The session's demo run: generating only reads it."""
+    return trained_demo.folder
 
 
 def test_the_adapters_answer_a_test_prompt_the_base_cannot(trained: Path) -> None:
@@ -55,9 +49,10 @@ def test_scu_tui_generate_answers_from_the_command_line(trained: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("mlx_lm.generate") is None, reason="mlx-lm's CLI not on PATH")
 def test_the_end_of_a_run_says_where_it_went_and_its_command_runs(
-    trained: Path, tmp_path: Path
+    trained_demo: TrainedDemo, tmp_path: Path
 ) -> None:
-    tail = PRINTED["stdout"].split("done at step 150: completed\n", 1)[1].splitlines()
+    trained = trained_demo.folder
+    tail = trained_demo.stdout.split("done at step 150: completed\n", 1)[1].splitlines()
     assert tail[0] == f"run folder: {trained}"
     assert tail[1].startswith("best validation loss ") and tail[1].endswith(f"{trained}/best")
     assert tail[2] == f"try them:   scu-tui generate {trained}"
