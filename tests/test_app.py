@@ -73,6 +73,7 @@ async def quit_with_confirm(app: ScuApp, pilot: Any) -> Any:
 # --- the dashboard on a real run ---------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_panels_fill_and_render_at_80x24_in_two_themes(tmp_path: Path) -> None:
     app = make_app(demo(**{"training.max_steps": 40}), output_dir=tmp_path / "run")
     async with app.run_test(size=(80, 24)) as pilot:
@@ -104,6 +105,7 @@ async def test_panels_fill_and_render_at_80x24_in_two_themes(tmp_path: Path) -> 
     assert app.return_code == 0
 
 
+@pytest.mark.slow
 async def test_pause_stops_the_steps_and_resume_continues(tmp_path: Path) -> None:
     app = make_app(demo(**{"training.max_steps": 3000}), output_dir=tmp_path / "run")
     async with app.run_test(size=(80, 24)) as pilot:
@@ -126,6 +128,7 @@ async def test_pause_stops_the_steps_and_resume_continues(tmp_path: Path) -> Non
         await quit_with_confirm(app, pilot)
 
 
+@pytest.mark.slow
 async def test_save_and_evaluate_keys(tmp_path: Path) -> None:
     app = make_app(demo(**{"training.max_steps": 3000}), output_dir=tmp_path / "run")
     async with app.run_test(size=(80, 24)) as pilot:
@@ -241,6 +244,7 @@ def proposing_run(settings: Settings, output_dir: Path | None = None, resume: An
     return Run(settings, output_dir=output_dir, resume=resume, controller=controller)
 
 
+@pytest.mark.slow
 async def test_veto_and_accept_reach_the_log_and_the_metrics_file(tmp_path: Path) -> None:
     out = tmp_path / "run"
     settings = demo(**{"scu.mode": "ask", "scu.proposal_ttl": 100_000, "training.max_steps": 3000})
@@ -255,6 +259,7 @@ async def test_veto_and_accept_reach_the_log_and_the_metrics_file(tmp_path: Path
     assert records[accepted.id]["outcome"] == "accepted"
 
 
+@pytest.mark.slow
 async def test_quit_asks_then_saves_a_checkpoint_and_exits(tmp_path: Path) -> None:
     out = tmp_path / "run"
     app = make_app(demo(**{"training.max_steps": 3000}), output_dir=out)
@@ -273,6 +278,7 @@ async def test_quit_asks_then_saves_a_checkpoint_and_exits(tmp_path: Path) -> No
     assert (out / "checkpoints" / f"step-{done.step:06d}" / "adapters.safetensors").is_file()
 
 
+@pytest.mark.slow
 async def test_sighup_checkpoints_and_exits_130(tmp_path: Path) -> None:
     out = tmp_path / "run"
     app = make_app(demo(**{"training.max_steps": 3000}), output_dir=out)
@@ -287,6 +293,7 @@ async def test_sighup_checkpoints_and_exits_130(tmp_path: Path) -> None:
     assert any(e.get("reason") == "signal" for e in events(out) if e["type"] == "checkpoint")
 
 
+@pytest.mark.slow
 async def test_plots_and_help_screens(tmp_path: Path) -> None:
     app = make_app(demo(**{"training.max_steps": 60}), output_dir=tmp_path / "run")
     async with app.run_test(size=(80, 24)) as pilot:
@@ -317,6 +324,7 @@ class FailingRun(Run):
         super()._one_step()
 
 
+@pytest.mark.slow
 async def test_a_training_failure_is_shown_and_the_app_can_quit(tmp_path: Path) -> None:
     app = make_app(demo(), output_dir=tmp_path / "run", run_factory=FailingRun)
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
@@ -344,6 +352,7 @@ async def test_a_bad_model_path_is_bad_input(tmp_path: Path) -> None:
 # --- the preset picker ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_picker_saves_a_copy_and_trains_with_it(tmp_path: Path, user_config: Path) -> None:
     def load(name: str) -> Settings:  # what the CLI passes: the preset plus its overrides
         return load_preset(name).replace({**FAST, "training.max_steps": 8})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from helpers import scu
 from helpers import start_event as start
 from helpers import step_event as step
@@ -150,6 +151,7 @@ def test_a_flat_curve_plots_on_the_log_axis_too() -> None:
     assert "loss: train" in text and "(log y)" in text
 
 
+@pytest.mark.slow
 async def test_a_resumed_run_plots_its_whole_history(tmp_path: Path) -> None:
     out = tmp_path / "run"
     first = scu("--headless", "--preset", "demo", "--max-steps", "20", "--output-dir", str(out),
@@ -166,6 +168,7 @@ async def test_a_resumed_run_plots_its_whole_history(tmp_path: Path) -> None:
         assert app.state.val_history.steps[0] == 0  # from the first process
 
 
+@pytest.mark.slow
 async def test_attach_plots_the_whole_history_not_only_the_replayed_tail(tmp_path: Path) -> None:
     from scu_tui.remote.attach import RemoteRun
 

@@ -24,6 +24,7 @@ def attach(run_dir: Path) -> tuple[RemoteRun, Inbox, threading.Thread]:
     return remote, inbox, thread
 
 
+@pytest.mark.slow
 def test_attach_detach_reattach_and_stop(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = scu_popen(
@@ -62,6 +63,7 @@ def test_attach_detach_reattach_and_stop(tmp_path: Path) -> None:
     assert proc.returncode == 0
 
 
+@pytest.mark.slow
 def test_finished_run_attaches_read_only(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert (
@@ -104,6 +106,7 @@ HOT_HEADLESS = (
 TIMEOUT = 120.0
 
 
+@pytest.mark.slow
 async def test_attached_dashboard_steers_the_run_and_detaching_leaves_it_going(
     tmp_path: Path,
 ) -> None:
@@ -175,6 +178,7 @@ async def test_attached_dashboard_steers_the_run_and_detaching_leaves_it_going(
             proc.wait()
 
 
+@pytest.mark.slow
 async def test_attached_to_a_finished_run_the_dashboard_is_read_only(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert scu("--headless", "--preset", "demo", "--max-steps", "5", "--output-dir", str(out))
@@ -190,6 +194,7 @@ async def test_attached_to_a_finished_run_the_dashboard_is_read_only(tmp_path: P
     assert app.return_code == 0
 
 
+@pytest.mark.slow
 def test_attach_command_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     result = scu("attach", str(tmp_path))
     assert result.returncode == 2
@@ -198,6 +203,7 @@ def test_attach_command_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> No
     assert result.returncode == 2 and "no such directory" in result.stderr
 
 
+@pytest.mark.slow
 def test_attach_without_dir_finds_the_one_live_run(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     with pytest.raises(UserError, match="no live run"):

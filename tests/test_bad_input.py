@@ -47,6 +47,7 @@ def write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
         (["--set", "scu.lr_bounds=[1e-5]"], "scu.lr_bounds = [1e-05]: must be [low, high]"),
     ],
 )
+@pytest.mark.slow
 def test_bad_settings_exit_2_in_one_line(tmp_path: Path, args: list[str], fragment: str) -> None:
     out = tmp_path / "run"
     line = one_error_line(scu("--headless", *args, "--output-dir", str(out)))
@@ -54,6 +55,7 @@ def test_bad_settings_exit_2_in_one_line(tmp_path: Path, args: list[str], fragme
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_preset_whose_name_escapes_runs_is_refused_with_its_file_and_line(
     tmp_path: Path,
 ) -> None:
@@ -64,6 +66,7 @@ def test_a_preset_whose_name_escapes_runs_is_refused_with_its_file_and_line(
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_output_dir_with_resume_must_be_the_run_itself(tmp_path: Path) -> None:
     run = tmp_path / "run"
     line = one_error_line(
@@ -74,6 +77,7 @@ def test_output_dir_with_resume_must_be_the_run_itself(tmp_path: Path) -> None:
     assert "no such directory" in one_error_line(same)  # got past the check: the same folder
 
 
+@pytest.mark.slow
 def test_an_output_dir_that_is_a_file_is_refused_before_loading(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -82,6 +86,7 @@ def test_an_output_dir_that_is_a_file_is_refused_before_loading(tmp_path: Path) 
         assert line.startswith(f"scu-tui: error: --output-dir {out}: ")
 
 
+@pytest.mark.slow
 def test_an_error_message_is_one_line_even_when_the_input_has_newlines(tmp_path: Path) -> None:
     line = one_error_line(
         scu("--headless", "--set", "training.seed=1\nx", "--output-dir", str(tmp_path / "r"))
@@ -117,6 +122,7 @@ def proposals_on_replay(stdout: str) -> list[str]:
     return [line for line in stdout.splitlines() if line.startswith("SCU Step")]
 
 
+@pytest.mark.slow
 def test_replay_of_a_damaged_events_file_works_on_the_good_lines(
     observed_run: Path, tmp_path: Path
 ) -> None:
@@ -148,6 +154,7 @@ def test_replay_of_a_damaged_events_file_works_on_the_good_lines(
     )
 
 
+@pytest.mark.slow
 def test_replay_of_a_file_with_no_events_is_one_clear_line(
     observed_run: Path, tmp_path: Path
 ) -> None:
@@ -169,6 +176,7 @@ def test_replay_of_a_file_with_no_events_is_one_clear_line(
     ],
 )
 @pytest.mark.parametrize("flag", ["--data", "--dataset-path"])
+@pytest.mark.slow
 def test_data_named_on_the_command_line_is_detected_from_its_rows(
     tmp_path: Path, fmt: str, rows: list[dict[str, str]], flag: str
 ) -> None:
@@ -194,6 +202,7 @@ def test_data_named_on_the_command_line_is_detected_from_its_rows(
     assert [e["step"] for e in steps] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_a_preset_that_pins_a_format_does_not_bind_data_from_the_command_line(
     tmp_path: Path,
 ) -> None:

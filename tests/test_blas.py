@@ -16,6 +16,8 @@ NEEDS_OPENBLAS = pytest.mark.skipif(
     reason="needs Linux with a system OpenBLAS",
 )
 
+pytestmark = pytest.mark.slow
+
 PROBE = "import scu_tui, scu_tui.blas as b; print(b.active); print(b.reason)"
 
 

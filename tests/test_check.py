@@ -54,6 +54,7 @@ def demo_config() -> dict[str, Any]:
 # --- the command --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_demo_check_reports_everything_in_80_columns() -> None:
     done = scu("check", "--preset", "demo", timeout=300)
     assert done.returncode == 0, done.stderr
@@ -68,6 +69,7 @@ def test_demo_check_reports_everything_in_80_columns() -> None:
     assert "per step" in text and "ETA" in text
 
 
+@pytest.mark.slow
 def test_demo_json_has_the_promised_keys_and_a_measured_time() -> None:
     code, data, err = check("--preset", "demo", "--max-steps", "300")
     assert code == 0, err
@@ -86,6 +88,7 @@ def test_demo_json_has_the_promised_keys_and_a_measured_time() -> None:
     assert data["memory"]["other"]["grad_checkpoint"] is True
 
 
+@pytest.mark.slow
 def test_config_alone_gives_an_estimate_without_a_time(tmp_path: Path) -> None:
     folder = config_folder(tmp_path / "demo-config", demo_config())
     code, data, err = check("--preset", "demo", "--model", str(folder))
@@ -102,6 +105,7 @@ def test_config_alone_gives_an_estimate_without_a_time(tmp_path: Path) -> None:
     assert max(len(line) for line in text.stdout.splitlines()) <= 80  # long paths wrap
 
 
+@pytest.mark.slow
 def test_config_alone_with_a_tokenizer_counts_tokens(tmp_path: Path) -> None:
     folder = config_folder(tmp_path / "demo-config", demo_config(), tokenizer=True)
     code, data, err = check("--preset", "demo", "--model", str(folder))
@@ -111,6 +115,7 @@ def test_config_alone_with_a_tokenizer_counts_tokens(tmp_path: Path) -> None:
     assert data["seconds_per_step"] is None
 
 
+@pytest.mark.slow
 def test_reference_workload_from_its_config_alone(tmp_path: Path) -> None:
     """Qwen3-4B, 4-bit, group 64, r=32, batch 2 at 2048 tokens, before any download."""
     folder = config_folder(tmp_path / "qwen3-4b", QWEN3_4B_MLX_4BIT)
@@ -134,6 +139,7 @@ def test_reference_workload_from_its_config_alone(tmp_path: Path) -> None:
         assert data["fixes"] and data["verdict"].startswith("does not fit")
 
 
+@pytest.mark.slow
 def test_grad_checkpoint_setting_is_recommended_when_it_makes_the_run_fit(tmp_path: Path) -> None:
     """A config-only estimate against this machine's budget: long sequences do not fit
     without checkpointing, and the verdict says what to change."""
@@ -158,6 +164,7 @@ def test_grad_checkpoint_setting_is_recommended_when_it_makes_the_run_fit(tmp_pa
         (["--set", "training.batch_size=0"], "training.batch_size"),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_exit_2(args: list[str], says: str) -> None:
     done = scu("check", *args, timeout=300)
     assert done.returncode == 2
@@ -166,6 +173,7 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], says: str) -> None:
     assert done.stdout == ""
 
 
+@pytest.mark.slow
 def test_bad_model_folders_are_bad_input(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -184,6 +192,7 @@ def test_bad_model_folders_are_bad_input(tmp_path: Path) -> None:
         assert len(lines) == 1 and says in lines[0] and str(folder) in lines[0]
 
 
+@pytest.mark.slow
 def test_find_lr_on_the_demo_suggests_a_rate_where_the_tuned_one_sits() -> None:
     """docs/benchmarks.md's sweep: 1e-3 is the demo's best base LR; 5e-4 and 2e-3, its
     neighbours on the grid, end within 50 % of it, 2e-4 and 5e-3 far worse."""
@@ -296,6 +305,7 @@ def test_lr_suggestion_is_a_decade_below_the_smoothed_minimum() -> None:
     assert suggest(lrs[:4], loss[:4]) == (None, None)
 
 
+@pytest.mark.slow
 def test_grad_checkpoint_trains_the_same_with_less_memory() -> None:
     """training.grad_checkpoint: identical losses (no dropout), a lower peak, and only this
     model's blocks are affected (mlx-lm patches a class, which is per model here)."""

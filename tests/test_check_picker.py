@@ -6,6 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
 from textual.widgets import Static
 
 from scu_tui.app import make_app
@@ -13,6 +14,8 @@ from scu_tui.app.screens import PresetPicker
 from scu_tui.check.cache import recall
 from scu_tui.config import Settings
 from scu_tui.presets import load_preset
+
+pytestmark = pytest.mark.slow
 
 CHECK_SECONDS = 240  # a real `scu-tui check` of the demo, on a busy machine
 

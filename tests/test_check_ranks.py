@@ -33,6 +33,7 @@ DEMO_GRADIENT_BYTES = 65_536 * 4  # the demo's LoRA parameters, float32
 
 
 @needs_launcher
+@pytest.mark.slow
 def test_demo_check_with_two_ranks_reports_both_arms_and_what_two_machines_give() -> None:
     done = scu("check", "--preset", "demo", "--ranks", "2", "--json", timeout=900)
     assert done.returncode == 0, done.stderr
@@ -61,6 +62,7 @@ def test_demo_check_with_two_ranks_reports_both_arms_and_what_two_machines_give(
         ),
     ],
 )
+@pytest.mark.slow
 def test_bad_ranks_are_one_line_and_exit_2(args: list[str], says: str) -> None:
     done = scu("check", "--preset", "demo", *args, timeout=300)
     assert done.returncode == 2
@@ -70,6 +72,7 @@ def test_bad_ranks_are_one_line_and_exit_2(args: list[str], says: str) -> None:
 
 
 @needs_launcher
+@pytest.mark.slow
 def test_an_arm_past_its_limit_is_stopped_with_all_its_ranks(tmp_path: Path) -> None:
     folder = tmp_path / "arm"
     folder.mkdir()
@@ -81,6 +84,7 @@ def test_an_arm_past_its_limit_is_stopped_with_all_its_ranks(tmp_path: Path) -> 
 
 
 @needs_launcher
+@pytest.mark.slow
 def test_a_failed_rank_is_reported_although_mlx_launch_exits_0(tmp_path: Path) -> None:
     folder = tmp_path / "arm"
     folder.mkdir()
@@ -89,6 +93,7 @@ def test_a_failed_rank_is_reported_although_mlx_launch_exits_0(tmp_path: Path) -
         run_arm(2, flags, folder, timeout=300)
 
 
+@pytest.mark.slow
 def test_without_mlx_launch_one_rank_runs_and_the_report_says_why(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

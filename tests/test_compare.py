@@ -19,6 +19,7 @@ def trained(trained_demo: TrainedDemo, tmp_path_factory: pytest.TempPathFactory)
     return Path(shutil.copytree(trained_demo.folder, tmp_path_factory.mktemp("compare") / "run"))
 
 
+@pytest.mark.slow
 def test_the_demo_adapters_fix_answers_the_base_model_gets_wrong(trained: Path) -> None:
     settings = load_run_settings(trained)
     result = compare_run(trained, settings, samples=8)
@@ -35,6 +36,7 @@ def test_the_demo_adapters_fix_answers_the_base_model_gets_wrong(trained: Path) 
     assert saved["fixed"] == len(fixed) and saved["examples"][0]["verdict"]
 
 
+@pytest.mark.slow
 def test_the_base_side_is_the_base_model_itself(trained: Path) -> None:
     """Switching the LoRA layers off gives exactly the base model's loss."""
     import mlx.core as mx
@@ -59,6 +61,7 @@ def test_answers_are_matched_loosely_but_not_by_accident() -> None:
     assert not is_right("", "anything") and not is_right("anything", "")
 
 
+@pytest.mark.slow
 def test_scu_tui_compare_prints_and_writes_it(trained: Path) -> None:
     result = scu("compare", str(trained), "--samples", "3")
     assert result.returncode == 0, result.stderr

@@ -446,6 +446,7 @@ HEAVY = ("mlx", "mlx_lm", "textual", "datasets", "transformers")
         ("scu_tui.run", (*HEAVY, "scu_tui.remote", "scu_tui.app")),
     ],
 )
+@pytest.mark.slow
 def test_imports_point_down(module: str, forbidden: tuple[str, ...]) -> None:
     code = (
         f"import sys, {module}; "

@@ -63,6 +63,7 @@ def reaped_pid() -> int:
     return child.pid
 
 
+@pytest.mark.slow
 async def test_a_killed_run_shows_lost_in_the_attached_app(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = start_headless(out, "--set", "ui.refresh_hz=20.0")
@@ -96,6 +97,7 @@ async def test_a_killed_run_shows_lost_in_the_attached_app(tmp_path: Path) -> No
             kill_9(proc)
 
 
+@pytest.mark.slow
 def test_after_a_kill_attach_sees_lost_and_find_skips_it_until_resumed(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     out = runs / "long"
@@ -153,6 +155,7 @@ def test_after_a_kill_attach_sees_lost_and_find_skips_it_until_resumed(tmp_path:
                 kill_9(p)
 
 
+@pytest.mark.slow
 async def test_events_cut_mid_line_without_a_done_event_are_not_running(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = scu("--headless", "--preset", "demo", "--max-steps", "5", "--output-dir", str(out))

@@ -25,7 +25,10 @@ from scu_tui.protocol import Command, CommandKind, Decider, Knob, RunFile
 from scu_tui.remote.attach import RemoteRun
 
 LAUNCH = shutil.which("mlx.launch") or str(Path(sys.executable).with_name("mlx.launch"))
-pytestmark = pytest.mark.skipif(not Path(LAUNCH).exists(), reason="mlx.launch is not installed")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(LAUNCH).exists(), reason="mlx.launch is not installed"),
+]
 
 #: Losses of the same steps on one and on two ranks. The two sum the same per-token terms
 #: in another order (two halves, then all_sum) in float32: observed differences are ~1e-6

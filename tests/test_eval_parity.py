@@ -78,6 +78,7 @@ def assert_parity(trainer: Trainer, tokenizer: Any, folder: Path) -> float:
     return ours
 
 
+@pytest.mark.slow
 def test_demo_chat_val_loss_is_mlx_lms_before_and_after_training() -> None:
     trainer, tokenizer = make_trainer(settings_for("@demo"))
     assert len(trainer.data.valid) % trainer.batch_size != 0  # rows are left out, as in mlx-lm
@@ -101,6 +102,7 @@ def completions_folder(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_completions_with_mask_prompt_and_truncation_match_mlx_lm(tmp_path: Path) -> None:
     folder = completions_folder(tmp_path)
     settings = settings_for(str(folder), **{"data.mask_prompt": True, "data.max_seq_length": 30})

@@ -64,6 +64,7 @@ def test_tensorboard_event_files_hold_the_scalars(tmp_path: Path) -> None:
     assert len(timeline(tmp_path / "run").steps) == 101
 
 
+@pytest.mark.slow
 def test_scu_tui_export_writes_where_it_says(tmp_path: Path) -> None:
     from helpers import scu
 

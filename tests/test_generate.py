@@ -13,6 +13,8 @@ from helpers import TrainedDemo, scu
 from scu_tui.generate import example_prompt, generate_with_run, mlx_lm_command
 from scu_tui.run import load_run_settings
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def trained(trained_demo: TrainedDemo) -> Path:

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from helpers import read_events, scu, scu_popen, step_losses, wait_for_line
 
+pytestmark = pytest.mark.slow
+
 RUN_FILES = (
     "adapters.safetensors",
     "adapter_config.json",
@@ -181,7 +183,6 @@ def test_replay_reproduces_the_proposals_of_an_observed_run(tmp_path: Path) -> N
     assert scu("replay", str(tmp_path)).returncode == 2
 
 
-@pytest.mark.slow
 def test_the_shipped_demo_learns_and_the_scu_acts(tmp_path: Path) -> None:
     """The README's first command, as shipped: real learning and real S-SCU decisions."""
     out = tmp_path / "run"

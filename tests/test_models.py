@@ -46,6 +46,7 @@ def tiny_llama(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_another_architecture_trains_headless(tmp_path: Path) -> None:
     model = tiny_llama(tmp_path / "llama")
     out = tmp_path / "run"
@@ -65,6 +66,7 @@ def test_another_architecture_trains_headless(tmp_path: Path) -> None:
     assert len(steps) == 5 and steps[-1]["loss"] < steps[0]["loss"] * 1.5
 
 
+@pytest.mark.slow
 def test_quantized_base_trains_with_qlora(tmp_path: Path) -> None:
     from mlx_lm import convert
 
@@ -100,6 +102,7 @@ def test_missing_model_is_a_clear_error(path: str, fragment: str) -> None:
         load_model(path)
 
 
+@pytest.mark.slow
 def test_folder_without_config_is_not_a_model(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"no config\.json"):
         load_model(str(tmp_path))
@@ -107,6 +110,7 @@ def test_folder_without_config_is_not_a_model(tmp_path: Path) -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_unreachable_hub_says_so_and_how_to_use_a_local_copy(tmp_path: Path) -> None:
     result = scu(
         "--headless",
@@ -180,6 +184,7 @@ def test_a_damaged_model_folder_is_one_clear_line(
     assert fragment in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_a_truncated_download_exits_2_before_training(tmp_path: Path) -> None:
     folder = demo_copy(tmp_path)
     weights = folder / "model.safetensors"

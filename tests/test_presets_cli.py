@@ -49,6 +49,7 @@ def test_user_preset_shadows_shipped_and_saves_with_tomli_w(user_config: Path) -
     assert load_preset("demo").training.max_steps == 7
 
 
+@pytest.mark.slow
 def test_cli_version_help_presets(user_config: Path) -> None:
     version = scu("--version", env_home=user_config.parent)
     assert version.returncode == 0 and version.stdout.startswith("scu-tui ")
@@ -62,6 +63,7 @@ def test_cli_version_help_presets(user_config: Path) -> None:
     assert any(r.startswith("qwen3-4b-mlx-4bit") for r in rows)
 
 
+@pytest.mark.slow
 def test_presets_show_prints_toml_that_loads_back(user_config: Path) -> None:
     shown = scu("presets", "show", "demo", env_home=user_config.parent)
     assert shown.returncode == 0
@@ -76,6 +78,7 @@ def test_presets_show_prints_toml_that_loads_back(user_config: Path) -> None:
         ("[training]\nlearning_rate = -1e-3\n", "training.learning_rate = -0.001: must be > 0"),
     ],
 )
+@pytest.mark.slow
 def test_bad_preset_exits_2_with_a_clear_message(
     tmp_path: Path, preset_text: str, expected: str
 ) -> None:
@@ -88,6 +91,7 @@ def test_bad_preset_exits_2_with_a_clear_message(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_bad_flags_exit_2_without_traceback(tmp_path: Path) -> None:
     for args in (
         ["--headless", "--max-steps", "0"],
@@ -103,6 +107,7 @@ def test_bad_flags_exit_2_without_traceback(tmp_path: Path) -> None:
         assert "error" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_the_app_without_a_terminal_says_to_use_headless(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "scu_tui", "--preset", "demo", "--output-dir", str(tmp_path / "r")],

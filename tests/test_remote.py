@@ -8,6 +8,7 @@ import socket
 import stat
 from pathlib import Path
 
+import pytest
 from helpers import read_events, scu_popen, wait_for_line
 
 from scu_tui.protocol import RunFile
@@ -24,6 +25,7 @@ def raw(run_dir: Path) -> socket.socket:
     return sock
 
 
+@pytest.mark.slow
 def test_remote_pause_resume_veto_save_and_stop(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = scu_popen(

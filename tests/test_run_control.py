@@ -29,6 +29,8 @@ from scu_tui.protocol import Command, Event
 from scu_tui.remote.control import ControlClient, serve
 from scu_tui.run import Run
 
+pytestmark = pytest.mark.slow
+
 SHORT = {
     "training.max_steps": 40,
     "training.eval_every": 20,

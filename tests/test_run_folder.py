@@ -49,6 +49,7 @@ def stop(proc: subprocess.Popen[str]) -> None:
 # --- one writer -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_live_run_refuses_a_second_writer_and_a_killed_one_does_not(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = long_run(out, "--set", "training.save_every=5")
@@ -93,6 +94,7 @@ def test_the_lock_is_exclusive_within_a_process_too(tmp_path: Path) -> None:
 # --- where a run may write -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_output_dir_that_cannot_hold_a_run_is_refused_before_loading(tmp_path: Path) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("not a folder")
@@ -125,6 +127,7 @@ def tmpfs(where: Path, *options: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
+@pytest.mark.slow
 def test_a_read_only_output_dir_is_refused_before_loading(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "ro", "ro", "size=1m") as ro:
         result = scu(*DEMO, "--output-dir", str(ro / "run"))
@@ -132,6 +135,7 @@ def test_a_read_only_output_dir_is_refused_before_loading(tmp_path: Path) -> Non
     assert f"cannot write in {tmp_path / 'ro'}: a read-only file system" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_full_disk_fails_in_one_line_and_the_run_resumes_once_there_is_room(
     tmp_path: Path,
 ) -> None:
@@ -162,6 +166,7 @@ def test_a_full_disk_fails_in_one_line_and_the_run_resumes_once_there_is_room(
 # --- checkpoints ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path: Path) -> None:
     out = tmp_path / "run"
     first = scu(*DEMO, "--max-steps", "20", "--set", "training.save_every=10",
@@ -177,6 +182,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path: Path
     assert steps[20:] == list(range(11, 26))  # trained again from step 10
 
 
+@pytest.mark.slow
 def test_a_quick_second_sigint_does_not_lose_the_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = long_run(out)

@@ -16,6 +16,8 @@ from scu_tui.presets import load_preset
 from scu_tui.runlock import RunLock
 from scu_tui.runs import list_runs
 
+pytestmark = pytest.mark.slow
+
 QUIET = ["--set", "scu.enabled=false", "--set", "training.save_every=10"]
 
 

@@ -196,6 +196,7 @@ def test_start_raises_oserror_when_no_socket_can_be_made(
     assert not (run_dir / RunFile.CONTROL).exists()
 
 
+@pytest.mark.slow
 def test_without_a_socket_the_run_trains_on_with_one_warning(tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 120)
     deep.mkdir()
@@ -366,6 +367,7 @@ def test_nested_huge_and_odd_requests_get_ok_false_without_a_traceback(
     assert "Traceback" not in captured.out + captured.err
 
 
+@pytest.mark.slow
 def test_a_running_run_refuses_bad_requests_without_a_traceback(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = scu_popen(

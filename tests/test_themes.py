@@ -91,6 +91,7 @@ def test_theme_files_are_checked(text: str, problem: str) -> None:
         parse_theme(text, "t.toml")
 
 
+@pytest.mark.slow
 def test_cli_refuses_an_unknown_theme_before_the_app_starts() -> None:
     result = scu("--preset", "demo", "--theme", "nope", timeout=120)
     assert result.returncode == 2
@@ -98,6 +99,7 @@ def test_cli_refuses_an_unknown_theme_before_the_app_starts() -> None:
     assert "\x1b[?1049h" not in result.stdout  # never switched to the app's screen
 
 
+@pytest.mark.slow
 def test_themes_module_does_not_import_textual() -> None:
     code = (
         "import sys, scu_tui.themes as t; t.find_theme('scu-dark'); print('textual' in sys.modules)"

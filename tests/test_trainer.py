@@ -17,6 +17,8 @@ from scu_tui.training.data import load_data
 from scu_tui.training.model import apply_lora, load_model
 from scu_tui.training.trainer import Trainer, gradient_stats
 
+pytestmark = pytest.mark.slow
+
 
 def make_trainer(**updates: Any) -> Trainer:
     settings: Settings = load_preset("demo").replace(
