@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from check_accuracy import QWEN3_4B_MLX_4BIT  # bench/ is on the path of a script run from it
+from workloads import QWEN3_4B_MLX_4BIT  # bench/ is on the path of a script run from it
 
 import scu_tui  # noqa: F401  (loads the system OpenBLAS before mlx, as the app does)
 

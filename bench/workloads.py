@@ -11,17 +11,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-#: config.json of Qwen/Qwen3-4B-MLX-4bit (as on the hub), the reference workload's model.
+#: config.json of Qwen/Qwen3-4B-MLX-4bit (as on the hub), the reference workload's model:
+#: the keys that shape the model and its memory (not the hub's token ids, which a built
+#: stand-in of this shape, with its own tokenizer, must not claim).
 QWEN3_4B_MLX_4BIT: dict[str, Any] = {
     "architectures": ["Qwen3ForCausalLM"],
     "attention_bias": False,
-    "attention_dropout": 0.0,
-    "bos_token_id": 151643,
-    "eos_token_id": 151645,
     "head_dim": 128,
     "hidden_act": "silu",
     "hidden_size": 2560,
-    "initializer_range": 0.02,
     "intermediate_size": 9728,
     "max_position_embeddings": 40960,
     "max_window_layers": 36,
@@ -31,13 +29,9 @@ QWEN3_4B_MLX_4BIT: dict[str, Any] = {
     "num_key_value_heads": 8,
     "quantization": {"group_size": 64, "bits": 4},
     "rms_norm_eps": 1e-06,
-    "rope_scaling": None,
     "rope_theta": 1000000,
-    "sliding_window": None,
     "tie_word_embeddings": True,
     "torch_dtype": "bfloat16",
-    "use_cache": True,
-    "use_sliding_window": False,
     "vocab_size": 151936,
 }
 
