@@ -31,6 +31,8 @@ EMBEDDED_DEMO = "@demo"
 
 FORMATS = ("auto", "text", "completions", "chat")
 SCHEDULES = ("constant", "cosine", "plateau")
+#: the names of ``scu_tui.training.optimizers.OPTIMIZERS`` (kept here: config imports no MLX)
+OPTIMIZERS = ("adamw", "schedule_free", "prodigy")
 MODES = tuple(mode.value for mode in Mode)
 
 
@@ -199,8 +201,13 @@ class TrainingSettings:
         1, "micro-batches per optimizer step", at_least(1, 65536)
     )
     learning_rate: float = setting(1e-4, "base learning rate", above(0, 10))
+    optimizer: str = setting(
+        "adamw",
+        "adamw | schedule_free | prodigy (Prodigy sets its own step size)",
+        one_of(*OPTIMIZERS),
+    )
     schedule: str = setting("cosine", "base schedule the S-SCU multiplies", one_of(*SCHEDULES))
-    weight_decay: float = setting(0.0, "AdamW decoupled weight decay", at_least(0, 10))
+    weight_decay: float = setting(0.0, "decoupled weight decay", at_least(0, 10))
     max_steps: int = setting(1000, "optimizer steps to train", count(1))
     warmup_steps: int = setting(0, "linear warm-up steps before the schedule", count(0))
     eval_every: int = setting(200, "steps between validation passes", count(1))

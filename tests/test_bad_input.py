@@ -45,6 +45,10 @@ def write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
         (["--max-steps", "10" + "0" * 30], "training.max_steps = 1000"),
         (["--set", "name=../../outside"], 'name = "../../outside": must be a plain file name'),
         (["--set", "scu.lr_bounds=[1e-5]"], "scu.lr_bounds = [1e-05]: must be [low, high]"),
+        (
+            ["--set", "training.optimizer=sgd"],
+            "training.optimizer = \"sgd\": must be one of 'adamw', 'schedule_free', 'prodigy'",
+        ),
     ],
 )
 @pytest.mark.slow

@@ -47,6 +47,7 @@ def test_spec_keys_are_all_present() -> None:
         "training.batch_size",
         "training.gradient_accumulation_steps",
         "training.learning_rate",
+        "training.optimizer",
         "training.schedule",
         "training.weight_decay",
         "training.max_steps",

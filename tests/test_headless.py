@@ -195,3 +195,31 @@ def test_the_shipped_demo_learns_and_the_scu_acts(tmp_path: Path) -> None:
     assert proposals, "the shipped demo should show the S-SCU at work"
     assert f"SCU Step {proposals[0]['step']}: {proposals[0]['reason']}" in result.stdout
     assert events[-1]["type"] == "done" and events[-1]["status"] == "completed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["schedule_free", "prodigy"])
+def test_the_demo_trains_with_each_optimizer(tmp_path: Path, optimizer: str) -> None:
+    """``training.optimizer`` from the command line: the run trains, with the S-SCU on, and
+    its settings file says which optimizer it used."""
+    out = tmp_path / "run"
+    result = scu(
+        "--headless",
+        "--preset",
+        "demo",
+        "--max-steps",
+        "40",
+        "--set",
+        f"training.optimizer={optimizer}",
+        "--set",
+        "training.compare_at_end=false",
+        "--output-dir",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    evals = [e["val_loss"] for e in read_events(out) if e["type"] == "eval"]
+    assert len(evals) == 3 and evals[-1] < 0.8 * evals[0]
+    steps = [e for e in read_events(out) if e["type"] == "step"]
+    assert all(-1.0 <= e["alignment"] <= 1.0 for e in steps[1:])  # the S-SCU's signal
+    config = json.loads((out / "simple_training_config.json").read_text(encoding="utf-8"))
+    assert config["settings"]["training"]["optimizer"] == optimizer

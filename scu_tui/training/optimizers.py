@@ -42,6 +42,9 @@ class KnobOptimizer(optim.Optimizer):  # type: ignore[misc]
     """An optimizer whose weight decay is an array in the state, so a compiled step sees
     changes, and that says where the gradient is to be taken."""
 
+    #: whether :meth:`gradient_point` differs from the model's weights
+    moves_gradient_point = False
+
     def __init__(self, learning_rate: float, weight_decay: float) -> None:
         super().__init__()
         self._maybe_schedule("learning_rate", learning_rate)
@@ -56,6 +59,8 @@ class KnobOptimizer(optim.Optimizer):  # type: ignore[misc]
 
 class KnobAdamW(optim.AdamW):  # type: ignore[misc]
     """mlx's AdamW (no bias correction) with its weight decay as an array in the state."""
+
+    moves_gradient_point = False
 
     def __init__(self, learning_rate: float, weight_decay: float) -> None:
         super().__init__(learning_rate=learning_rate, weight_decay=0.0)
@@ -82,6 +87,8 @@ class ScheduleFreeAdamW(KnobOptimizer):
     compares each gradient with it, as it does with AdamW's first moment.
     """
 
+    moves_gradient_point = True
+
     def __init__(self, learning_rate: float, weight_decay: float) -> None:
         super().__init__(learning_rate, weight_decay)
         self.state["lr_max"] = mx.array(-1.0, mx.float32)
@@ -93,6 +100,8 @@ class ScheduleFreeAdamW(KnobOptimizer):
         state["m"] = mx.zeros_like(parameter)
 
     def gradient_point(self, params: Any) -> Any:
+        if not self._initialized:  # a state loaded from a file lacks the empty branches
+            self.init(params)
         b1 = self.betas[0]
         return tree_map(lambda x, s: self._y(x, s["z"], b1), params, self.state)
 

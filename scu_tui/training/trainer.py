@@ -2,7 +2,8 @@
 
 Knobs that change mid-run really change the computation:
 - the learning rate and weight decay live in the optimizer's state as ``mx.array``s,
-  which the compiled functions take as inputs;
+  which the compiled functions take as inputs (for every ``training.optimizer``, see
+  :mod:`scu_tui.training.optimizers`);
 - LoRA dropout is a Python float inside ``nn.Dropout``, so changing it rebuilds the
   compiled functions;
 - accumulation is the number of micro-batches the Python loop feeds per step.
@@ -22,7 +23,6 @@ from typing import Any, assert_never
 
 import mlx.core as mx
 import mlx.nn as nn
-import mlx.optimizers as optim
 import numpy as np
 from mlx.nn.utils import average_gradients
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
@@ -33,6 +33,7 @@ from scu_tui.protocol import Knob
 from scu_tui.training.checkpoint import STATE_FILE, atomic_write_json
 from scu_tui.training.data import BatchStream, DataBundle, eval_batches
 from scu_tui.training.model import set_lora_dropout
+from scu_tui.training.optimizers import make_optimizer
 
 STATE_VERSION = 1
 COSINE_FLOOR = 0.1  # cosine decays to 10 % of the base learning rate
@@ -61,19 +62,6 @@ def _select_in_place(new: Any, old: Any, keep_new: mx.array) -> None:
             _select_in_place(value, old[key], keep_new)
         elif isinstance(value, mx.array):
             new[key] = mx.where(keep_new, value, old[key])
-
-
-class KnobAdamW(optim.AdamW):  # type: ignore[misc]
-    """AdamW whose weight decay is an array in the state, so a compiled step sees changes."""
-
-    def __init__(self, learning_rate: float, weight_decay: float) -> None:
-        super().__init__(learning_rate=learning_rate, weight_decay=0.0)
-        self.state["weight_decay"] = mx.array(weight_decay)
-
-    def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict[str, Any]) -> Any:
-        lr = self.learning_rate.astype(gradient.dtype)
-        decay = self.state["weight_decay"].astype(gradient.dtype)
-        return optim.Adam.apply_single(self, gradient, parameter * (1 - lr * decay), state)
 
 
 def use_grad_checkpoint(model: nn.Module) -> int:
@@ -171,8 +159,9 @@ class StepResult:
     tokens: int
     seconds: float
     skipped: bool
-    #: cos(this step's gradient, Adam's first moment before the update): how far the new
-    #: gradient still points along the direction the last updates moved (nan on step 1).
+    #: cos(this step's gradient, the optimizer's first moment ``m`` before the update): how
+    #: far the new gradient still points along the direction the last updates moved (nan on
+    #: step 1). Schedule-Free keeps an ``m`` of its own for this (see its docstring).
     alignment: float = math.nan
 
 
@@ -184,7 +173,9 @@ def gradient_stats(grads: Any, state: Any) -> tuple[mx.array, mx.array]:
     last moved the weights along -m / sqrt(v), so a positive value says the new gradient
     still points down the same slope (the steps are shorter than the slope: a sign of too
     low an LR), a negative one that the last step overshot (nan while m is all zeros, on
-    the first step). Reads the state, changes nothing.
+    the first step). Prodigy's ``m`` is Adam's scaled by its step-size estimate (the cosine
+    does not see the scale); Schedule-Free keeps an ``m`` of the same kind for this alone.
+    Reads the state, changes nothing.
 
     Everything is three reductions over one concatenation of the gradient and one of
     ``m``, however many LoRA matrices there are (``bench/gradient_stats.py`` times it
@@ -233,7 +224,9 @@ class Trainer:
         self.knobs = Knobs(
             1.0, t.weight_decay, settings.lora.dropout, t.gradient_accumulation_steps
         )
-        self.optimizer = KnobAdamW(learning_rate=self.schedule.lr(0), weight_decay=t.weight_decay)
+        self.optimizer = make_optimizer(
+            t.optimizer, self._optimizer_lr(self.schedule.lr(0)), t.weight_decay
+        )
         # Initialised up front so the guarded update always sees the same state structure.
         self.optimizer.init(model.trainable_parameters())
         self.stream = BatchStream(data.train, t.batch_size, self.max_seq_length, t.seed)
@@ -253,6 +246,18 @@ class Trainer:
         model, opt = self.model, self.optimizer
         loss_and_grad = nn.value_and_grad(model, loss_fn)
         group, world = self.group, self.world
+        # Schedule-Free: the model holds the average x; the gradient is taken at y, which
+        # exists only inside these two functions (so evaluation and saving always see x)
+        elsewhere = opt.moves_gradient_point
+
+        def value_and_grad(batch: mx.array, lengths: mx.array) -> Any:
+            if not elsewhere:
+                return loss_and_grad(model, batch, lengths)
+            rest = model.trainable_parameters()
+            model.update(opt.gradient_point(rest))
+            out = loss_and_grad(model, batch, lengths)
+            model.update(rest)
+            return out
 
         def share(loss: mx.array, ntoks: mx.array, grads: Any, weight: mx.array) -> Any:
             """This rank's part of the global batch's token mean: its loss and gradient
@@ -273,7 +278,7 @@ class Trainer:
             batch: mx.array, lengths: mx.array, prev: Any, weight: mx.array
         ) -> tuple[Any, ...]:
             """A micro-batch that is not the last of its step: add its gradient."""
-            (loss, ntoks), grads = loss_and_grad(model, batch, lengths)
+            (loss, ntoks), grads = value_and_grad(batch, lengths)
             if world > 1:
                 loss, ntoks, grads = share(loss, ntoks, grads, weight)
             if prev is not None:
@@ -295,7 +300,7 @@ class Trainer:
             finite (``mx.where``), so a bad batch leaves weights and optimizer state as they
             were without a second synchronisation per step.
             """
-            (loss, ntoks), grads = loss_and_grad(model, batch, lengths)
+            (loss, ntoks), grads = value_and_grad(batch, lengths)
             if world > 1:
                 loss, ntoks, grads = share(loss, ntoks, grads, weight)
             if prev is not None:
@@ -328,6 +333,14 @@ class Trainer:
 
     def current_lr(self) -> float:
         return self.schedule.lr(self.step) * self.knobs.lr_multiplier
+
+    def _optimizer_lr(self, lr: float) -> float:
+        """The rate the optimizer is given for a step at ``lr``. Prodigy estimates its own
+        step size ``d`` and takes a factor on it (1 by default): the schedule and the
+        S-SCU's multiplier, relative to ``training.learning_rate``."""
+        if self.settings.training.optimizer == "prodigy":
+            return lr / self.settings.training.learning_rate
+        return lr
 
     def set_knob(self, knob: Knob, value: float) -> tuple[float, float]:
         """Change a knob before the next step; returns ``(before, after)``. Raises
@@ -368,7 +381,7 @@ class Trainer:
             # what the uninterrupted one would have (MLX's global key cannot be restored).
             mx.random.seed(self.settings.training.seed * 1_000_003 + self.step)
         lr = self.current_lr()
-        self.optimizer.learning_rate = mx.array(lr)
+        self.optimizer.learning_rate = mx.array(self._optimizer_lr(lr))
         accumulation = self.knobs.accumulation
         grads: Any = None
         loss_sum = 0.0
