@@ -2,13 +2,15 @@
 
 Needs PyTorch and the reference implementations (the test suite does not):
 
-    python -m venv /tmp/ref && /tmp/ref/bin/pip install torch schedulefree prodigyopt numpy
+    python -m venv /tmp/ref
+    /tmp/ref/bin/pip install torch==2.13.0 schedulefree==1.4.1 prodigyopt==1.1.2 numpy
     /tmp/ref/bin/python tests/data/optimizer_reference.py      # writes optimizer_reference.json
 
 The problem: two float32 tensors, one random and one all zeros (as LoRA's B starts), and
 the loss 0.5 * sum(c * (p - target)^2) + 0.1 * sum(sin(p)); each step's gradient is taken
 where the optimizer says (for Schedule-Free, at y) and recorded, so a test feeds the same
-gradients to the MLX optimizer and compares every state the reference exposes.
+gradients to the MLX optimizer and compares every state the reference exposes. The
+versions used are written into the file.
 """
 
 from __future__ import annotations
