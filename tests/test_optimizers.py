@@ -16,7 +16,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from scu_tui.training.optimizers import Prodigy, ScheduleFreeAdamW, make_optimizer
+from scu_tui import config
+from scu_tui.training.optimizers import OPTIMIZERS, Prodigy, ScheduleFreeAdamW, make_optimizer
 
 REFERENCE = json.loads(
     (Path(__file__).parent / "data" / "optimizer_reference.json").read_text(encoding="utf-8")
@@ -106,6 +107,10 @@ def test_each_optimizer_keeps_its_decay_and_first_moment_in_its_state(name: str)
     p = opt.apply_gradients(arrays(REFERENCE["prodigy"]["steps"][0]["grad"]), p)
     mx.eval(p)
     assert all(math.isfinite(float(mx.sum(v))) for v in p.values())
+
+
+def test_the_settings_offer_exactly_the_optimizers_there_are() -> None:
+    assert config.OPTIMIZERS == OPTIMIZERS
 
 
 def test_an_unknown_optimizer_is_refused() -> None:

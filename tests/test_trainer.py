@@ -13,6 +13,7 @@ import pytest
 from mlx.utils import tree_flatten, tree_unflatten
 
 from scu_tui.config import Settings
+from scu_tui.errors import UserError
 from scu_tui.presets import load_preset
 from scu_tui.training.data import load_data
 from scu_tui.training.distributed import share_state
@@ -181,6 +182,14 @@ def test_each_step_reports_its_alignment_after_the_first() -> None:
     results = [trainer.train_step() for _ in range(4)]
     assert math.isnan(results[0].alignment)
     assert all(-1.0 <= r.alignment <= 1.0 for r in results[1:])
+
+
+def test_a_checkpoint_of_another_optimizer_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    make_trainer().save_state(folder)
+    with pytest.raises(UserError, match=r"training\.optimizer = 'adamw', not 'prodigy'"):
+        make_trainer_with("prodigy").load_state(folder)
 
 
 class RankZeroMirror:

@@ -19,6 +19,7 @@ purpose) ``m``, which the trainer's update-alignment signal reads.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import mlx.core as mx
@@ -121,19 +122,27 @@ class ScheduleFreeAdamW(KnobOptimizer):
         weight_sum = self.state["weight_sum"] + weight
         ckp1 = mx.where(weight_sum > 0, weight / mx.where(weight_sum > 0, weight_sum, 1.0), 0.0)
         self.state["lr_max"], self.state["weight_sum"] = lr_max, weight_sum
-        self._lr, self._ckp1 = lr, ckp1
         # 1 - beta2^t, without the cancellation of a float32 subtraction near 1
-        self._correction = -mx.expm1(t * math.log(self.betas[1]))
-        return tree_map(self.apply_single, gradients, parameters, self.state)
+        correction = -mx.expm1(t * math.log(self.betas[1]))
+        update = partial(self._update_one, lr, ckp1, correction)
+        return tree_map(update, gradients, parameters, self.state)
 
-    def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict[str, Any]) -> Any:
+    def _update_one(
+        self,
+        lr: mx.array,
+        ckp1: mx.array,
+        correction: mx.array,
+        gradient: mx.array,
+        parameter: mx.array,
+        state: dict[str, Any],
+    ) -> mx.array:
         b1, b2 = self.betas
         dtype = gradient.dtype
-        lr, ckp1 = self._lr.astype(dtype), self._ckp1.astype(dtype)
+        lr, ckp1 = lr.astype(dtype), ckp1.astype(dtype)
         decay = self.state["weight_decay"].astype(dtype)
         z = state["z"]
         v = b2 * state["v"] + (1 - b2) * mx.square(gradient)
-        denom = mx.sqrt(v / self._correction.astype(dtype)) + self.eps
+        denom = mx.sqrt(v / correction.astype(dtype)) + self.eps
         normalised = gradient / denom + decay * self._y(parameter, z, b1)
         z = z - lr * normalised
         state["z"], state["v"] = z, v
@@ -208,12 +217,19 @@ class Prodigy(KnobOptimizer):
         self.state["d_max"] = d_max
         self.state["d_numerator"] = mx.where(moves, global_numerator, self.state["d_numerator"])
         self.state["k"] = self.state["k"] + moves.astype(mx.int32)
-        self._dlr, self._moves = dlr, moves
-        return tree_map(self.apply_single, gradients, parameters, self.state)
+        update = partial(self._update_one, dlr, moves)
+        return tree_map(update, gradients, parameters, self.state)
 
-    def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict[str, Any]) -> Any:
+    def _update_one(
+        self,
+        dlr: mx.array,
+        moves: mx.array,
+        gradient: mx.array,
+        parameter: mx.array,
+        state: dict[str, Any],
+    ) -> mx.array:
         dt = parameter.dtype
-        dlr = self._dlr.astype(dt)
+        dlr = dlr.astype(dt)
         d = self.state["d"].astype(dt)
         decay = self.state["weight_decay"].astype(dt)
         denom = mx.sqrt(state["v"]) + d * self.eps
@@ -221,7 +237,7 @@ class Prodigy(KnobOptimizer):
         # of large numbers, so a rounding apart in the weights shows in d
         new = parameter + (-decay * dlr) * parameter
         new = new + (-dlr) * (state["m"] / denom)
-        return mx.where(self._moves, new, parameter)
+        return mx.where(moves, new, parameter)
 
 
 #: What the trainer may hold: each has ``gradient_point`` and its weight decay in ``state``.

@@ -531,7 +531,12 @@ class Trainer:
         mx.save_safetensors(
             str(folder / "optimizer.safetensors"), dict(tree_flatten(self.optimizer.state))
         )
-        state = {"version": STATE_VERSION, **self.portable_state(), "extra": self.extra_state}
+        state = {
+            "version": STATE_VERSION,
+            "optimizer": self.settings.training.optimizer,
+            **self.portable_state(),
+            "extra": self.extra_state,
+        }
         atomic_write_json(folder / STATE_FILE, state)
 
     def load_state(self, folder: Path) -> None:
@@ -544,6 +549,12 @@ class Trainer:
             raise UserError(f"checkpoint {folder}: cannot be read: {exc}") from None
         if state.get("version") != STATE_VERSION:
             raise UserError(f"checkpoint {folder}: written by an incompatible version")
+        saved, current = state.get("optimizer", "adamw"), self.settings.training.optimizer
+        if saved != current:  # one optimizer's state means nothing to another
+            raise UserError(
+                f"checkpoint {folder}: trained with training.optimizer = '{saved}', not "
+                f"'{current}'; resume with --set training.optimizer={saved}"
+            )
         try:
             self.model.load_weights(list(adapters.items()), strict=False)
         except ValueError as exc:
