@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -186,21 +186,56 @@ def _row_loss(model: Any, sequence: tuple[list[int], int], settings: Settings) -
 
 
 @contextmanager
-def lora_off(model: Any) -> Iterator[None]:
-    """The base model, for a while: every LoRA layer's scale set to 0 (its output is then
-    exactly the frozen layer's), and put back after. Spares loading the base a second time."""
+def lora_off(model: Any, base: Mapping[str, Any] | None = None) -> Iterator[None]:
+    """The base model, for a while, and put back after. Spares loading the base a second
+    time for LoRA and DoRA: every LoRA layer's scale set to 0 (its output is then exactly
+    the frozen layer's); a DoRA layer's also, and its magnitude set back to the frozen
+    weight's row norms (as DoRA starts). For full fine-tuning, ``base`` holds the base
+    values of the trained weights (:func:`base_weights`), swapped in."""
+    from mlx.utils import tree_flatten
+    from mlx_lm.tuner.dora import DoRAEmbedding, DoRALinear
     from mlx_lm.tuner.lora import LoRAEmbedding, LoRALinear, LoRASwitchLinear
 
-    kinds = (LoRALinear, LoRASwitchLinear, LoRAEmbedding)
+    kinds = (LoRALinear, LoRASwitchLinear, LoRAEmbedding, DoRALinear, DoRAEmbedding)
     layers = [m for _, m in model.named_modules() if isinstance(m, kinds)]
     scales = [layer.scale for layer in layers]
+    magnitudes = [getattr(layer, "m", None) for layer in layers]
+    tuned = dict(tree_flatten(model.parameters()))
+    swapped = [(k, tuned[k]) for k in (base or {}) if k in tuned]
     for layer in layers:
         layer.scale = 0.0
+        if isinstance(layer, DoRALinear):
+            layer.set_linear(layer.linear)  # m = the frozen weight's row norms
+        elif isinstance(layer, DoRAEmbedding):
+            layer.set_embedding(layer.embedding)
+    if base:
+        model.load_weights([(k, base[k]) for k, _ in swapped], strict=False)
     try:
         yield
     finally:
-        for layer, scale in zip(layers, scales, strict=True):
+        for layer, scale, m in zip(layers, scales, magnitudes, strict=True):
             layer.scale = scale
+            if m is not None:
+                layer.m = m
+        if swapped:
+            model.load_weights(swapped, strict=False)
+
+
+def base_weights(settings: Settings, model: Any) -> dict[str, Any]:
+    """The base model's values of ``model``'s trainable weights (read from its folder),
+    for :func:`lora_off` on a fully fine-tuned model; empty for LoRA and DoRA."""
+    if settings.lora.type != "full":
+        return {}
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import dequantize_model
+
+    from scu_tui.training.model import load_model
+
+    names = {k for k, _ in tree_flatten(model.trainable_parameters())}
+    base, _ = load_model(settings.model.path)
+    if settings.lora.dequantize:
+        dequantize_model(base)
+    return {k: v for k, v in tree_flatten(base.parameters()) if k in names}
 
 
 def load_adapters_into(model: Any, settings: Settings, adapters: Path) -> None:
@@ -280,8 +315,9 @@ def compare_model(
         return loss, out
 
     training = getattr(model, "training", False)
+    originals = base_weights(settings, model)
     try:
-        with lora_off(model):
+        with lora_off(model, originals):
             base_loss, base = answers()
         tuned_loss, tuned = answers()
     finally:

@@ -33,6 +33,7 @@ FORMATS = ("auto", "text", "completions", "chat")
 SCHEDULES = ("constant", "cosine", "plateau")
 #: the names of ``scu_tui.training.optimizers.OPTIMIZERS`` (kept here: config imports no MLX)
 OPTIMIZERS = ("adamw", "schedule_free", "prodigy")
+FINE_TUNE_TYPES = ("lora", "dora", "full")  # as mlx-lm's fine_tune_type
 MODES = tuple(mode.value for mode in Mode)
 
 
@@ -175,11 +176,19 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class LoraSettings:
+    type: str = setting(
+        "lora",
+        "lora | dora | full (mlx-lm's fine_tune_type; full trains the num_layers top blocks)",
+        one_of(*FINE_TUNE_TYPES),
+    )
     rank: int = setting(8, "LoRA rank r", at_least(1, 65536))
     alpha: float = setting(16.0, "LoRA alpha; mlx-lm scale = alpha / rank", above(0, 1e6))
     dropout: float = setting(0.0, "dropout on the LoRA input", in_range(0, 1, high_open=True))
     num_layers: int = setting(-1, "transformer blocks to adapt, from the top; -1 = all", layers)
     keys: list[str] = setting([], "module keys to adapt (e.g. 'self_attn.q_proj'); [] = defaults")
+    dequantize: bool = setting(
+        False, "train on a float copy of a quantized base (needed by 'full'; more memory)"
+    )
 
 
 @dataclass(frozen=True)

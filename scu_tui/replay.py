@@ -35,7 +35,9 @@ def replay(run_dir: Path, settings: Settings) -> tuple[list[Proposal], int]:
     path = run_dir / RunFile.EVENTS
     if not path.is_file():
         raise UserError(f"replay {run_dir}: not a scu-tui run (no {RunFile.EVENTS})")
-    controller = Controller(settings.scu, settings.training)
+    controller = Controller(
+        settings.scu, settings.training, dropout=settings.lora.type != "full"
+    )
     knobs: dict[str, float] = {Knob.LR_MULTIPLIER: 1.0}
     proposals: list[Proposal] = []
     lines = read_events(path)

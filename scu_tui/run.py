@@ -203,7 +203,9 @@ class Run:
         self.lora_info: LoraInfo | None = None
         self.data: DataBundle | None = None
         if controller is None and settings.scu.enabled:
-            controller = Controller(settings.scu, settings.training)
+            controller = Controller(
+                settings.scu, settings.training, dropout=settings.lora.type != "full"
+            )
         self.controller = controller
         # every proposal's life, in one place (the controller's; empty without the S-SCU)
         self.book = controller.book if controller is not None else ProposalBook()

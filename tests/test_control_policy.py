@@ -69,8 +69,9 @@ class Run:
         outcome: str | None = "applied",
         current: dict[str, float] | None = None,
         val: Curve | None = None,
+        dropout: bool = True,
     ) -> None:
-        self.controller = Controller(scu, training)
+        self.controller = Controller(scu, training, dropout=dropout)
         self.loss, self.grad, self.val = loss, grad, val
         self.outcome = outcome
         self.knobs = current or knobs()
@@ -213,6 +214,14 @@ def test_overfitting_raises_weight_decay_then_dropout() -> None:
 
     both = knobs(weight_decay=SCU.weight_decay_bounds[1], dropout=SCU.dropout_bounds[1])
     assert Run(decaying_loss, steady_grad, val=rising_val, current=both).until(100) == []
+
+
+def test_overfitting_without_dropout_to_move_proposes_no_dropout() -> None:
+    """Full fine-tuning has no dropout: with weight decay at its limit nothing is left."""
+    rising_val = lambda step: 1.5 + 0.002 * step  # noqa: E731
+    at_max = knobs(weight_decay=SCU.weight_decay_bounds[1])
+    run = Run(decaying_loss, steady_grad, val=rising_val, current=at_max, dropout=False)
+    assert [p.knob for p in run.until(200)] == []
 
 
 def test_noisy_gradients_while_improving_raise_accumulation() -> None:

@@ -152,7 +152,7 @@ def fitted(
     prior_total = prior.per_token_layers + prior.per_token_vocab
     vocab_share = prior.per_token_vocab / prior_total if prior_total > 0 else 0.0
     return Coefficients(
-        fixed_extra=max(0.0, fixed - parameter_bytes(f)),
+        fixed_extra=max(0.0, fixed - parameter_bytes(f) - dora_copy_bytes(f)),
         per_token_layers=per_token * (1 - vocab_share),
         per_token_vocab=per_token * vocab_share,
         per_token_sq=per_token_sq,
@@ -160,9 +160,23 @@ def fitted(
     )
 
 
+def adapter_bytes(f: ModelFacts) -> float:
+    """The adapters' own weights: LoRA's matrices (and DoRA's magnitudes); none for full
+    fine-tuning, whose trained weights are the base's, counted with them."""
+    return 0.0 if f.fine_tune_type == "full" else float(f.trainable_bytes)
+
+
+def dora_copy_bytes(f: ModelFacts) -> float:
+    """DoRA on a quantized base: each adapted layer's weight dequantized in the forward
+    pass, kept until the backward pass (a float base's weight is used as it is)."""
+    if f.fine_tune_type != "dora" or f.quantization == "none":
+        return 0.0
+    return float(f.dora_elements * f.act_bytes)
+
+
 def parameter_bytes(f: ModelFacts) -> float:
-    """Weights, LoRA weights and AdamW's moments: always resident during training."""
-    return float(f.weight_bytes + f.trainable_bytes * (1 + ADAM_STATES))
+    """Weights, adapters and AdamW's moments: always resident during training."""
+    return float(f.weight_bytes + adapter_bytes(f) + f.trainable_bytes * ADAM_STATES)
 
 
 def estimate(
@@ -185,10 +199,16 @@ def estimate(
     grads = c.fixed_extra + (f.trainable_bytes if accumulation > 1 else 0)
     share = MEASURED_MARGIN if c.measured else CONFIG_MARGIN
     quant = "" if f.quantization == "none" else f" ({f.quantization})"
+    adapters = {"lora": "LoRA weights", "dora": "DoRA weights"}.get(f.fine_tune_type)
     trainable = (
-        Term("LoRA weights", "parameters", float(f.trainable_bytes), "config"),
+        *([Term(adapters, "parameters", adapter_bytes(f), "config")] if adapters else []),
         Term("optimizer state", "parameters", float(f.trainable_bytes * ADAM_STATES), "config"),
         Term("gradients, buffers", "parameters", grads, source),
+        *(
+            [Term("DoRA float weight copies", "parameters", dora_copy_bytes(f), "config")]
+            if dora_copy_bytes(f)
+            else []
+        ),
     )
     # the margin covers what a step allocates beside the fitted terms: with gradient
     # checkpointing the activations are small and the trainable state's temporaries count

@@ -46,6 +46,10 @@ class ModelFacts:
     head_dim: int
     vocab: int
     max_positions: int
+    fine_tune_type: str = "lora"  # lora | dora | full (lora.type)
+    #: weight elements of the DoRA-adapted layers: on a quantized base each one's weight is
+    #: dequantized in the forward pass and that float copy kept for the backward pass
+    dora_elements: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,13 +108,17 @@ def lazy_model(folder: Path, config: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _count(model: nn.Module, config: dict[str, Any]) -> tuple[int, int]:
-    """Base parameters (quantized ones unpacked, scales not counted) and their bytes."""
+def _count(
+    model: nn.Module, config: dict[str, Any], adapters: set[str] | None = None
+) -> tuple[int, int]:
+    """Base parameters (quantized ones unpacked, scales not counted) and their bytes;
+    ``adapters``: names of adapter parameters, not counted (LoRA's matrices, DoRA's
+    magnitudes)."""
     q = _quantization(config)
     params = 0
     nbytes = 0
     for name, value in tree_flatten(model.parameters()):
-        if "lora_" in name:
+        if "lora_" in name or name in (adapters or ()):
             continue
         nbytes += value.nbytes
         if name.endswith((".scales", ".biases")) and q is not None:
@@ -124,9 +132,13 @@ def _count(model: nn.Module, config: dict[str, Any]) -> tuple[int, int]:
 
 def facts(model: nn.Module, config: dict[str, Any], lora: LoraSettings) -> ModelFacts:
     """Facts of ``model`` (real or lazy) after ``apply_lora``."""
+    from mlx_lm.tuner.dora import DoRALinear
+
     c = _text_config(config)
-    params, weight_bytes = _count(model, config)
     trainable = tree_flatten(model.trainable_parameters())
+    adapters = set() if lora.type == "full" else {name for name, _ in trainable}
+    params, weight_bytes = _count(model, config, adapters)
+    dora = [m for _, m in model.named_modules() if isinstance(m, DoRALinear)]
     lora_modules = sum(1 for name, _ in trainable if name.endswith("lora_a"))
     q = _quantization(config)
     hidden = int(c.get("hidden_size", 0))
@@ -152,6 +164,8 @@ def facts(model: nn.Module, config: dict[str, Any], lora: LoraSettings) -> Model
         head_dim=int(c.get("head_dim") or (hidden // max(heads, 1))),
         vocab=int(c.get("vocab_size", 0)),
         max_positions=int(c.get("max_position_embeddings", 0)),
+        fine_tune_type=lora.type,
+        dora_elements=sum(int(m.m.size) * int(m.lora_a.shape[0]) for m in dora),
     )
 
 

@@ -229,10 +229,13 @@ class CheckResult:
         source = "weights loaded" if self.model_source == "weights" else "config.json alone"
         lines += _row("parameters", f"{f.parameters:,} ({f.model_type}, {f.dtype}; {source})")
         lines += _row("quantization", f"{f.quantization}; weights {gb(f.weight_bytes)}")
-        lines += _row(
-            "LoRA",
-            f"{f.trainable:,} trainable (rank {f.lora_rank}, {f.lora_modules} layers adapted)",
-        )
+        if f.fine_tune_type == "full":
+            lines += _row("full", f"{f.trainable:,} trainable (every weight of the blocks trained)")
+        else:
+            lines += _row(
+                "DoRA" if f.fine_tune_type == "dora" else "LoRA",
+                f"{f.trainable:,} trainable (rank {f.lora_rank}, {f.lora_modules} layers adapted)",
+            )
         lines += ["", "data"]
         lines += _data_lines(d, s)
         lines += ["", "memory"]

@@ -46,6 +46,7 @@ Memory of effects, so a long run neither flip-flops nor drifts:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -195,7 +196,11 @@ def _pct(x: float) -> str:
 class Controller:
     """Watches a run step by step and proposes at most one bounded change per control period."""
 
-    def __init__(self, scu: ScuSettings, training: TrainingSettings) -> None:
+    def __init__(
+        self, scu: ScuSettings, training: TrainingSettings, *, dropout: bool = True
+    ) -> None:
+        if not dropout:  # nothing to drop out (full fine-tuning): no dropout move, ever
+            scu = dataclasses.replace(scu, dropout_bounds=[0.0, 0.0])
         self.scu = scu
         self.training = training
         # (step, loss, grad norm, lr, alignment): alignment is nan when not reported

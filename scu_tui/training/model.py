@@ -68,8 +68,7 @@ def check_safetensors(path: Path) -> None:
             length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
             if not 2 <= length <= size - 8:
                 raise UserError(
-                    f"{path}: truncated or not a safetensors file ({size} bytes); "
-                    "download it again"
+                    f"{path}: truncated or not a safetensors file ({size} bytes); download it again"
                 )
             header = json.loads(fh.read(length))
     except OSError as exc:
@@ -160,24 +159,58 @@ def load_model(path: str) -> tuple[nn.Module, Any]:
     return model, tokenizer
 
 
+def is_quantized(model: nn.Module) -> bool:
+    """Whether any layer of ``model`` (adapted layers' bases included) holds quantized weights."""
+    from mlx_lm.models.switch_layers import QuantizedSwitchLinear
+
+    kinds = (nn.QuantizedLinear, nn.QuantizedEmbedding, QuantizedSwitchLinear)
+    return any(isinstance(m, kinds) for _, m in model.named_modules())
+
+
 def apply_lora(model: nn.Module, lora: LoraSettings, model_path: str) -> LoraInfo:
-    """Freeze the base and convert linear layers to LoRA (QLoRA when the base is quantized)."""
+    """Freeze the base and make the part that trains, as ``mlx_lm.lora`` does for its
+    ``fine_tune_type``: LoRA or DoRA layers (QLoRA on a quantized base), or for ``full``
+    the top ``num_layers`` blocks unfrozen. ``lora.dequantize`` first turns a quantized
+    base into float weights (``full`` needs it: quantized layers never train)."""
     from mlx_lm.tuner.utils import linear_to_lora_layers
+    from mlx_lm.utils import dequantize_model
 
     layers = len(getattr(model, "layers", []))
     if lora.num_layers > layers:
         raise UserError(
             f"lora.num_layers = {lora.num_layers}: the model has only {layers} transformer blocks"
         )
-    params: dict[str, Any] = {
+    if lora.dequantize:
+        dequantize_model(model)
+    params: dict[str, Any] | None = {
         "rank": lora.rank,
         "scale": lora.alpha / lora.rank,
         "dropout": lora.dropout,
     }
-    if lora.keys:
-        params["keys"] = list(lora.keys)
     model.freeze()
-    linear_to_lora_layers(model, lora.num_layers, params)
+    if lora.type == "full":
+        if lora.dropout > 0:
+            raise UserError(
+                f"lora.dropout = {lora.dropout}: full fine-tuning has no adapter layers to "
+                "drop inputs of; set lora.dropout = 0 (or use lora.type = 'lora' / 'dora')"
+            )
+        if is_quantized(model):
+            raise UserError(
+                "lora.type = 'full' on a quantized model: its quantized layers cannot train "
+                "and would stay frozen. Add --set lora.dequantize=true to train a float copy "
+                "(about 4x the memory of 4-bit weights), or use lora.type = 'lora' / 'dora'"
+            )
+        for block in model.layers[-max(lora.num_layers, 0) :]:
+            block.unfreeze()
+        params = None
+    else:
+        assert params is not None
+        if lora.keys:
+            params["keys"] = list(lora.keys)
+        try:
+            linear_to_lora_layers(model, lora.num_layers, params, use_dora=lora.type == "dora")
+        except ValueError as exc:  # e.g. a layer kind DoRA does not support
+            raise UserError(f"lora.type = {lora.type!r}: {exc}") from None
     trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     if trainable == 0:
         raise UserError(
@@ -185,7 +218,7 @@ def apply_lora(model: nn.Module, lora: LoraSettings, model_path: str) -> LoraInf
         )
     total = sum(v.size for _, v in tree_flatten(model.parameters()))
     config = {
-        "fine_tune_type": "lora",
+        "fine_tune_type": lora.type,
         "model": resolve_model_path(model_path),  # a path mlx-lm can load (not "@demo")
         "num_layers": lora.num_layers,
         "lora_parameters": params,

@@ -213,6 +213,8 @@ class Trainer:
             )
         self.after_step: Callable[[StepResult], None] | None = None  # a per-step hook
         self.model = model
+        # LoRA and DoRA layers drop their inputs; full fine-tuning has no such layer
+        self.has_dropout = set_lora_dropout(model, settings.lora.dropout) > 0
         model.train()  # mlx_lm.load leaves the model in eval mode, which disables dropout
         if t.grad_checkpoint:
             use_grad_checkpoint(model)
@@ -358,6 +360,8 @@ class Trainer:
                 self.knobs.weight_decay = float(value)
                 self.optimizer.state["weight_decay"] = mx.array(float(value))
             case Knob.DROPOUT:  # a float baked into the compiled step: recompile
+                if not self.has_dropout and value != before:
+                    raise ValueError("full fine-tuning has no dropout to change")
                 if not 0 <= value < 1:
                     raise ValueError("dropout must be in [0, 1)")
                 self.knobs.dropout = float(value)
