@@ -137,6 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--prompt", metavar="TEXT", help="default: a prompt of its test split")
     generate.add_argument("--max-tokens", type=int, default=64, metavar="N")
     generate.add_argument("--base", action="store_true", help="the base model, no adapters")
+    fuse = sub.add_parser(
+        "fuse",
+        help="the base model with the run's best adapters fused in, as an MLX model folder",
+    )
+    fuse.add_argument("run_dir", metavar="DIR")
+    fuse.add_argument("--to", metavar="FOLDER", help="where it goes (default: DIR/fused)")
+    fuse.add_argument(
+        "--dequantize",
+        action="store_true",
+        help="write float weights (a quantized base otherwise stays quantized)",
+    )
+    fuse.add_argument(
+        "--gguf", action="store_true", help="also a GGUF file (llama, mistral, mixtral)"
+    )
     export = sub.add_parser(
         "export", help="a run's metrics and decisions as CSV (and TensorBoard event files)"
     )
@@ -302,6 +316,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _cmd_fuse(args: argparse.Namespace) -> int:
+    from scu_tui.fuse import fuse_run
+
+    run_dir, settings = _run_dir(args.run_dir)
+    to = Path(args.to) if args.to else None
+    result = fuse_run(run_dir, settings, to, dequantize=args.dequantize, gguf=args.gguf)
+    print("\n".join(result.lines()))
+    return ExitCode.OK
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from scu_tui.export import write_csv, write_tensorboard
 
@@ -425,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_compare(args)
         if args.command == "generate":
             return _cmd_generate(args)
+        if args.command == "fuse":
+            return _cmd_fuse(args)
         if args.command == "export":
             return _cmd_export(args)
         return _cmd_train(args)

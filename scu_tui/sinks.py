@@ -154,7 +154,7 @@ def _one_line(text: object) -> str:
 
 def farewell(done: DoneEvent) -> list[str]:
     """Where a run went and how to use it: its folder, its best validation loss, where the
-    adapters are, and commands that run as printed."""
+    adapters are, and commands that run as printed (try them, fuse them into a model)."""
     if not done.output_dir:
         return []
     lines = [f"run folder: {done.output_dir}"]
@@ -168,6 +168,8 @@ def farewell(done: DoneEvent) -> list[str]:
         lines.append(f"try them:   scu-tui generate {done.output_dir}")
     if done.command:
         lines.append(f"or with mlx-lm: {done.command}")
+    if done.adapters:
+        lines.append(f"as a model: scu-tui fuse {done.output_dir}")
     return lines
 
 

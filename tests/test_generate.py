@@ -59,6 +59,7 @@ def test_the_end_of_a_run_says_where_it_went_and_its_command_runs(
     assert tail[1].startswith("best validation loss ") and tail[1].endswith(f"{trained}/best")
     assert tail[2] == f"try them:   scu-tui generate {trained}"
     command = tail[3].removeprefix("or with mlx-lm: ")
+    assert tail[4] == f"as a model: scu-tui fuse {trained}"
     done = subprocess.run(
         shlex.split(command), cwd=tmp_path, capture_output=True, text=True, timeout=300
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -1033,6 +1034,8 @@ def comparison_text(state: RunState) -> str:
         for who, key in (("base", "base_answer"), ("adapters", "tuned_answer")):
             answer = " ⏎ ".join(str(e.get(key) or "(nothing)").splitlines()[:2])
             lines.append(f"  {who:<9}  {escape(answer)}")
+    run = shlex.quote(state.output_dir) if state.output_dir else "DIR"
+    lines += ["", f"As a model of its own, the adapters fused in: scu-tui fuse {escape(run)}"]
     return "\n".join(lines)
 
 
