@@ -18,6 +18,8 @@ so a kill never leaves half a model where the fused one should be.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import shutil
@@ -182,7 +184,8 @@ def fuse_run(
             from mlx_lm.gguf import convert_to_gguf
 
             weights = dict(tree_flatten(model.parameters()))
-            convert_to_gguf(source, weights, config, str(tmp / GGUF_FILE))
+            with contextlib.redirect_stdout(io.StringIO()):  # it names the temporary folder
+                convert_to_gguf(source, weights, config, str(tmp / GGUF_FILE))
             gguf_path = str(target / GGUF_FILE)
         result = Fused(
             folder=str(target),

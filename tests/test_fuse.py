@@ -171,3 +171,47 @@ def test_a_4bit_fuse_that_loses_the_adapters_is_refused_and_dequantize_keeps_the
     with_adapters, _ = load(settings.model.path, adapter_path=str(quantized_run / "best"))[:2]
     want = _split_loss(with_adapters, tests.split, settings)
     assert _split_loss(model, tests.split, settings) == pytest.approx(want, rel=1e-4)
+
+
+def tiny_llama(folder: Path) -> Path:
+    """A two-block Llama with random weights and the demo's tokenizer: an architecture
+    mlx-lm exports to GGUF."""
+    import mlx.core as mx
+    from mlx_lm.models import llama
+    from mlx_lm.utils import save_config, save_model
+
+    from scu_tui.demo import MODEL_DIR
+
+    config = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+              "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "rms_norm_eps": 1e-6, "vocab_size": 512, "max_position_embeddings": 512,
+              "tie_word_embeddings": True, "torch_dtype": "float32"}  # fmt: skip
+    mx.random.seed(0)
+    model = llama.Model(llama.ModelArgs.from_dict(config))
+    save_model(folder, model)
+    save_config(dict(config), config_path=folder / "config.json")
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(MODEL_DIR / name, folder / name)
+    return folder
+
+
+@pytest.mark.slow
+def test_gguf_of_a_llama_holds_the_fused_weights(tmp_path: Path) -> None:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm import load
+
+    base = tiny_llama(tmp_path / "llama")
+    run = train(tmp_path / "run", "--model", str(base), "--max-steps", "4",
+                "--set", "training.eval_every=2", "--set", "training.samples=0")  # fmt: skip
+    result = scu("fuse", str(run), "--gguf")
+    assert result.returncode == 0, result.stderr
+    gguf = run / "fused" / "ggml-model-f16.gguf"
+    assert f"wrote {gguf}" in result.stdout and ".tmp-" not in result.stdout
+    tensors, metadata = mx.load(str(gguf), return_metadata=True)
+    assert str(metadata["general.architecture"]) == "llama"
+    fused = dict(tree_flatten(load(str(run / "fused"))[0].parameters()))
+    original = dict(tree_flatten(load(str(base))[0].parameters()))
+    name = "model.layers.1.self_attn.v_proj.weight"  # adapted: the fuse changed it
+    assert not mx.allclose(fused[name], original[name]).item()
+    assert mx.allclose(tensors["blk.1.attn_v.weight"], fused[name]).item()
