@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -159,3 +160,7 @@ def test_the_check_counts_dora_magnitudes_and_full_training_state() -> None:
     assert terms["optimizer state"] == 2 * full.trainable_bytes
     assert terms["gradients, buffers"] >= full.trainable_bytes
     assert "DoRA weights" in {t.name for t in estimate(dora, from_config(dora, False), 1, 64).terms}
+    # on a quantized base DoRA dequantizes each adapted weight and keeps that copy
+    q = dataclasses.replace(dora, quantization="4-bit, group 64")
+    terms = {t.name: t.bytes for t in estimate(q, from_config(q, False), 1, 64).terms}
+    assert terms["DoRA float weight copies"] == dora.dora_elements * dora.act_bytes
