@@ -170,7 +170,10 @@ def fuse_run(
                 f"{tolerance:.0%}: the quantized model would lose the adapters' effect. "
                 "Add --dequantize to write a float model that keeps it (larger on disk)"
             )
-    tmp = staging_folder(target)
+    try:
+        tmp = staging_folder(target)
+    except OSError as exc:
+        raise UserError(f"fuse --to {target}: cannot write beside it: {exc}") from None
     try:
         save_model(tmp, model)
         save_config(dict(config), config_path=tmp / "config.json")
@@ -201,6 +204,8 @@ def fuse_run(
                  for k, v in asdict(result).items()}  # fmt: skip
         (tmp / MARKER).write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
         publish_folder(tmp, target)
+    except OSError as exc:  # a full disk, a folder made read-only meanwhile
+        raise UserError(f"fuse --to {target}: cannot write the model: {exc}") from None
     finally:
         if tmp.exists():  # a failed write leaves no half model behind
             shutil.rmtree(tmp, ignore_errors=True)

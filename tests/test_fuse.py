@@ -118,6 +118,12 @@ def test_a_second_fuse_replaces_the_first_and_other_folders_are_left_alone(
     assert "did not write" in refused.stderr and "Traceback" not in refused.stderr
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    unwritable = scu("fuse", str(float_run), "--to", str(blocker / "model"))
+    assert unwritable.returncode == 2 and "cannot write" in unwritable.stderr
+    assert "Traceback" not in unwritable.stderr
+
 
 @pytest.mark.slow
 def test_gguf_is_refused_for_an_architecture_mlx_lm_cannot_export(
