@@ -10,14 +10,52 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import bench.controller
 from bench.controller.analysis import analyse
-from bench.controller.arms import ARMS, EXTRA_ARMS, LR_GRID
+from bench.controller.arms import ARM_SPECS, DEFAULT_ARMS, LR_GRID
 from bench.controller.report import render, task_info
 from bench.controller.running import append_raw, load_raw, log, run_benchmark, sweep
-from bench.controller.tasks import TASKS, make_tasks
+from bench.controller.tasks import DEFAULT_TASKS, SMOKE_TASKS, TASKS, make_tasks
 from bench.docs_section import write_section
+from scu_tui.config import all_keys
+
+#: ``--smoke``: the whole path (bases, data, runs, report) at a size that takes minutes.
+SMOKE = {
+    "arms": "constant,scu",
+    "factors": "1,10",
+    "seeds": 1,
+    "steps": 24,
+    "set": {"training.eval_every": 8, "training.warmup_steps": 4},
+}
+
+
+def parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """``--set key=value`` (the value read as TOML, else as a string) -> overrides."""
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key.strip() not in all_keys():
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with a known settings key")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        out[key.strip()] = value
+    return out
+
+
+def default_arms() -> list[str]:
+    """The judged arms this build can run (the optimizer arms need ``training.optimizer``)."""
+    has_optimizer = "training.optimizer" in all_keys()
+    return [
+        a
+        for a in DEFAULT_ARMS
+        if has_optimizer or "training.optimizer" not in ARM_SPECS[a].settings
+    ]
 
 
 def main() -> None:
@@ -25,10 +63,21 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     parser = argparse.ArgumentParser(description=(bench.controller.__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help=f"of: {', '.join(TASKS)}")
+    parser.add_argument("--split", choices=("tuning", "test", "all"), default="all")
     parser.add_argument("--seeds", type=int, default=None, help="paired seeds (default 5)")
     parser.add_argument("--factors", default=None, help="LR factors, e.g. 0.1,1,10")
-    parser.add_argument("--arms", default=",".join(ARMS), help="also: scu_cosine")
+    parser.add_argument("--arms", default=None, help=f"of: {', '.join(ARM_SPECS)}")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting over every run (repeatable), e.g. scu.control_frequency=10",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="2 tasks x 2 arms x 2 LRs x 1 seed x 24 steps"
+    )
     parser.add_argument("--steps", default="", help="per task, e.g. demo-lora=300,completions=200")
     parser.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes")
     parser.add_argument("--quick", action="store_true", help="2 seeds, shorter runs")
@@ -40,6 +89,15 @@ def main() -> None:
         "--long-demo", type=int, default=0, metavar="STEPS", help="the long demo run instead"
     )
     args = parser.parse_args()
+    overrides = parse_set(args.set)
+    if args.smoke:
+        args.tasks = ",".join(SMOKE_TASKS)
+        args.arms = args.arms or SMOKE["arms"]
+        args.factors = args.factors or SMOKE["factors"]
+        args.seeds = args.seeds or SMOKE["seeds"]
+        args.steps = args.steps or ",".join(f"{t}={SMOKE['steps']}" for t in SMOKE_TASKS)
+        overrides = {**SMOKE["set"], **overrides}  # type: ignore[dict-item]
+        args.no_write = True
 
     if args.report_only:
         results, meta = load_raw(args.report_only)
@@ -47,6 +105,8 @@ def main() -> None:
             raise SystemExit(f"{args.report_only}: no results")
     else:
         names = [n.strip() for n in args.tasks.split(",") if n.strip()]
+        if args.split != "all":
+            names = [n for n in names if n in TASKS and TASKS[n][3] == args.split]
         steps: dict[str, int | None] = {}
         for item in filter(None, (x.strip() for x in args.steps.split(","))):
             name, _, value = item.partition("=")
@@ -60,7 +120,7 @@ def main() -> None:
             if not args.no_write:
                 write_section("controller-long", body)
             return
-        tasks = make_tasks(names, args.quick, steps)
+        tasks = make_tasks(names, args.quick, steps, overrides)
         if args.sweep:
             body = sweep(tasks, seeds if args.seeds else seeds[:3])
             print(body)
@@ -68,17 +128,23 @@ def main() -> None:
                 write_section("controller-sweep", body)
             return
         factors = [float(x) for x in args.factors.split(",")] if args.factors else list(LR_GRID)
-        arms = [x.strip() for x in args.arms.split(",") if x.strip()]
-        unknown = set(arms) - set(ARMS) - set(EXTRA_ARMS)
+        arms = (
+            [x.strip() for x in args.arms.split(",") if x.strip()] if args.arms else default_arms()
+        )
+        unknown = set(arms) - set(ARM_SPECS)
         if unknown:
-            raise SystemExit(f"unknown arm(s) {sorted(unknown)} (known: {', '.join(ARMS)})")
+            raise SystemExit(f"unknown arm(s) {sorted(unknown)} (known: {', '.join(ARM_SPECS)})")
         if "placebo" in arms and "scu" not in arms:
             raise SystemExit("the placebo copies the S-SCU's number of changes: add the scu arm")
+        for arm in arms:
+            missing = [k for k in ARM_SPECS[arm].settings if k not in all_keys()]
+            if missing:
+                raise SystemExit(f"arm {arm} needs {', '.join(missing)}, which this build lacks")
         # the placebo runs after its paired S-SCU run
-        arms = [a for a in (*ARMS, *EXTRA_ARMS) if a in arms]
+        arms = [a for a in ARM_SPECS if a in arms]
         tic = time.perf_counter()
         results = run_benchmark(
-            tasks, factors, seeds, arms, args.raw, args.jobs, (args.quick, steps)
+            tasks, factors, seeds, arms, args.raw, args.jobs, (args.quick, steps, overrides)
         )
         meta = {
             "command": reproducing_command(sys.argv[1:]),
@@ -90,7 +156,8 @@ def main() -> None:
     metric = {t["name"]: t["metric"] for t in meta.get("tasks", [])}
     for r in results:
         metric.setdefault(r.task, "val loss - floor" if r.floor else "val loss")
-    body = render(analyse(results, metric), meta)
+    split = {t["name"]: t.get("split", "tuning") for t in meta.get("tasks", [])}
+    body = render(analyse(results, metric, split), meta)
     print(body)
     if not args.no_write:
         write_section("controller", body)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bench.controller.arms import ARMS, EXTRA_ARMS
+from bench.controller.arms import ARM_SPECS, ARMS, EXTRA_ARMS
 
 #: Steps to target: the first eval whose metric is <= this x the best arm's mean final
 #: metric at the tuned lr (x1). 1.25 rather than 1.05: on the synthetic task the metric is
@@ -120,6 +120,12 @@ class Cell:
     def mean(self) -> float:
         return statistics.fmean(self.scores)
 
+    @property
+    def val_mean(self) -> float:
+        """The seed-mean final val loss (the number a user reads; a diverged run counts
+        no better than where it started)."""
+        return statistics.fmean(r.score + r.floor for r in self.results)
+
 
 @dataclass
 class Analysis:
@@ -131,9 +137,44 @@ class Analysis:
     best: dict[tuple[str, float], str]
     targets: dict[str, float]
     metric: dict[str, str]
+    split: dict[str, str] = field(default_factory=dict)  # task -> "tuning" | "test"
 
     def cell(self, task: str, factor: float, arm: str) -> Cell:
         return self.cells[(task, factor, arm)]
+
+    def has(self, task: str, arm: str) -> bool:
+        """Whether ``arm`` ran on ``task`` at every LR of the grid."""
+        return all((task, f, arm) in self.cells for f in self.factors)
+
+    def arms_on(self, task: str) -> list[str]:
+        return [arm for arm in self.arms if self.has(task, arm)]
+
+    def tasks_of(self, split: str) -> list[str]:
+        return [t for t in self.tasks if self.split.get(t, "tuning") == split]
+
+    # --- against the oracle ---------------------------------------------------------------
+
+    def oracle(self, task: str) -> tuple[float, str, float]:
+        """The task's oracle: the lowest seed-mean final val loss of any arm at any LR,
+        and which (arm, LR) reached it."""
+        return min((c.val_mean, arm, f) for (t, f, arm), c in self.cells.items() if t == task)
+
+    def gap(self, task: str, factor: float, arm: str) -> float:
+        """An arm's gap to the task's oracle at one LR: (its seed mean - oracle) / oracle."""
+        return oracle_gap(self.cell(task, factor, arm).val_mean, self.oracle(task)[0])
+
+    def worst_gap(self, task: str, arm: str) -> tuple[float, float]:
+        """The arm's largest gap over the LR grid, and at which LR."""
+        return max((self.gap(task, f, arm), f) for f in self.factors)
+
+    def mean_gap(self, task: str, arm: str) -> float:
+        return statistics.fmean(self.gap(task, f, arm) for f in self.factors)
+
+    def gap_to_best_arm(self, task: str, factor: float, arm: str) -> float:
+        """The arm's gap, at one LR, to the best judged arm's seed mean at that LR."""
+        judged = [x for x in self.arms_on(task) if x in ARMS] or self.arms_on(task)
+        best = min(self.cell(task, factor, x).val_mean for x in judged)
+        return oracle_gap(self.cell(task, factor, arm).val_mean, best)
 
     def mean_regret(self, task: str, arm: str) -> float:
         return statistics.fmean(
@@ -170,17 +211,48 @@ class Analysis:
         return sum(r.scu_seconds for r in rs) / train if train > 0 else math.nan
 
     def divergences(self, arm: str, task: str | None = None) -> int:
-        return sum(
-            r.diverged
-            for (t, _, a), c in self.cells.items()
-            if a == arm and (task is None or t == task)
+        """Diverged runs (an LR-free arm's runs counted once, not once per grid LR)."""
+        return sum(r.diverged for r in self.runs(arm) if task is None or r.task == task)
+
+    def runs(self, arm: str, tasks: Sequence[str] | None = None) -> list[Result]:
+        """The arm's runs as run (an LR-free arm's once, not once per grid LR)."""
+        lr_free = ARM_SPECS[arm].lr_free if arm in ARM_SPECS else False
+        return [
+            r
+            for (t, f, a), c in self.cells.items()
+            if a == arm and (tasks is None or t in tasks) and (not lr_free or f == self.x1)
             for r in c.results
-        )
+        ]
+
+    @property
+    def x1(self) -> float:
+        return 1.0 if 1.0 in self.factors else self.factors[len(self.factors) // 2]
 
 
-def analyse(results: Sequence[Result], metric: dict[str, str]) -> Analysis:
+def oracle_gap(value: float, oracle: float) -> float:
+    """(value - oracle) / oracle: 0.05 is 5 % above the oracle."""
+    return (value - oracle) / oracle if oracle else math.inf
+
+
+def spread_lr_free(results: Sequence[Result], factors: Sequence[float]) -> list[Result]:
+    """An LR-free arm ran once per seed (at x1): its runs stand for every LR of the grid."""
+    out = []
+    for r in results:
+        if r.arm in ARM_SPECS and ARM_SPECS[r.arm].lr_free:
+            out += [replace(r, factor=f) for f in factors]
+        else:
+            out.append(r)
+    return out
+
+
+def analyse(
+    results: Sequence[Result], metric: dict[str, str], split: dict[str, str] | None = None
+) -> Analysis:
     tasks = list(dict.fromkeys(r.task for r in results))
-    factors = sorted({r.factor for r in results})
+    factors = sorted(
+        {r.factor for r in results if not (r.arm in ARM_SPECS and ARM_SPECS[r.arm].lr_free)}
+    ) or [1.0]
+    results = spread_lr_free(results, factors)
     arms = [a for a in (*ARMS, *EXTRA_ARMS) if any(r.arm == a for r in results)]
     seeds = sorted({r.seed for r in results})
     cells: dict[tuple[str, float, str], Cell] = {}
@@ -192,6 +264,8 @@ def analyse(results: Sequence[Result], metric: dict[str, str]) -> Analysis:
     for t in tasks:
         for f in factors:
             present = [a for a in arms if (t, f, a) in cells]
+            if not present:
+                continue
             judged = [a for a in present if a in ARMS] or present
             best[(t, f)] = min(judged, key=lambda a: cells[(t, f, a)].mean)
             ref = {r.seed: r.score for r in cells[(t, f, best[(t, f)])].results}
@@ -201,5 +275,6 @@ def analyse(results: Sequence[Result], metric: dict[str, str]) -> Analysis:
     targets = {}
     for t in tasks:
         tuned = 1.0 if 1.0 in factors else factors[len(factors) // 2]
-        targets[t] = TARGET_FACTOR * cells[(t, tuned, best[(t, tuned)])].mean
-    return Analysis(tasks, factors, arms, seeds, cells, best, targets, metric)
+        if (t, tuned) in best:
+            targets[t] = TARGET_FACTOR * cells[(t, tuned, best[(t, tuned)])].mean
+    return Analysis(tasks, factors, arms, seeds, cells, best, targets, metric, split or {})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -11,30 +12,88 @@ from scu_tui.config import Settings
 from scu_tui.control.controller import Controller
 from scu_tui.control.policy import LR, Knobs, Proposal, action_text, bounded_value
 
-#: The arms the target is judged on, in the order they run (the placebo copies the number
-#: of changes of its paired S-SCU run).
-ARMS = ("constant", "cosine", "plateau", "scu", "placebo")
-#: Arms that are measured but not judged (never a cell's best): the S-SCU riding the
-#: warmup+cosine base instead of owning the decay on a constant one.
-EXTRA_ARMS = ("scu_cosine",)
-ARM_LABELS = {
-    "constant": "constant",
-    "cosine": "warmup+cosine",
-    "plateau": "plateau",
-    "scu": "S-SCU auto",
-    "placebo": "placebo",
-    "scu_cosine": "S-SCU on cosine",
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm, as data: adding an arm is one entry of ``ARM_SPECS``.
+
+    ``settings`` are applied over the task's (``"training.optimizer": "prodigy"``, say);
+    ``judged`` arms can be a cell's best and are the ones the targets compare; an
+    ``lr_free`` arm ignores the LR grid (it runs once per seed, at x1, and stands for every
+    LR of the grid); ``only`` keeps an arm to the tuning or the test tasks."""
+
+    label: str
+    marker: str
+    schedule: str = "constant"
+    scu: bool = False
+    judged: bool = True
+    settings: Mapping[str, object] = field(default_factory=dict)
+    lr_free: bool = False
+    only: str | None = None  # "tuning" | "test" | None (every task)
+
+
+#: Every arm, in the order a cell runs them (the placebo copies the number of LR changes of
+#: the ``scu`` run of its cell, so it comes after it).
+ARM_SPECS: dict[str, Arm] = {
+    "constant": Arm("constant", "c"),
+    "cosine": Arm("warmup+cosine", "w", schedule="cosine"),
+    "plateau": Arm("plateau", "p", schedule="plateau"),
+    "scu": Arm("S-SCU auto", "S", scu=True),
+    "placebo": Arm("placebo", "r", scu=True),
+    # the optimizers a user could pick instead of a controller (need training.optimizer)
+    "schedule_free": Arm(
+        "Schedule-Free AdamW", "f", settings={"training.optimizer": "schedule_free"}
+    ),
+    "prodigy": Arm(
+        "Prodigy",
+        "d",
+        settings={"training.optimizer": "prodigy", "training.learning_rate": 1.0},
+        lr_free=True,
+    ),
+    # measured, never a cell's best: the S-SCU riding cosine, other analysis periods
+    # (test tasks), the S-SCU on the other optimizers (tuning tasks: choosing its base)
+    "scu_cosine": Arm("S-SCU on cosine", "s", schedule="cosine", scu=True, judged=False),
+    "scu_cf10": Arm(
+        "S-SCU, control_frequency 10",
+        "1",
+        scu=True,
+        judged=False,
+        settings={"scu.control_frequency": 10},
+        only="test",
+    ),
+    "scu_cf50": Arm(
+        "S-SCU, control_frequency 50",
+        "5",
+        scu=True,
+        judged=False,
+        settings={"scu.control_frequency": 50},
+        only="test",
+    ),
+    "scu_sf": Arm(
+        "S-SCU on Schedule-Free",
+        "F",
+        scu=True,
+        judged=False,
+        settings={"training.optimizer": "schedule_free"},
+        only="tuning",
+    ),
+    "scu_prodigy": Arm(
+        "S-SCU on Prodigy",
+        "D",
+        scu=True,
+        judged=False,
+        settings={"training.optimizer": "prodigy", "training.learning_rate": 1.0},
+        lr_free=True,
+        only="tuning",
+    ),
 }
-#: The base schedule under each arm; the S-SCU (and its placebo) own the decay on a
-#: constant base (measured against riding cosine: the scu_cosine arm).
-SCHEDULES = {
-    "constant": "constant",
-    "plateau": "plateau",
-    "cosine": "cosine",
-    "scu": "constant",
-    "placebo": "constant",
-    "scu_cosine": "cosine",
-}
+#: The arms the targets compare, and those measured beside them.
+ARMS = tuple(k for k, v in ARM_SPECS.items() if v.judged)
+EXTRA_ARMS = tuple(k for k, v in ARM_SPECS.items() if not v.judged)
+ARM_LABELS = {k: v.label for k, v in ARM_SPECS.items()}
+SCHEDULES = {k: v.schedule for k, v in ARM_SPECS.items()}
+#: What runs without ``--arms``: the judged arms this build of the product can run.
+DEFAULT_ARMS = ("constant", "cosine", "plateau", "scu", "placebo", "schedule_free", "prodigy")
 LR_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
 #: The S-SCU's lr bounds, as multiples of the task's base lr: wider than the whole grid,
 #: so the bounds never do the controller's work for it.
@@ -89,16 +148,25 @@ def placebo_plan(settings: Settings, changes: int, seed: int) -> dict[int, float
 
 
 def arm_settings(task: Task, arm: str, factor: float, seed: int) -> Settings:
-    lr = task.base_lr * factor
-    schedule = SCHEDULES[arm]
-    controlled = arm in ("scu", "placebo", "scu_cosine")
-    return task.settings.replace(
-        {
-            "training.learning_rate": lr,
-            "training.schedule": schedule,
-            "training.seed": seed,
-            "scu.enabled": controlled,
-            "scu.mode": "auto",
-            "scu.lr_bounds": [task.base_lr * LR_BOUNDS[0], task.base_lr * LR_BOUNDS[1]],
-        }
-    )
+    """The task's settings for one run of ``arm`` at ``factor`` x the task's base LR."""
+    spec = ARM_SPECS[arm]
+    overrides: dict[str, object] = {
+        "training.learning_rate": task.base_lr * factor,
+        "training.schedule": spec.schedule,
+        "training.seed": seed,
+        "scu.enabled": spec.scu,
+        "scu.mode": "auto",
+        "scu.lr_bounds": [task.base_lr * LR_BOUNDS[0], task.base_lr * LR_BOUNDS[1]],
+    }
+    overrides.update(spec.settings)
+    overrides.update(task.overrides)  # --set: applied to every arm of every task
+    if spec.lr_free:  # its own LR (Prodigy's 1): the S-SCU's bounds follow it
+        lr = float(overrides["training.learning_rate"])  # type: ignore[arg-type]
+        overrides["scu.lr_bounds"] = [lr * LR_BOUNDS[0], lr * LR_BOUNDS[1]]
+    return task.settings.replace(overrides)
+
+
+def applies(arm: str, split: str) -> bool:
+    """Whether ``arm`` runs on a task of this split."""
+    only = ARM_SPECS[arm].only
+    return only is None or only == split

@@ -1,7 +1,9 @@
-"""The untuned task: prompt/completion data on a base of another architecture and shape.
+"""The ``completions`` task: prompt/completion data on a base of another architecture and
+shape. Its results were read in the S-SCU's v2 benchmark, so it is a tuning task now; its
+Llama base also serves the ``sql`` test task.
 
-Nothing of this task was seen while the S-SCU was tuned. It is built offline from the demo's
-world of facts, but differs from the demo in everything the controller could have fitted:
+It is built offline from the demo's world of facts, but differs from the demo in everything
+the controller could have fitted:
 
 - the base is a Llama-architecture model (full multi-head attention, 3 layers of width 96,
   its own byte-level BPE) pre-trained here on the facts' prose, not the demo's Qwen3;
@@ -18,13 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.controller.bases import cache_root
 from scu_tui.demo import build
 
 #: Everything that shapes the base; a change here builds a new cache entry.
@@ -49,11 +51,6 @@ NOTATION = {
     "sum": ("{x} + {y} =", " {z}"),
 }
 VERSION = 1
-
-
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "scu-tui" / "bench"
 
 
 def _key() -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.controller.analysis import Result
-from bench.controller.arms import PlaceboController, arm_settings, placebo_plan
+from bench.controller.arms import ARM_SPECS, PlaceboController, applies, arm_settings, placebo_plan
 from bench.controller.report import pm, table
 from bench.controller.tasks import Task
 from scu_tui.config import Settings
@@ -150,8 +150,18 @@ def run_cell(task: Task, factor: float, seed: int, arms: Sequence[str], tmp: Pat
 _WORKER_TASKS: dict[str, Task] = {}
 
 
+def cell_arms(task: Task, factor: float, anchor: float, arms: Sequence[str]) -> list[str]:
+    """The arms that run in one cell: those meant for the task's split, and an LR-free arm
+    only at the grid's ``anchor`` (x1), where it stands for the whole grid."""
+    return [
+        arm
+        for arm in arms
+        if applies(arm, task.split) and (not ARM_SPECS[arm].lr_free or factor == anchor)
+    ]
+
+
 def _worker_cell(
-    spec: tuple[str, bool, dict[str, int | None]],
+    spec: tuple[str, bool, dict[str, int | None], dict[str, Any]],
     factor: float,
     seed: int,
     arms: Sequence[str],
@@ -160,9 +170,9 @@ def _worker_cell(
     """A cell in a worker process: tasks are built once per worker, from their names."""
     from bench.controller.tasks import make_tasks
 
-    name, quick, steps = spec
+    name, quick, steps, overrides = spec
     if name not in _WORKER_TASKS:
-        _WORKER_TASKS[name] = make_tasks([name], quick, steps)[0]
+        _WORKER_TASKS[name] = make_tasks([name], quick, steps, overrides)[0]
     return [asdict(r) for r in run_cell(_WORKER_TASKS[name], factor, seed, arms, Path(tmp))]
 
 
@@ -173,13 +183,17 @@ def run_benchmark(
     arms: Sequence[str],
     raw: Path | None,
     jobs: int = 1,
-    spec: tuple[bool, dict[str, int | None]] = (False, {}),
+    spec: tuple[bool, dict[str, int | None], dict[str, Any]] = (False, {}, {}),
 ) -> list[Result]:
     """The grid, cell by cell; with ``jobs`` > 1, cells run in that many worker processes
     (each result is the same as in one process: a cell's runs do not share state)."""
     results: list[Result] = []
-    cells = [(t, f, s) for t in tasks for f in factors for s in seeds]
-    total = len(cells) * len(arms)
+    anchor = 1.0 if 1.0 in factors else factors[0]
+    cells = [
+        (t, f, s, cell_arms(t, f, anchor, arms)) for t in tasks for f in factors for s in seeds
+    ]
+    cells = [c for c in cells if c[3]]
+    total = sum(len(c[3]) for c in cells)
     tic = time.perf_counter()
 
     def record(task: Task, rs: Sequence[Result]) -> None:
@@ -198,18 +212,23 @@ def run_benchmark(
 
     with tempfile.TemporaryDirectory(prefix="scu-bench-") as tmp:
         if jobs <= 1:
-            for task, factor, seed in cells:
-                record(task, run_cell(task, factor, seed, arms, Path(tmp)))
+            for task, factor, seed, here in cells:
+                record(task, run_cell(task, factor, seed, here, Path(tmp)))
             return results
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        quick, steps = spec
+        quick, steps, overrides = spec
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(jobs, mp_context=context) as pool:
             futures = [
-                (task, pool.submit(_worker_cell, (task.name, quick, steps), f, s, arms, tmp))
-                for task, f, s in cells
+                (
+                    task,
+                    pool.submit(
+                        _worker_cell, (task.name, quick, steps, overrides), f, s, here, tmp
+                    ),
+                )
+                for task, f, s, here in cells
             ]
             for task, future in futures:
                 record(task, [Result.from_dict(d) for d in future.result()])

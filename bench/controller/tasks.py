@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,8 @@ class Task:
     settings: Settings
     floor: float = 0.0
     loader: Loader | None = None  # None: the product's (mlx-lm) loader
+    split: str = "tuning"  # "tuning": may shape the S-SCU; "test": the headline, never
+    overrides: dict[str, Any] = field(default_factory=dict)  # --set, on every arm
 
 
 def demo_task(steps: int) -> Task:
@@ -34,7 +36,7 @@ def demo_task(steps: int) -> Task:
         {
             "training.max_steps": steps,
             "training.eval_every": 25,
-            "training.eval_batches": 10,
+            "training.eval_batches": -1,
             "training.save_every": 50,
             "training.warmup_steps": 10,
         }
@@ -44,7 +46,7 @@ def demo_task(steps: int) -> Task:
         description=(
             f"LoRA r{s.lora.rank} on the embedded demo model and chat data, batch "
             f"{s.training.batch_size}, {steps} steps, eval every {s.training.eval_every} "
-            f"steps on {s.training.eval_batches} validation batches"
+            f"steps on the whole validation split ({DEMO_VALID_ROWS} rows)"
         ),
         base_lr=DEMO_BASE_LR,
         base_lr_note=DEMO_BASE_NOTE,
@@ -55,6 +57,7 @@ def demo_task(steps: int) -> Task:
 
 #: Chosen with ``--sweep`` (the warmup+cosine arm over base lrs, see docs/benchmarks.md).
 DEMO_BASE_LR = 1e-3
+DEMO_VALID_ROWS = 174
 DEMO_BASE_NOTE = "the lowest of the warmup+cosine sweep below"
 SYNTHETIC_BASE_LR = 1e-2
 SYNTHETIC_BASE_NOTE = "the lowest of the warmup+cosine sweep below; 0.02 ties it"
@@ -212,6 +215,7 @@ COMPLETIONS_BASE_NOTE = "the lowest of the warmup+cosine sweep below"
 
 def completions_task(steps: int) -> Task:
     from bench.controller.completions import MODEL_DIMS, NOTATION, prepare
+    from bench.controller.lora_tasks import valid_rows
 
     folder = prepare(log=lambda text: print(text, flush=True))
     s = load_preset("demo").replace(
@@ -226,7 +230,7 @@ def completions_task(steps: int) -> Task:
             "training.batch_size": 8,
             "training.max_steps": steps,
             "training.eval_every": 25,
-            "training.eval_batches": 10,
+            "training.eval_batches": -1,
             "training.save_every": 50,
             "training.warmup_steps": 10,
             "training.samples": 0,
@@ -243,8 +247,8 @@ def completions_task(steps: int) -> Task:
             f"notation it never saw (`{NOTATION['capital'][0].format(x='France')}` -> "
             "` Paris`), loss on the completion only; "
             f"batch {s.training.batch_size}, {steps} steps, eval every "
-            f"{s.training.eval_every} steps on {s.training.eval_batches} validation batches "
-            "of facts the training rows never mention"
+            f"{s.training.eval_every} steps on the whole validation split "
+            f"({valid_rows(folder / 'data')} rows, facts the training rows never mention)"
         ),
         base_lr=COMPLETIONS_BASE_LR,
         base_lr_note=COMPLETIONS_BASE_NOTE,
@@ -253,20 +257,228 @@ def completions_task(steps: int) -> Task:
     )
 
 
-#: name -> (builder, steps, quick steps); ``synthetic-long`` is the long horizon.
-TASKS = {
-    "demo-lora": (demo_task, 150, 100),
-    "synthetic": (synthetic_task, 300, 200),
-    "completions": (completions_task, 150, 100),
-    "synthetic-long": (lambda n: synthetic_task(n, "synthetic-long", 50), 1000, 600),
+# --- the LoRA tasks on the bench's own bases (lora_tasks.py, bases.py) -----------------------
+
+#: Not yet chosen by ``--sweep``: the bench's usual LoRA LR until the sweep is run, as it
+#: must be before the full benchmark (the sweep runs warmup+cosine only, never the S-SCU).
+PROVISIONAL_LR = 1e-3
+PROVISIONAL_NOTE = "provisional: not yet chosen by the sweep"
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """What one LoRA task sets over the demo preset, and how the report describes it."""
+
+    name: str
+    split: str
+    base: str  # "@demo" | "llama-facts" | a name in bases.BASES
+    format: str
+    what: str  # the task, in a few words
+    distance: str  # how far the base is from it
+    settings: dict[str, Any]
+    base_lr: float = PROVISIONAL_LR
+    base_lr_note: str = PROVISIONAL_NOTE
+
+
+LORA_SPECS = {
+    spec.name: spec
+    for spec in (
+        LoraSpec(
+            "json",
+            "tuning",
+            "gemma-docs",
+            "chat, loss on the answer",
+            "records said in words, written as JSON",
+            "far (a prose base, barely any JSON)",
+            {
+                "data.max_seq_length": 96,
+                "data.mask_prompt": True,
+                "lora.rank": 8,
+                "lora.alpha": 16,
+                "training.batch_size": 8,
+                "training.eval_every": 25,
+            },
+        ),
+        LoraSpec(
+            "sort-text",
+            "tuning",
+            "phi3-code",
+            "text",
+            "`sort: 7 3 9 1 -> 1 3 7 9`, many short rows",
+            "far (a code base)",
+            {
+                "data.max_seq_length": 32,
+                "lora.rank": 4,
+                "lora.alpha": 8,
+                "training.batch_size": 32,
+                "training.eval_every": 25,
+            },
+        ),
+        LoraSpec(
+            "arith-chat",
+            "test",
+            "@demo",
+            "chat, loss on the answer",
+            "three-digit sums and differences asked in chat",
+            "mid (the base knows sums up to 15, in prose)",
+            {
+                "data.max_seq_length": 48,
+                "data.mask_prompt": True,
+                "lora.rank": 8,
+                "lora.alpha": 16,
+                "training.batch_size": 16,
+                "training.eval_every": 25,
+            },
+        ),
+        LoraSpec(
+            "sql",
+            "test",
+            "llama-facts",
+            "completions, loss on all of it",
+            "questions about the facts to SQL (`-- What is the capital of X?` -> `SELECT ...`)",
+            "far (the base knows the facts, never saw SQL)",
+            {
+                "data.max_seq_length": 64,
+                "data.mask_prompt": False,
+                "lora.rank": 8,
+                "lora.alpha": 16,
+                "training.batch_size": 8,
+                "training.eval_every": 25,
+            },
+        ),
+        LoraSpec(
+            "docs-text",
+            "test",
+            "gemma-docs",
+            "text",
+            "docstrings of standard-library modules the base never read; few long rows",
+            "near (the base read other modules' docstrings)",
+            {
+                "data.max_seq_length": 256,
+                "lora.rank": 16,
+                "lora.alpha": 32,
+                "training.batch_size": 2,
+                "training.eval_every": 50,
+            },
+        ),
+        LoraSpec(
+            "code-completions",
+            "test",
+            "phi3-code",
+            "completions, loss on the body",
+            "a function's body from its `def` line and docstring, modules the base never read",
+            "near (the base read other modules' code)",
+            {
+                "data.max_seq_length": 192,
+                "data.mask_prompt": True,
+                "lora.rank": 8,
+                "lora.alpha": 16,
+                "training.batch_size": 4,
+                "training.eval_every": 20,
+            },
+        ),
+    )
 }
 
 
-def make_tasks(names: Sequence[str], quick: bool, steps: dict[str, int | None]) -> list[Task]:
+def base_folder(base: str) -> tuple[str, str]:
+    """The model path for a base name, and the base's description."""
+    if base == "@demo":
+        return "@demo", "the embedded demo model (Qwen3, the facts' prose)"
+    if base == "llama-facts":
+        from bench.controller.completions import MODEL_DIMS, prepare
+
+        d = MODEL_DIMS
+        text = (
+            f"llama ({d['num_hidden_layers']} layers of width {d['hidden_size']}, the "
+            "completions task's base, the facts' prose)"
+        )
+        return str(prepare(log=lambda m: print(m, flush=True)) / "model"), text
+    from bench.controller.bases import BASES, prepare_base
+
+    return str(prepare_base(base, log=lambda m: print(m, flush=True))), BASES[base].describe()
+
+
+def lora_task(name: str, steps: int) -> Task:
+    from bench.controller.lora_tasks import prepare_data, valid_rows
+
+    spec = LORA_SPECS[name]
+    model, base_text = base_folder(spec.base)
+    data = prepare_data(name, log=lambda m: print(m, flush=True))
+    s = load_preset("demo").replace(
+        {
+            "name": name,
+            "model.path": model,
+            "data.path": str(data),
+            "lora.dropout": 0.0,
+            "training.max_steps": steps,
+            "training.eval_batches": -1,
+            "training.save_every": 100,
+            "training.warmup_steps": 10,
+            "training.samples": 0,
+            **spec.settings,
+        }
+    )
+    t = s.training
+    train_rows = sum(1 for line in (data / "train.jsonl").open() if line.strip())
+    return Task(
+        name=name,
+        description=(
+            f"{spec.what}; LoRA r{s.lora.rank} on {base_text}; {spec.format}; "
+            f"distance: {spec.distance}; {train_rows} training rows of at most "
+            f"{s.data.max_seq_length} tokens, batch {t.batch_size}, {steps} steps, eval every "
+            f"{t.eval_every} steps on the whole validation split ({valid_rows(data)} rows)"
+        ),
+        base_lr=spec.base_lr,
+        base_lr_note=spec.base_lr_note,
+        metric="val loss",
+        settings=s,
+        split=spec.split,
+    )
+
+
+def _lora(name: str) -> Any:
+    return lambda n: lora_task(name, n)
+
+
+#: name -> (builder, steps, quick steps, split). The n-gram tasks are extra tuning tasks;
+#: the split was fixed before any result of the new tasks was seen: a test task never
+#: shapes a rule, a threshold or a default of the S-SCU.
+TASKS: dict[str, tuple[Any, int, int, str]] = {
+    "demo-lora": (demo_task, 150, 100, "tuning"),
+    "completions": (completions_task, 150, 100, "tuning"),
+    "json": (_lora("json"), 150, 100, "tuning"),
+    "sort-text": (_lora("sort-text"), 200, 120, "tuning"),
+    "arith-chat": (_lora("arith-chat"), 200, 120, "test"),
+    "sql": (_lora("sql"), 150, 100, "test"),
+    "docs-text": (_lora("docs-text"), 150, 100, "test"),
+    "code-completions": (_lora("code-completions"), 120, 80, "test"),
+    "synthetic": (synthetic_task, 300, 200, "tuning"),
+    "synthetic-long": (lambda n: synthetic_task(n, "synthetic-long", 50), 1000, 600, "tuning"),
+}
+#: What runs without ``--tasks``: the LoRA tasks (the n-gram ones on request).
+DEFAULT_TASKS = tuple(k for k in TASKS if not k.startswith("synthetic"))
+#: ``--smoke``: one tuning and one test task, on two bases of other families.
+SMOKE_TASKS = ("sort-text", "sql")
+
+
+def make_tasks(
+    names: Sequence[str],
+    quick: bool,
+    steps: dict[str, int | None],
+    overrides: dict[str, Any] | None = None,
+) -> list[Task]:
+    """The named tasks at their steps (``steps`` per task, else full or quick); every
+    run of every arm gets ``overrides`` (``--set``) over the task's settings."""
     tasks = []
     for name in names:
         if name not in TASKS:
             raise SystemExit(f"unknown task {name!r} ({', '.join(TASKS)})")
-        builder, full, short = TASKS[name]
-        tasks.append(builder(steps.get(name) or (short if quick else full)))
+        builder, full, short, split = TASKS[name]
+        task = builder(steps.get(name) or (short if quick else full))
+        task.split = split
+        task.overrides = dict(overrides or {})
+        if task.overrides:
+            task.settings.replace(task.overrides)  # a bad key fails here, before any run
+        tasks.append(task)
     return tasks

@@ -1,0 +1,103 @@
+"""The controller benchmark's arithmetic against the oracle, on made-up results: the
+oracle is the lowest seed-mean final val loss of any arm at any LR, gaps are relative to
+it, an LR-free arm stands for the whole grid, and the verdict reads the test tasks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench.controller.analysis import Result, analyse, oracle_gap
+from bench.controller.report import oracle_headline, targets_verdict
+
+
+def result(task: str, arm: str, factor: float, seed: int, final: float) -> Result:
+    return Result(
+        task=task,
+        arm=arm,
+        factor=factor,
+        seed=seed,
+        status="completed",
+        initial=5.0,
+        final=final,
+        floor=0.0,
+        evals=[(0, 5.0), (100, final)],
+        rollbacks=0,
+        actions={},
+        rules={},
+        lr_changes=0,
+        seconds=1.0,
+    )
+
+
+#: final val loss by (arm, factor), per seed (two seeds)
+FINALS = {
+    ("constant", 1.0): (1.00, 1.02),
+    ("constant", 10.0): (2.00, 2.20),
+    ("scu", 1.0): (1.01, 1.01),
+    ("scu", 10.0): (1.04, 1.06),
+    ("prodigy", 1.0): (1.20, 1.30),  # LR-free: ran once, at x1
+}
+
+
+def made_up(task: str = "sql") -> list[Result]:
+    return [
+        result(task, arm, factor, seed, value)
+        for (arm, factor), values in FINALS.items()
+        for seed, value in enumerate(values)
+    ]
+
+
+def test_oracle_is_the_lowest_seed_mean_of_any_arm_at_any_lr() -> None:
+    a = analyse(made_up(), {"sql": "val loss"}, {"sql": "test"})
+    value, arm, factor = a.oracle("sql")
+    assert (arm, factor) == ("constant", 1.0)
+    assert value == pytest.approx(1.01)  # mean of 1.00 and 1.02; the S-SCU's 1.01 ties it
+    # constant at x10: mean 2.10 -> (2.10 - 1.01) / 1.01
+    assert a.gap("sql", 10.0, "constant") == pytest.approx(1.09 / 1.01)
+    assert a.worst_gap("sql", "scu") == (pytest.approx(0.04 / 1.01), 10.0)
+    assert a.mean_gap("sql", "scu") == pytest.approx((0.0 + 0.04 / 1.01) / 2)
+    # at x10 the best judged arm is the S-SCU itself: its gap to the best arm is zero
+    assert a.gap_to_best_arm("sql", 10.0, "scu") == pytest.approx(0.0)
+    assert a.gap_to_best_arm("sql", 10.0, "constant") == pytest.approx(1.05 / 1.05)
+
+
+def test_an_lr_free_arm_stands_for_every_lr_and_its_runs_count_once() -> None:
+    a = analyse(made_up(), {"sql": "val loss"}, {"sql": "test"})
+    assert a.gap("sql", 10.0, "prodigy") == a.gap("sql", 1.0, "prodigy")
+    assert a.gap("sql", 1.0, "prodigy") == pytest.approx((1.25 - 1.01) / 1.01)
+    assert len(a.runs("prodigy")) == 2  # two seeds, not two seeds x two LRs
+
+
+def test_a_diverged_run_counts_no_better_than_where_it_started() -> None:
+    results = made_up()
+    results[2] = result("sql", "constant", 10.0, 0, math.nan)  # non-finite: scores 5.0
+    a = analyse(results, {"sql": "val loss"}, {"sql": "test"})
+    assert a.cell("sql", 10.0, "constant").val_mean == pytest.approx((5.0 + 2.2) / 2)
+    assert a.divergences("constant") == 1
+
+
+def test_the_verdict_reads_the_test_tasks_and_names_the_worst_cell() -> None:
+    results = made_up("sql") + [
+        result("json", r.arm, r.factor, r.seed, 9.0 if r.arm == "scu" else r.final)
+        for r in made_up("json")
+    ]
+    a = analyse(results, {"sql": "val loss", "json": "val loss"}, {"sql": "test"})
+    assert a.tasks_of("test") == ["sql"] and a.tasks_of("tuning") == ["json"]
+    lines, ok = targets_verdict(a)
+    text = "\n".join(lines)
+    # the S-SCU's terrible json runs are on a tuning task: the verdict does not read them
+    assert "within 5 % of the task's oracle: **yes**" in text
+    assert "sql +4.0 % at x10" in text
+    assert "json" not in text.split("cost under 2 %")[0]
+    # the optimizers a run lacks are named as not run, not silently passed
+    assert "not run: warmup+cosine, plateau, placebo, Schedule-Free AdamW" in text
+    assert not ok or "**no**" not in text
+    table = "\n".join(oracle_headline(a, ["sql"]))
+    assert "+4.0 % (x10) / +2.0 %" in table  # the S-SCU: worst cell, mean gap
+
+
+def test_gap_arithmetic() -> None:
+    assert oracle_gap(1.05, 1.0) == pytest.approx(0.05)
+    assert oracle_gap(1.0, 1.0) == 0.0
