@@ -101,3 +101,18 @@ def test_the_verdict_reads_the_test_tasks_and_names_the_worst_cell() -> None:
 def test_gap_arithmetic() -> None:
     assert oracle_gap(1.05, 1.0) == pytest.approx(0.05)
     assert oracle_gap(1.0, 1.0) == 0.0
+
+
+def test_the_plan_runs_an_lr_free_arm_once_and_variants_on_their_split_only() -> None:
+    from bench.controller.running import plan
+
+    runs = plan(
+        {"json": "tuning", "sql": "test"},
+        [0.1, 1.0, 10.0],
+        [0, 1],
+        ["constant", "scu", "prodigy", "scu_cf10", "scu_sf"],
+    )
+    # constant and scu at 3 LRs, prodigy at x1 only; cf10 on the test task, scu_sf on tuning
+    assert runs == {"json": 2 * (3 + 3 + 1 + 3), "sql": 2 * (3 + 3 + 1 + 3)}
+    only_test = plan({"json": "tuning"}, [1.0], [0], ["scu_cf10"])
+    assert only_test == {"json": 0}

@@ -16,7 +16,7 @@ import bench.controller
 from bench.controller.analysis import analyse
 from bench.controller.arms import ARM_SPECS, DEFAULT_ARMS, LR_GRID
 from bench.controller.report import render, task_info
-from bench.controller.running import append_raw, load_raw, log, run_benchmark, sweep
+from bench.controller.running import append_raw, load_raw, log, plan, run_benchmark, sweep
 from bench.controller.tasks import DEFAULT_TASKS, SMOKE_TASKS, TASKS, make_tasks
 from bench.docs_section import write_section
 from scu_tui.config import all_keys
@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--report-only", type=Path, default=None, help="render a --raw file")
     parser.add_argument("--no-write", action="store_true", help="do not touch docs/benchmarks.md")
     parser.add_argument("--sweep", action="store_true", help="the base-LR sweep instead")
+    parser.add_argument("--plan", action="store_true", help="print the runs per task, run none")
     parser.add_argument(
         "--long-demo", type=int, default=0, metavar="STEPS", help="the long demo run instead"
     )
@@ -105,6 +106,9 @@ def main() -> None:
             raise SystemExit(f"{args.report_only}: no results")
     else:
         names = [n.strip() for n in args.tasks.split(",") if n.strip()]
+        unknown_tasks = [n for n in names if n not in TASKS]
+        if unknown_tasks:
+            raise SystemExit(f"unknown task(s) {unknown_tasks} (known: {', '.join(TASKS)})")
         if args.split != "all":
             names = [n for n in names if n in TASKS and TASKS[n][3] == args.split]
         steps: dict[str, int | None] = {}
@@ -120,13 +124,6 @@ def main() -> None:
             if not args.no_write:
                 write_section("controller-long", body)
             return
-        tasks = make_tasks(names, args.quick, steps, overrides)
-        if args.sweep:
-            body = sweep(tasks, seeds if args.seeds else seeds[:3])
-            print(body)
-            if not args.no_write:
-                write_section("controller-sweep", body)
-            return
         factors = [float(x) for x in args.factors.split(",")] if args.factors else list(LR_GRID)
         arms = (
             [x.strip() for x in args.arms.split(",") if x.strip()] if args.arms else default_arms()
@@ -138,10 +135,23 @@ def main() -> None:
             raise SystemExit("the placebo copies the S-SCU's number of changes: add the scu arm")
         for arm in arms:
             missing = [k for k in ARM_SPECS[arm].settings if k not in all_keys()]
-            if missing:
+            if missing and not args.plan:
                 raise SystemExit(f"arm {arm} needs {', '.join(missing)}, which this build lacks")
         # the placebo runs after its paired S-SCU run
         arms = [a for a in ARM_SPECS if a in arms]
+        if args.plan:
+            runs = plan({n: TASKS[n][3] for n in names}, factors, seeds, arms)
+            for name, count in runs.items():
+                print(f"{name:<18} {TASKS[name][3]:<7} {count:5d} runs")
+            print(f"{'total':<26} {sum(runs.values()):5d} runs; arms {', '.join(arms)}")
+            return
+        tasks = make_tasks(names, args.quick, steps, overrides)
+        if args.sweep:
+            body = sweep(tasks, seeds if args.seeds else seeds[:3])
+            print(body)
+            if not args.no_write:
+                write_section("controller-sweep", body)
+            return
         tic = time.perf_counter()
         results = run_benchmark(
             tasks, factors, seeds, arms, args.raw, args.jobs, (args.quick, steps, overrides)

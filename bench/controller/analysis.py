@@ -63,6 +63,7 @@ class Result:
     reversals_by_knob: dict[str, int] = field(default_factory=dict)
     scu_seconds: float = 0.0  # in the S-SCU's own code (observe, guard, analysis)
     train_seconds: float = 0.0  # in training steps (forward, backward, update)
+    cpu_seconds: float = 0.0  # the process's CPU time for the run (all its threads)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Result:

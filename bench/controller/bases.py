@@ -19,6 +19,7 @@ renamed into place, so a killed build leaves nothing half-written behind.
 from __future__ import annotations
 
 import ast
+import fcntl
 import functools
 import hashlib
 import json
@@ -54,18 +55,21 @@ def cached(name: str, shape: dict[str, Any], make: Callable[[Path], None]) -> Pa
     if done.exists():
         return final
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    with (root / f".{name}-{key}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process building it: wait, then reuse
+        if not done.exists():
+            _make(final, shape, make)
+    return final
+
+
+def _make(final: Path, shape: dict[str, Any], make: Callable[[Path], None]) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
         make(tmp)
         (tmp / "DONE").write_text(json.dumps(shape, sort_keys=True) + "\n", encoding="utf-8")
-        try:
-            tmp.rename(final)
-        except OSError:  # another process built it first
-            if not done.exists():
-                raise
+        tmp.rename(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 # --- the standard library as a corpus -------------------------------------------------------

@@ -456,10 +456,12 @@ def runtime_table(a: Analysis) -> list[str]:
                 str(len(runs)),
                 f"{steps:.0f}",
                 f"{statistics.fmean(secs):.1f}",
+                f"{statistics.fmean(r.cpu_seconds for r in runs):.1f}",
                 f"{sum(secs) / 60:.1f}",
             ]
         )
-    return table(["task", "runs", "steps / run", "seconds / run", "minutes, all runs"], rows)
+    header = ["task", "runs", "steps / run", "seconds / run", "CPU seconds / run"]
+    return table([*header, "minutes, all runs"], rows)
 
 
 def render(a: Analysis, meta: dict[str, Any]) -> str:

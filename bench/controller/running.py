@@ -70,9 +70,10 @@ def run_one(
     run = Run(settings, output_dir=out, controller=controller, loader=task.loader)
     recorder = Recorder()
     run.add_sink(recorder)
-    tic = time.perf_counter()
+    tic, cpu = time.perf_counter(), time.process_time()
     run.execute()
     seconds = time.perf_counter() - tic
+    cpu_seconds = time.process_time() - cpu
     scu_seconds = run.status.scu_seconds
     train_seconds = run.trainer.train_seconds if run.trainer is not None else math.nan
     shutil.rmtree(out, ignore_errors=True)
@@ -121,6 +122,7 @@ def run_one(
         reversals_by_knob={k: v for k, v in by_knob.items() if v},
         scu_seconds=scu_seconds,
         train_seconds=train_seconds,
+        cpu_seconds=cpu_seconds,
     )
 
 
@@ -150,14 +152,29 @@ def run_cell(task: Task, factor: float, seed: int, arms: Sequence[str], tmp: Pat
 _WORKER_TASKS: dict[str, Task] = {}
 
 
-def cell_arms(task: Task, factor: float, anchor: float, arms: Sequence[str]) -> list[str]:
-    """The arms that run in one cell: those meant for the task's split, and an LR-free arm
-    only at the grid's ``anchor`` (x1), where it stands for the whole grid."""
+def cell_arms(split: str, factor: float, anchor: float, arms: Sequence[str]) -> list[str]:
+    """The arms that run in one cell of a task of this split: those meant for the split,
+    and an LR-free arm only at the grid's ``anchor`` (x1), where it stands for the grid."""
     return [
         arm
         for arm in arms
-        if applies(arm, task.split) and (not ARM_SPECS[arm].lr_free or factor == anchor)
+        if applies(arm, split) and (not ARM_SPECS[arm].lr_free or factor == anchor)
     ]
+
+
+def anchor_of(factors: Sequence[float]) -> float:
+    return 1.0 if 1.0 in factors else factors[0]
+
+
+def plan(
+    splits: dict[str, str], factors: Sequence[float], seeds: Sequence[int], arms: Sequence[str]
+) -> dict[str, int]:
+    """How many runs each task (name -> split) gets on this grid."""
+    anchor = anchor_of(factors)
+    return {
+        name: sum(len(cell_arms(split, f, anchor, arms)) for f in factors) * len(seeds)
+        for name, split in splits.items()
+    }
 
 
 def _worker_cell(
@@ -188,9 +205,12 @@ def run_benchmark(
     """The grid, cell by cell; with ``jobs`` > 1, cells run in that many worker processes
     (each result is the same as in one process: a cell's runs do not share state)."""
     results: list[Result] = []
-    anchor = 1.0 if 1.0 in factors else factors[0]
+    anchor = anchor_of(factors)
     cells = [
-        (t, f, s, cell_arms(t, f, anchor, arms)) for t in tasks for f in factors for s in seeds
+        (t, f, s, cell_arms(t.split, f, anchor, arms))
+        for t in tasks
+        for f in factors
+        for s in seeds
     ]
     cells = [c for c in cells if c[3]]
     total = sum(len(c[3]) for c in cells)

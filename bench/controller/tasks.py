@@ -32,6 +32,9 @@ class Task:
 
 
 def demo_task(steps: int) -> Task:
+    from bench.controller.lora_tasks import valid_rows
+    from scu_tui.demo import build
+
     s = load_preset("demo").replace(
         {
             "training.max_steps": steps,
@@ -46,7 +49,7 @@ def demo_task(steps: int) -> Task:
         description=(
             f"LoRA r{s.lora.rank} on the embedded demo model and chat data, batch "
             f"{s.training.batch_size}, {steps} steps, eval every {s.training.eval_every} "
-            f"steps on the whole validation split ({DEMO_VALID_ROWS} rows)"
+            f"steps on the whole validation split ({valid_rows(build.DEMO_DIR / 'data')} rows)"
         ),
         base_lr=DEMO_BASE_LR,
         base_lr_note=DEMO_BASE_NOTE,
@@ -57,7 +60,6 @@ def demo_task(steps: int) -> Task:
 
 #: Chosen with ``--sweep`` (the warmup+cosine arm over base lrs, see docs/benchmarks.md).
 DEMO_BASE_LR = 1e-3
-DEMO_VALID_ROWS = 174
 DEMO_BASE_NOTE = "the lowest of the warmup+cosine sweep below"
 SYNTHETIC_BASE_LR = 1e-2
 SYNTHETIC_BASE_NOTE = "the lowest of the warmup+cosine sweep below; 0.02 ties it"
