@@ -92,11 +92,11 @@ def main() -> None:
     args = parser.parse_args()
     overrides = parse_set(args.set)
     if args.smoke:
-        args.tasks = ",".join(SMOKE_TASKS)
+        args.tasks = args.tasks or ",".join(SMOKE_TASKS)
         args.arms = args.arms or SMOKE["arms"]
         args.factors = args.factors or SMOKE["factors"]
         args.seeds = args.seeds or SMOKE["seeds"]
-        args.steps = args.steps or ",".join(f"{t}={SMOKE['steps']}" for t in SMOKE_TASKS)
+        args.steps = args.steps or ",".join(f"{t}={SMOKE['steps']}" for t in args.tasks.split(","))
         overrides = {**SMOKE["set"], **overrides}  # type: ignore[dict-item]
         args.no_write = True
 
@@ -105,7 +105,8 @@ def main() -> None:
         if not results:
             raise SystemExit(f"{args.report_only}: no results")
     else:
-        names = [n.strip() for n in args.tasks.split(",") if n.strip()]
+        names = [n.strip() for n in (args.tasks or ",".join(DEFAULT_TASKS)).split(",")]
+        names = [n for n in names if n]
         unknown_tasks = [n for n in names if n not in TASKS]
         if unknown_tasks:
             raise SystemExit(f"unknown task(s) {unknown_tasks} (known: {', '.join(TASKS)})")

@@ -75,18 +75,22 @@ def oracle_matrix(a: Analysis, task: str) -> list[str]:
     return lines + table(["LR", *(ARM_LABELS[x] for x in arms)], rows)
 
 
-def targets_verdict(a: Analysis) -> tuple[list[str], bool]:
-    """Issue 20's targets, each with its numbers; judged on the test tasks (the tuning
-    tasks when the results have no test task, and then it says so)."""
+def targets_verdict(a: Analysis) -> tuple[list[str], bool | None]:
+    """The targets, each with its numbers, and whether all hold (None: some were not
+    measured); judged on the test tasks (the tuning tasks when the results have no test
+    task, and then it says so)."""
     tasks = a.tasks_of("test")
     lines: list[str] = []
     if not tasks:
         tasks = list(a.tasks)
         lines.append("- (no test task in these results: judged on the tuning tasks)")
     holds: list[bool] = []
+    unmeasured: list[str] = []
 
     def clause(ok: bool | None, text: str, detail: str) -> None:
-        if ok is not None:
+        if ok is None:
+            unmeasured.append(text)
+        else:
             holds.append(ok)
         mark = "not measured" if ok is None else ("yes" if ok else "no")
         lines.append(f"- {text}: **{mark}**")
@@ -150,6 +154,8 @@ def targets_verdict(a: Analysis) -> tuple[list[str], bool]:
         "bound without a measured benefit, final no worse than without the S-SCU): "
         "**judged by `--long-demo`** (its own section)"
     )
+    if unmeasured:
+        return lines, None
     return lines, bool(holds) and all(holds)
 
 
@@ -529,8 +535,14 @@ def render(a: Analysis, meta: dict[str, Any]) -> str:
     if test:
         lines += oracle_headline(a, test)
         lines.append("")
-    checks, ok = targets_verdict(a)
-    lines.append("**Targets met.**" if ok else "**Targets not met.** Target by target:")
+    checks, met = targets_verdict(a)
+    lines.append(
+        "**Not every target was measured.** Target by target:"
+        if met is None
+        else "**Targets met.**"
+        if met
+        else "**Targets not met.** Target by target:"
+    )
     lines.append("")
     lines += checks
     lines.append("")

@@ -293,7 +293,7 @@ LORA_SPECS = {
             "records said in words, written as JSON",
             "far (a prose base, barely any JSON)",
             {
-                "data.max_seq_length": 96,
+                "data.max_seq_length": 192,
                 "data.mask_prompt": True,
                 "lora.rank": 8,
                 "lora.alpha": 16,
@@ -309,7 +309,7 @@ LORA_SPECS = {
             "`sort: 7 3 9 1 -> 1 3 7 9`, many short rows",
             "far (a code base)",
             {
-                "data.max_seq_length": 32,
+                "data.max_seq_length": 48,
                 "lora.rank": 4,
                 "lora.alpha": 8,
                 "training.batch_size": 32,
@@ -340,7 +340,7 @@ LORA_SPECS = {
             "questions about the facts to SQL (`-- What is the capital of X?` -> `SELECT ...`)",
             "far (the base knows the facts, never saw SQL)",
             {
-                "data.max_seq_length": 64,
+                "data.max_seq_length": 96,
                 "data.mask_prompt": False,
                 "lora.rank": 8,
                 "lora.alpha": 16,
@@ -480,7 +480,9 @@ def make_tasks(
         task = builder(steps.get(name) or (short if quick else full))
         task.split = split
         task.overrides = dict(overrides or {})
-        if task.overrides:
-            task.settings.replace(task.overrides)  # a bad key fails here, before any run
+        if task.overrides:  # a bad value fails here, before any run
+            task.settings = task.settings.replace(task.overrides)
+            said = ", ".join(f"{k} = {v}" for k, v in task.overrides.items())
+            task.description += f" (over every run: {said})"
         tasks.append(task)
     return tasks
