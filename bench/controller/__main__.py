@@ -148,10 +148,13 @@ def main() -> None:
             return
         tasks = make_tasks(names, args.quick, steps, overrides)
         if args.sweep:
-            body = sweep(tasks, seeds if args.seeds else seeds[:3])
+            if len(arms) != 1 and args.arms:
+                raise SystemExit("--sweep runs one arm: --arms cosine (the default) or another")
+            arm = arms[0] if args.arms else "cosine"
+            body = sweep(tasks, seeds if args.seeds else seeds[:3], arm)
             print(body)
             if not args.no_write:
-                write_section("controller-sweep", body)
+                write_section("controller-sweep" + ("" if arm == "cosine" else f"-{arm}"), body)
             return
         tic = time.perf_counter()
         results = run_benchmark(

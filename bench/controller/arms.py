@@ -30,6 +30,7 @@ class Arm:
     settings: Mapping[str, object] = field(default_factory=dict)
     lr_free: bool = False
     only: str | None = None  # "tuning" | "test" | None (every task)
+    lr_scale: float = 1.0  # its own tuned base: this x the task's (from ``--sweep --arms``)
 
 
 #: Every arm, in the order a cell runs them (the placebo copies the number of LR changes of
@@ -40,7 +41,8 @@ ARM_SPECS: dict[str, Arm] = {
     "plateau": Arm("plateau", "p", schedule="plateau"),
     "scu": Arm("S-SCU auto", "S", scu=True),
     "placebo": Arm("placebo", "r", scu=True),
-    # the optimizers a user could pick instead of a controller (need training.optimizer)
+    # the optimizers a user could pick instead of a controller (need training.optimizer);
+    # Schedule-Free gets its own base LR: its lr_scale, from `--sweep --arms schedule_free`
     "schedule_free": Arm(
         "Schedule-Free AdamW", "f", settings={"training.optimizer": "schedule_free"}
     ),
@@ -151,12 +153,15 @@ def arm_settings(task: Task, arm: str, factor: float, seed: int) -> Settings:
     """The task's settings for one run of ``arm`` at ``factor`` x the task's base LR."""
     spec = ARM_SPECS[arm]
     overrides: dict[str, object] = {
-        "training.learning_rate": task.base_lr * factor,
+        "training.learning_rate": task.base_lr * spec.lr_scale * factor,
         "training.schedule": spec.schedule,
         "training.seed": seed,
         "scu.enabled": spec.scu,
         "scu.mode": "auto",
-        "scu.lr_bounds": [task.base_lr * LR_BOUNDS[0], task.base_lr * LR_BOUNDS[1]],
+        "scu.lr_bounds": [
+            task.base_lr * spec.lr_scale * LR_BOUNDS[0],
+            task.base_lr * spec.lr_scale * LR_BOUNDS[1],
+        ],
     }
     overrides.update(spec.settings)
     overrides.update(task.overrides)  # --set: applied to every arm of every task

@@ -278,23 +278,27 @@ def append_raw(path: Path | None, record: dict[str, Any]) -> None:
 # --- the base-LR sweep ----------------------------------------------------------------------
 
 
-def sweep(tasks: Sequence[Task], seeds: Sequence[int]) -> str:
+def sweep(tasks: Sequence[Task], seeds: Sequence[int], arm: str = "cosine") -> str:
+    """One arm (warmup+cosine: the tasks' base LR; another: its ``lr_scale``) over a grid
+    of base LRs around the task's."""
     lines = ["## Controller benchmark: choosing the tuned base LR", ""]
     lines += [
-        "The warmup+cosine arm alone over a grid of base LRs; the tuned base is the LR with "
-        "the lowest mean final metric. Reproduce: `python -m bench.controller --sweep` "
-        f"(seeds {list(seeds)}).",
+        f"The {ARM_SPECS[arm].label} arm alone over a grid of base LRs; the tuned base is "
+        "the LR with the lowest mean final metric. Reproduce: `python -m bench.controller "
+        f"--sweep{'' if arm == 'cosine' else ' --arms ' + arm}` (seeds {list(seeds)}).",
         "",
     ]
     with tempfile.TemporaryDirectory(prefix="scu-sweep-") as tmp:
         for task in tasks:
-            grid = [task.base_lr * f for f in (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)]
+            base = task.base_lr * ARM_SPECS[arm].lr_scale
+            grid = [base * f for f in (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)]
             rows = []
             best: tuple[float, float] = (math.inf, math.nan)
             for lr in grid:
                 scores = []
                 for seed in seeds:
-                    r = run_one(task, "cosine", lr / task.base_lr, seed, Path(tmp), {})
+                    factor = lr / (task.base_lr * ARM_SPECS[arm].lr_scale)
+                    r = run_one(task, arm, factor, seed, Path(tmp), {})
                     scores.append(r.score)
                     log(
                         f"sweep {task.name} lr {lr:g} seed {seed}: {r.score:.4f} ({r.seconds:.1f}s)"
@@ -304,5 +308,5 @@ def sweep(tasks: Sequence[Task], seeds: Sequence[int]) -> str:
                 rows.append([f"{lr:g}", pm(scores)])
             lines += [f"**{task.name}** ({task.metric}, seeds {list(seeds)}):", ""]
             lines += table(["base LR", f"final {task.metric}"], rows)
-            lines += ["", f"Lowest: {best[1]:g} (the benchmark uses {task.base_lr:g}).", ""]
+            lines += ["", f"Lowest: {best[1]:g} (the benchmark uses {base:g}).", ""]
     return "\n".join(lines)
