@@ -147,7 +147,9 @@ def read_stdlib(max_chars: int = 1200) -> Stdlib:
             if not (120 <= len(text) <= max_chars) or not text.isascii():
                 continue
             indent = len(text) - len(text.lstrip(" "))
-            text = "".join(line[indent:] for line in text.splitlines(keepends=True))
+            text = "".join(  # a blank line keeps its newline: the line count must hold
+                line[indent:] if line.strip() else "\n" for line in text.splitlines(True)
+            )
             out.sources.append((module, text))
             first = node.body[0]
             has_doc = (
@@ -158,7 +160,9 @@ def read_stdlib(max_chars: int = 1200) -> Stdlib:
             if has_doc and len(node.body) > 1 and first.end_lineno is not None:
                 cut = first.end_lineno - node.lineno + 1
                 parts = text.splitlines(keepends=True)
-                out.functions.append(Function(module, "".join(parts[:cut]), "".join(parts[cut:])))
+                head, body = "".join(parts[:cut]), "".join(parts[cut:])
+                if body.strip():
+                    out.functions.append(Function(module, head, body))
     return out
 
 
@@ -185,7 +189,7 @@ class Base:
             "seed": self.seed,
             "python": list(sys.version_info[:2]) if self.corpus != "facts" else None,
             "vocab": build.VOCAB_SIZE,
-            "version": 1,
+            "version": 1 if self.corpus != "code" else 2,
         }
 
     def describe(self) -> str:

@@ -269,7 +269,7 @@ DATA: dict[str, tuple[Callable[[], Splits], int]] = {
     "sql": (sql_data, 1),
     "json": (json_data, 1),
     "docs-text": (docs_data, 1),
-    "code-completions": (code_data, 1),
+    "code-completions": (code_data, 2),
     "sort-text": (sort_data, 1),
 }
 

@@ -38,7 +38,7 @@ def demo_task(steps: int) -> Task:
     s = load_preset("demo").replace(
         {
             "training.max_steps": steps,
-            "training.eval_every": 25,
+            "training.eval_every": 50,
             "training.eval_batches": -1,
             "training.save_every": 50,
             "training.warmup_steps": 10,
