@@ -63,7 +63,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     parser = argparse.ArgumentParser(description=(bench.controller.__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help=f"of: {', '.join(TASKS)}")
+    parser.add_argument(
+        "--tasks", default=None, help=f"of: {', '.join(TASKS)} (default: the LoRA tasks)"
+    )
     parser.add_argument("--split", choices=("tuning", "test", "all"), default="all")
     parser.add_argument("--seeds", type=int, default=None, help="paired seeds (default 5)")
     parser.add_argument("--factors", default=None, help="LR factors, e.g. 0.1,1,10")
