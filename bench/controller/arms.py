@@ -100,6 +100,8 @@ LR_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
 #: The S-SCU's lr bounds, as multiples of the task's base lr: wider than the whole grid,
 #: so the bounds never do the controller's work for it.
 LR_BOUNDS = (1e-3, 30.0)
+#: The largest LR (and LR bound) the product accepts.
+MAX_LR = 10.0
 
 
 class PlaceboController(Controller):
@@ -167,7 +169,8 @@ def arm_settings(task: Task, arm: str, factor: float, seed: int) -> Settings:
     overrides.update(task.overrides)  # --set: applied to every arm of every task
     if spec.lr_free:  # its own LR (Prodigy's 1): the S-SCU's bounds follow it
         lr = float(overrides["training.learning_rate"])  # type: ignore[arg-type]
-        overrides["scu.lr_bounds"] = [lr * LR_BOUNDS[0], lr * LR_BOUNDS[1]]
+        # the product's LR stops at 10: Prodigy's LR is a multiplier of its own step size
+        overrides["scu.lr_bounds"] = [lr * LR_BOUNDS[0], min(lr * LR_BOUNDS[1], MAX_LR)]
     return task.settings.replace(overrides)
 
 
