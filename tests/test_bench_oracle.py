@@ -116,3 +116,19 @@ def test_the_plan_runs_an_lr_free_arm_once_and_variants_on_their_split_only() ->
     assert runs == {"json": 2 * (3 + 3 + 1 + 3), "sql": 2 * (3 + 3 + 1 + 3)}
     only_test = plan({"json": "tuning"}, [1.0], [0], ["scu_cf10"])
     assert only_test == {"json": 0}
+
+
+def test_every_arm_gives_settings_the_product_accepts() -> None:
+    from bench.controller.arms import ARM_SPECS, arm_settings
+    from bench.controller.tasks import Task
+    from scu_tui.presets import load_preset
+
+    task = Task("t", "", 1e-3, "", "val loss", load_preset("demo"))
+    for arm in ARM_SPECS:
+        for factor in (0.1, 10.0):
+            s = arm_settings(task, arm, factor, seed=0)  # raises on a value out of range
+            assert s.scu.enabled == ARM_SPECS[arm].scu
+    prodigy = arm_settings(task, "prodigy", 10.0, seed=0)
+    assert prodigy.training.optimizer == "prodigy"
+    assert prodigy.training.learning_rate == 1.0  # its own LR, whatever the grid's factor
+    assert arm_settings(task, "scu_cf10", 1.0, 0).scu.control_frequency == 10
