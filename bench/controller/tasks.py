@@ -298,7 +298,7 @@ LORA_SPECS = {
                 "lora.rank": 8,
                 "lora.alpha": 16,
                 "training.batch_size": 4,
-                "training.eval_every": 25,
+                "training.eval_every": 50,
             },
         ),
         LoraSpec(
