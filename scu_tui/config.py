@@ -266,6 +266,12 @@ class ScuSettings:
     )
     cooldown: int = setting(100, "steps before the same knob moves again", count(0))
     proposal_ttl: int = setting(100, "steps an unanswered proposal waits in ask mode", count(1))
+    snapshot_every: int = setting(
+        5, "steps between the good states kept in memory for a rollback", count(1)
+    )
+    snapshots_kept: int = setting(
+        4, "good states kept in memory (LoRA weights + optimizer state each)", in_range(1, 64)
+    )
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,7 @@ from scu_tui.training.checkpoint import (
     staging_folder,
 )
 from scu_tui.training.loader import Loaded, Loader, LoraInfo, MlxLmLoader
+from scu_tui.training.snapshots import Snapshots
 
 if TYPE_CHECKING:  # the trainer imports MLX: only the types, here
     from scu_tui.check.watchdog import MemoryWatchdog
@@ -209,6 +210,7 @@ class Run:
         self.controller = controller
         # every proposal's life, in one place (the controller's; empty without the S-SCU)
         self.book = controller.book if controller is not None else ProposalBook()
+        self.snapshots = Snapshots()  # recent good states, for a rollback (with the S-SCU)
         self.rollbacks = 0  # in the whole run
         self.rollbacks_since_progress = 0
         self._rolled_back_from = -1  # the step the newest rollback left
@@ -325,7 +327,7 @@ class Run:
             self.peers.attach(t, self._lost_peers)
         self.memory = memory_watchdog(s.training.memory_limit_gb)
         if self.resume_dir is not None:
-            self._load_newest_intact_checkpoint()
+            self.snapshots.load(self._load_newest_intact_checkpoint())
             self._last_saved_step = t.step
             if self.controller is not None and "controller" in t.extra_state:
                 try:
@@ -446,6 +448,7 @@ class Run:
             if t.step == 0:
                 self._evaluate()
                 if self.controller is not None:
+                    self._keep_state()
                     self.save_checkpoint("start")  # the first rollback target
             while t.step < s.training.max_steps:
                 self._handle_commands()
@@ -521,6 +524,7 @@ class Run:
             self._evaluate()
         if self.controller is not None:
             self._control(result)
+            self._keep_state()
         if result.step % s.training.save_every == 0 and not last:
             self.save_checkpoint("schedule")
 
@@ -772,7 +776,7 @@ class Run:
         return (
             f"training paused at step {self.step}: the loss diverged and the S-SCU is in "
             f"observe mode. To continue, run 'scu-tui attach {self.output_dir}' and press p "
-            "(m switches the mode), or send {\"cmd\": \"resume\"} to the socket named in "
+            '(m switches the mode), or send {"cmd": "resume"} to the socket named in '
             f"{self.output_dir / RunFile.CONTROL}"
         )
 
@@ -788,6 +792,35 @@ class Run:
             )
         from_step = t.step
         self._rolled_back_from = max(self._rolled_back_from, from_step)
+        self._go_back(proposal)
+        if self.peers is not None:
+            self.peers.resync()  # every rank goes back with it
+        self.set_knob(Knob.LR_MULTIPLIER, proposal.after, by=by)
+        assert self.controller is not None
+        cancelled = self.controller.notify_rollback(t.step, keep=proposal.id)
+        self.emit(RollbackEvent(from_step, to_step=t.step, reason=proposal.reason))
+        for record in cancelled:  # their branch is gone, and with it what they changed
+            self.emit(
+                DecisionEvent(t.step, id=record.id, outcome=Outcome.CANCELLED, by=Decider.ROLLBACK)
+            )
+        if cancelled:
+            atomic_write_json(self.output_dir / RunFile.METRICS, self.book.metrics())
+
+    def _keep_state(self) -> None:
+        """Keep the trainer's state in memory when the S-SCU's cadence says so."""
+        assert self.controller is not None
+        step = self._trainer.step
+        if self.controller.snapshot_due(step):
+            self.snapshots.take(self._trainer)
+            self.snapshots.retain(self.controller.snapshot_taken(step))
+
+    def _go_back(self, proposal: Proposal) -> None:
+        """To the kept state the proposal names (or, without one, the newest intact
+        checkpoint), past the offending batches: the data position stays."""
+        t = self._trainer
+        to_step = proposal.evidence.get("to_step")
+        if isinstance(to_step, int) and self.snapshots.restore(t, to_step):
+            return
         data_position = t.stream.state()
         kept = (t.tokens_seen, t.train_seconds, t.skipped_steps)
         self._notes.clear()
@@ -795,21 +828,8 @@ class Run:
         for note in self._notes:
             self.emit(MessageEvent(t.step, level="warning", text=note))
         t.stream.load_state(data_position)  # skip the batches that led here
-        if self.peers is not None:
-            self.peers.resync()  # every rank goes back with it
         t.tokens_seen, t.train_seconds, t.skipped_steps = kept
-        self.set_knob(Knob.LR_MULTIPLIER, proposal.after, by=by)
-        assert self.controller is not None
-        cancelled = self.controller.notify_rollback(t.step, keep=proposal.id)
-        self.emit(RollbackEvent(from_step, to_step=t.step, reason=proposal.reason))
-        for record in cancelled:  # their branch is gone, and with it what they changed
-            self.emit(
-                DecisionEvent(
-                    t.step, id=record.id, outcome=Outcome.CANCELLED, by=Decider.ROLLBACK
-                )
-            )
-        if cancelled:
-            atomic_write_json(self.output_dir / RunFile.METRICS, self.book.metrics())
+        self.snapshots.drop_after(t.step)
 
     # --- commands -------------------------------------------------------------------------
 
@@ -888,7 +908,7 @@ class Run:
         tmp = staging_folder(final)
         self.saving = True
         try:
-            save_or_raise_oserror(lambda: t.save_state(tmp), tmp)
+            save_or_raise_oserror(lambda: self._save_state(tmp), tmp)
             self._write_adapter_config(tmp)
             publish_folder(tmp, final)
         finally:
@@ -901,6 +921,11 @@ class Run:
         self._write_summary()
         self.emit(CheckpointEvent(t.step, path=str(final), reason=reason))
         return final
+
+    def _save_state(self, folder: Path) -> None:
+        """The trainer's state and the kept good states (resume keeps the same ones)."""
+        self._trainer.save_state(folder)
+        self.snapshots.save(folder)
 
     def _finish_checkpoint(self, reason: str) -> None:
         if self._last_saved_step != self._trainer.step:
@@ -1121,4 +1146,3 @@ STOPPING_NOTE = (
     b"once without one)\n"
 )
 STILL_STOPPING_NOTE = b"scu-tui: still stopping: the checkpoint is being saved\n"
-

@@ -15,8 +15,10 @@ How a run drives it (all plain numbers, on the training thread)::
             observe: only log it  -> controller.record_outcome(proposal.id, Outcome.OBSERVED)
         analysis = controller.last_analysis   # what it computed, on every control step
         every step: divergence = controller.check_divergence(step, knobs)  # the guard
-        knob "rollback": restore the last good checkpoint with lr multiplier ``after``,
-            then cancelled = controller.notify_rollback(checkpoint_step)
+        if controller.snapshot_due(step): take a state, keep controller.snapshot_taken(step)
+        knob "rollback": restore the kept state ``evidence["to_step"]`` (or the newest
+            checkpoint) with lr multiplier ``after``,
+            then cancelled = controller.notify_rollback(restored_step)
     checkpoint: save controller.state() (JSON); resume: controller.load_state(saved)
 
 Every proposal's life is kept in ``controller.book`` (:class:`ProposalBook`): the run
@@ -26,8 +28,10 @@ records answers there through :meth:`record_outcome`, and writes the metrics fil
 "accumulation"}``; the LR is steered through ``lr_multiplier``, a factor on top of the base
 schedule, with ``scu.lr_bounds`` applied to the effective lr.
 
-Safety, on top of the policy's bounds and per-action limits: a blow-up or non-finite step
-is caught on the step itself by the one :class:`DivergenceDetector`; a diagnosis must hold
+Safety, on top of the policy's bounds and per-action limits: damage (a loss clearly worse
+than at a kept state, judged against the run's own noise) or a non-finite step is caught
+on the step itself by the one :class:`DivergenceDetector`, which also says which recent
+good states the run keeps and which of them to go back to; a diagnosis must hold
 on ``HYSTERESIS_CHECKS`` consecutive checks (divergence acts at once); a knob moves at most
 once per ``scu.cooldown`` steps; no LR raise within ``scu.cooldown`` steps of a gradient
 spike or a rollback; at most one proposal per control period. After an applied action the
@@ -58,7 +62,6 @@ import numpy as np
 from scu_tui.config import ScuSettings, TrainingSettings
 from scu_tui.control.divergence import Divergence, DivergenceDetector
 from scu_tui.control.policy import (
-    ERRATIC_ROLLBACK,
     LR,
     ROLLBACK,
     ROLLBACK_LR_FACTOR,
@@ -104,7 +107,7 @@ REVERSAL_PERIODS = 25
 #: The effect check: a move "helped" when its metric fell by more than HELP_Z standard
 #: errors (and at all).
 HELP_Z = 2.0
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -206,7 +209,7 @@ class Controller:
         # (step, loss, grad norm, lr, alignment): alignment is nan when not reported
         self._history: deque[tuple[int, float, float, float, float]] = deque(maxlen=scu.window)
         self._evals: deque[tuple[int, float, float]] = deque(maxlen=VAL_HISTORY)
-        self._detector = DivergenceDetector()
+        self._detector = DivergenceDetector(scu.snapshots_kept, scu.snapshot_every)
         self._divergence: Divergence | None = None
         self._last_step = -1
         self._last_check = -1
@@ -249,7 +252,7 @@ class Controller:
         entry = (step, float(loss), float(grad_norm), float(lr), float(alignment))
         self._history.append(entry)
         self._last_step = step
-        self._divergence = self._detector.observe(loss, grad_norm, skipped)
+        self._divergence = self._detector.observe(step, loss, grad_norm, skipped)
 
     def observe_eval(self, step: int, val_loss: float) -> None:
         """A validation pass; the training-loss level at that time is kept for the gap."""
@@ -267,7 +270,7 @@ class Controller:
         while, and cancel what the abandoned branch proposed or changed (the checkpoint
         restored its knobs); ``keep`` is the rollback's own proposal. Returns the cancelled."""
         self._rewind(step + 1)
-        self._detector.forget()
+        self._detector.rolled_back(step)
         self._divergence = None
         self._last_step = step
         self._no_raise_until = step + self.scu.cooldown
@@ -277,12 +280,28 @@ class Controller:
                 record.check = "done"
         for knob, moved in self._knob_moved_at.items():
             self._knob_moved_at[knob] = min(moved, step)
-        cancelled = [r for r in self.book.on_branch_after(step) if r.id != keep]
+        cancelled = [
+            r
+            for r in self.book.on_branch_after(step)
+            if r.id != keep and not self._led_here(r, step)
+        ]
         for record in cancelled:
             record.outcome, record.by = Outcome.CANCELLED, Decider.ROLLBACK
             record.decided_step = step
             record.check = "done"
         return cancelled
+
+    @staticmethod
+    def _led_here(record: ProposalRecord, step: int) -> bool:
+        """A taken rollback to ``step`` or before: proposed later on the branch it left,
+        its return and LR cut are part of the timeline that reaches ``step`` now."""
+        to_step = record.proposal.evidence.get("to_step")
+        return (
+            record.proposal.knob == ROLLBACK
+            and record.outcome in TAKEN
+            and isinstance(to_step, int)
+            and to_step <= step
+        )
 
     def _rewind(self, first_dropped: int) -> None:
         kept = [h for h in self._history if h[0] < first_dropped]
@@ -307,23 +326,39 @@ class Controller:
 
     def check_divergence(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
         """The guard, on every step: a rollback with a lower LR when the newest step was
-        non-finite or the loss blew up (see :mod:`scu_tui.control.divergence`)."""
+        non-finite or the loss is damaged (see :mod:`scu_tui.control.divergence`); its
+        evidence names the kept state to return to (``to_step``)."""
         found, self._divergence = self._divergence, None
         if found is None:
             return None
         current = Knobs.from_mapping(knobs, self.training)
         before = current.lr_multiplier
+        where = f"step {found.to_step}" if found.to_step is not None else "the last checkpoint"
+        what = found.what
         move = Move(
             GUARD_RULE,
             ROLLBACK,
             before * ROLLBACK_LR_FACTOR,
             -1,
-            f"Divergence ({found.what.lower()}) - rolling back to the last checkpoint "
-            "with a lower LR",
+            f"Divergence ({what[0].lower()}{what[1:]}) - rolling back to {where} with a lower LR",
             found.evidence(),
             None,
         )
         return self._issue(step, move, Diagnosis.DIVERGING, before, move.target, None)
+
+    # --- the kept good states -----------------------------------------------------------
+
+    def snapshot_due(self, step: int) -> bool:
+        """Whether the run should keep its state at this step (``scu.snapshot_every``)."""
+        return self._detector.due(step)
+
+    def snapshot_taken(self, step: int) -> list[int]:
+        """The run kept its state at ``step``; returns the steps of the states to keep."""
+        return self._detector.state_taken(step)
+
+    def rollback_target(self) -> int | None:
+        """The kept state a rollback goes back to now (None: none is kept)."""
+        return self._detector.target()
 
     def decide(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
         """At a control step: analyse, diagnose and maybe propose one change; the analysis
@@ -376,15 +411,12 @@ class Controller:
     # --- proposals ----------------------------------------------------------------------
 
     def _rollback(self, step: int, signals: Signals, knobs: Knobs) -> tuple[Proposal | None, str]:
-        move = rollback_move(signals, knobs)
+        move = rollback_move(signals, knobs, self._detector.target())
         blocked = self._rule_blocked(move.rule, step)
         if blocked:
             return None, blocked
         before = knobs.lr_multiplier
         after = min(before, bounded_value(ROLLBACK, before, move.target, knobs, self.scu))
-        if move.rule == ERRATIC_ROLLBACK and not moves(before, after, -1):
-            # erratic at the LR floor: going back with the same LR changes nothing
-            return None, "erratic gradients, but the LR is at its lower bound already"
         return self._issue(step, move, Diagnosis.DIVERGING, before, after, signals), move.reason
 
     def _propose(

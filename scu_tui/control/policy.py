@@ -7,12 +7,12 @@ rule                 when (diagnosis + condition)             knob           mov
 ==================== ======================================== ============== =============
 rollback             every step, not only at control steps    rollback       lr x0.5
                      (control.divergence): a non-finite step,
-                     or a loss blow-up (median of the newest
-                     5 losses > 4x the median of the 50
-                     before); at a control step also any
-                     non-finite value in the period
-rollback_erratic     diverging: erratic gradients (robust     rollback       lr x0.25
-                     variability > 0.8 over the window)
+                     or damage: the median of the newest 10
+                     losses clearly above the best level at a
+                     kept state (judged against the run's own
+                     noise); back to the newest kept state as
+                     good as the best; at a control step also
+                     any non-finite value in the period
 cut_lr_degrading     degrading: significant loss rise         lr_multiplier  x0.5
 cut_lr_unstable      unstable: >= 2 spikes in the period, or  lr_multiplier  x0.7
                      high variability without improvement
@@ -74,11 +74,10 @@ LR = Knob.LR_MULTIPLIER
 WEIGHT_DECAY = Knob.WEIGHT_DECAY
 DROPOUT = Knob.DROPOUT
 ACCUMULATION = Knob.ACCUMULATION
-#: The target of a rollback proposal, and the rule of the guard's (and of a blow-up's).
+#: The target of a rollback proposal, and the rule of the guard's (and of a non-finite
+#: period's). Gradient statistics alone never roll back: their scale differs from task
+#: to task; damage is judged on the loss against the run's own noise.
 ROLLBACK = Rollback.ROLLBACK
-#: The rule of a rollback for erratic gradients alone: unlike a blow-up's, it follows the
-#: mode (waits for an answer in ask mode, is only logged in observe mode).
-ERRATIC_ROLLBACK = "rollback_erratic"
 KNOBS = tuple(Knob)
 
 # --- diagnosis thresholds ------------------------------------------------------------------
@@ -96,12 +95,6 @@ LOW_ENTROPY = 0.5
 HIGH_ENTROPY = 0.75
 #: Spikes within one control period that make the gradients unstable.
 UNSTABLE_SPIKES = 2
-#: Robust gradient-norm variability above this over the window: erratic steps, the mark of
-#: an LR far too high (healthy runs stay below 0.3 up to 3x a tuned LR; at 10x the first
-#: period shows 0.9-1.05 and, left alone, the network is damaged for good, which no later
-#: LR cut undoes; see docs/benchmarks.md). Needs this many gradient norms to judge.
-ERRATIC_VARIABILITY = 0.8
-ERRATIC_MIN_POINTS = 10
 #: Update alignment (cos of the gradient and the momentum) above this, over the window
 #: and over the newest period, says the LR is too low (measured on the benchmark tasks at
 #: constant LR: 0.2-0.8 at 0.1x, 0.1-0.5 early at 0.3x, within +-0.05 at the tuned LR
@@ -127,9 +120,8 @@ LR_CUT_PLATEAU = 0.8
 LR_RAISE_ALIGNED = 1.5
 LR_CUT_OVERSHOOT = 0.7
 ROLLBACK_LR_FACTOR = 0.5
-#: An erratic run rolls back further: x0.5 leaves a run that looks healthy but trains far
-#: worse than one rolled back with x0.25.
-ERRATIC_LR_FACTOR = 0.25
+#: The deepest LR cut one rollback may make (a person's or a scripted proposal).
+MAX_ROLLBACK_CUT = 0.25
 WEIGHT_DECAY_FACTOR = 2.0
 #: First weight decay when it is 0 (AdamW's usual default), then doubled.
 WEIGHT_DECAY_START = 0.01
@@ -221,14 +213,10 @@ def is_blowing_up(s: Signals) -> bool:
     return s.recent_nonfinite > 0
 
 
-def is_erratic(s: Signals) -> bool:
-    g = s.gradients
-    return g.points >= ERRATIC_MIN_POINTS and g.variability > ERRATIC_VARIABILITY
-
-
 def is_diverging(s: Signals) -> bool:
-    """Only going back to before the damage helps: a blow-up, or erratic gradients."""
-    return is_blowing_up(s) or is_erratic(s)
+    """Only going back to before the damage helps: non-finite values in the period (loss
+    damage is caught on its own step by :mod:`scu_tui.control.divergence`)."""
+    return is_blowing_up(s)
 
 
 def is_unstable(s: Signals) -> bool:
@@ -361,27 +349,23 @@ def gradient_evidence(s: Signals) -> dict[str, Any]:
     return {"grad_variability": g.variability, "spikes": g.recent_spikes, "grad_median": g.median}
 
 
-def rollback_move(s: Signals, knobs: Knobs) -> Move:
+def rollback_move(s: Signals, knobs: Knobs, to_step: int | None = None) -> Move:
+    """Non-finite values in the period: back to the kept state ``to_step`` (None: the
+    newest checkpoint) with a lower LR."""
     t, g = s.trend, s.gradients
-    blowing_up = is_blowing_up(s)
-    factor = ERRATIC_LR_FACTOR if is_erratic(s) else ROLLBACK_LR_FACTOR
-    rule = ROLLBACK if blowing_up else ERRATIC_ROLLBACK
-    if blowing_up:
-        why = "Non-finite loss or gradients"
-    else:
-        why = f"Erratic gradients (variability {g.variability:.2f})"
     evidence = {
         "nonfinite": s.recent_nonfinite,
+        "to_step": to_step,
         "loss_ratio": t.recent_ratio,
         "mk_z": t.z,
         "grad_variability": g.variability,
     }
     return Move(
-        rule,
         ROLLBACK,
-        knobs.lr_multiplier * factor,
+        ROLLBACK,
+        knobs.lr_multiplier * ROLLBACK_LR_FACTOR,
         -1,
-        f"{why} - rolling back with lower LR",
+        "Non-finite loss or gradients - rolling back with lower LR",
         evidence,
         None,
     )
@@ -544,7 +528,7 @@ def hard_bounds(knob: Target, knobs: Knobs, scu: ScuSettings) -> tuple[float, fl
 def step_limits(knob: Target, before: float) -> tuple[float, float]:
     """The most one action may move a knob from ``before``."""
     if knob == ROLLBACK:
-        return before * ERRATIC_LR_FACTOR, before
+        return before * MAX_ROLLBACK_CUT, before
     if knob == LR:
         return before * MAX_LR_DOWN, before * MAX_LR_UP
     if knob == WEIGHT_DECAY:

@@ -1,0 +1,158 @@
+"""The divergence detector on synthetic loss curves: damage judged against the run's own
+noise, and the state it goes back to.
+
+Two shapes, across noise levels and control frequencies (the detector runs every step,
+so the control frequency must not matter): a run at 10x its LR that falls, then rises to
+a plateau ~15 % above its minimum (as a SQL task did: 6.56 -> 4.46 by step 10, 5.17 by
+step 20, ~5.25 after), which must roll back to a state before the rise; and a run at a
+clean LR with ordinary batch noise, which must never roll back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from scu_tui.config import ScuSettings, TrainingSettings
+from scu_tui.control.controller import Controller
+from scu_tui.control.divergence import DivergenceDetector, level_of, noise_of
+
+#: Batch noise (a standard deviation, relative to the loss) at which the rise of ~15 %
+#: is caught; at 5 % (a median's standard error near the rise over three) it is caught
+#: in about half the runs: judged against the run's own noise, a rise within the noise
+#: is not damage.
+RISE_NOISE = (0.01, 0.02, 0.03)
+SEEDS = range(10)
+
+
+def fall_then_rise(step: int) -> float:
+    """6.56 -> 4.46 by step 10, up to ~5.2 by step 20, a plateau at ~5.25 after."""
+    if step <= 10:
+        return 6.56 - (6.56 - 4.46) * step / 10
+    if step <= 20:
+        return 4.46 + (5.17 - 4.46) * (step - 10) / 10
+    return 5.25
+
+
+def clean(step: int) -> float:
+    """A healthy run: a fast fall, then a slow one toward a floor."""
+    return 1.5 + 4.0 * math.exp(-step / 40) + 0.3 * math.exp(-step / 400)
+
+
+def drive(curve, noise: float, seed: int, steps: int, frequency: int = 50):
+    """Feed the controller as a run does; returns (step, proposal) of the first rollback
+    and the detector's kept states at that time."""
+    rng = np.random.default_rng(seed)
+    scu = ScuSettings(mode="auto", control_frequency=frequency)
+    controller = Controller(scu, TrainingSettings(learning_rate=1e-3, warmup_steps=0))
+    controller.snapshot_taken(0)
+    knobs = {"lr": 1e-3, "lr_multiplier": 1.0, "weight_decay": 0.0, "dropout": 0.0}
+    for step in range(1, steps + 1):
+        loss = curve(step) * (1 + noise * rng.standard_normal())
+        controller.observe(step, loss, 1.0 + 0.1 * rng.standard_normal(), 1e-3)
+        proposal = controller.check_divergence(step, knobs)
+        if proposal is not None:
+            return step, proposal
+        controller.decide(step, knobs)
+        if controller.snapshot_due(step):
+            controller.snapshot_taken(step)
+    return None, None
+
+
+@pytest.mark.parametrize("frequency", [10, 50])
+@pytest.mark.parametrize("noise", RISE_NOISE)
+def test_a_fall_then_a_rise_rolls_back_to_a_state_before_the_rise(
+    noise: float, frequency: int
+) -> None:
+    caught = 0
+    for seed in SEEDS:
+        step, proposal = drive(fall_then_rise, noise, seed, 80, frequency)
+        if proposal is None:
+            continue
+        caught += 1
+        assert step is not None and step <= 40  # while the damage is young
+        assert proposal.rule == "rollback" and proposal.after == pytest.approx(0.5)
+        to_step = proposal.evidence["to_step"]
+        assert 5 <= to_step <= 15, f"seed {seed}: back to {to_step}, not before the rise"
+        assert "loss damaged" in proposal.reason and f"step {to_step}" in proposal.reason
+    assert caught >= 0.8 * len(SEEDS), f"caught in {caught} of {len(SEEDS)} runs"
+
+
+@pytest.mark.parametrize("frequency", [10, 50])
+@pytest.mark.parametrize("noise", (0.01, 0.03, 0.05, 0.1))
+def test_a_clean_run_with_ordinary_noise_never_rolls_back(noise: float, frequency: int) -> None:
+    for seed in SEEDS:
+        step, proposal = drive(clean, noise, seed, 400, frequency)
+        assert proposal is None, f"seed {seed}: rolled back at step {step}: {proposal}"
+
+
+def test_a_flat_run_with_heavy_noise_never_rolls_back() -> None:
+    """A plateau from the start: the newest level wanders around the kept ones, never
+    clearly above them."""
+    for seed in SEEDS:
+        step, proposal = drive(lambda s: 2.0, 0.1, seed, 400)
+        assert proposal is None, f"seed {seed}: rolled back at step {step}"
+
+
+def test_a_rise_smaller_than_the_relative_margin_is_no_damage() -> None:
+    """Nearly noiseless: +3 % is many standard errors, but not damage worth going back."""
+    step, proposal = drive(lambda s: 4.0 if s < 30 else 4.12, 0.001, 0, 200)
+    assert proposal is None, f"rolled back at step {step}"
+
+
+def test_the_noise_is_read_from_step_to_step_differences_not_from_the_trend() -> None:
+    falling = [10.0 - 0.5 * i for i in range(20)]  # a steep trend, no noise
+    assert noise_of(falling) == pytest.approx(0.0)
+    rng = np.random.default_rng(0)
+    noisy = list(5 + 0.2 * rng.standard_normal(2000))
+    assert noise_of(noisy) == pytest.approx(0.2, rel=0.1)
+
+
+def test_a_window_with_a_non_finite_loss_is_never_gone_back_to() -> None:
+    level = level_of([1.0, math.nan, 1.0], 0.1)
+    assert level is not None and math.isinf(level.median)
+    detector = DivergenceDetector(keep=4, every=5)
+    detector.state_taken(0)
+    for step in range(1, 11):
+        detector.observe(step, 3.0 - 0.01 * step, 1.0)
+        if detector.due(step):
+            detector.state_taken(step)
+    found = detector.observe(11, math.nan, math.nan)
+    assert found is not None and found.nonfinite
+    assert found.to_step == 5  # 10's window is not complete: it may hold the cause
+
+
+def test_only_the_newest_states_are_kept_and_a_rollback_drops_the_later_ones() -> None:
+    detector = DivergenceDetector(keep=3, every=5)
+    kept = detector.state_taken(0)
+    for step in range(1, 31):
+        detector.observe(step, 2.0, 1.0)
+        if detector.due(step):
+            kept = detector.state_taken(step)
+    assert kept == [20, 25, 30]
+    detector.rolled_back(25)
+    assert detector.kept() == [20, 25]
+    assert not detector.due(25) and detector.due(30)
+
+
+def test_the_detector_state_survives_json_and_decides_the_same() -> None:
+    import json
+
+    first, second = DivergenceDetector(), DivergenceDetector()
+    rng = np.random.default_rng(3)
+    losses = [fall_then_rise(s) * (1 + 0.02 * rng.standard_normal()) for s in range(1, 60)]
+    first.state_taken(0)
+    for step, loss in enumerate(losses[:17], start=1):
+        first.observe(step, loss, 1.0)
+        if first.due(step):
+            first.state_taken(step)
+    second.load_state(json.loads(json.dumps(first.state())))
+    for step, loss in enumerate(losses[17:], start=18):
+        a, b = first.observe(step, loss, 1.0), second.observe(step, loss, 1.0)
+        assert a == b
+        for d in (first, second):
+            if d.due(step):
+                d.state_taken(step)
+    assert first.kept() == second.kept()
