@@ -14,7 +14,7 @@ from typing import TextIO
 
 from scu_tui.config import Settings
 from scu_tui.control.controller import Controller
-from scu_tui.control.policy import Proposal
+from scu_tui.control.policy import ROLLBACK, Proposal
 from scu_tui.errors import UserError
 from scu_tui.protocol import (
     EvalEvent,
@@ -38,6 +38,7 @@ def replay(run_dir: Path, settings: Settings) -> tuple[list[Proposal], int]:
     controller = Controller(
         settings.scu, settings.training, dropout=settings.lora.type != "full"
     )
+    controller.snapshot_taken(0)  # as the run keeps its start (its states, by step only)
     knobs: dict[str, float] = {Knob.LR_MULTIPLIER: 1.0}
     proposals: list[Proposal] = []
     lines = read_events(path)
@@ -56,7 +57,7 @@ def replay(run_dir: Path, settings: Settings) -> tuple[list[Proposal], int]:
             controller.observe_eval(event.step, event.val_loss)
         elif isinstance(event, RollbackEvent):  # one timeline: the abandoned branch goes
             controller.notify_rollback(event.to_step)
-            proposals = [p for p in proposals if p.step <= event.to_step]
+            proposals = [p for p in proposals if p.step <= event.to_step or _led_to(p, event)]
         elif isinstance(event, StepEvent):
             controller.observe(
                 event.step, event.loss, event.grad_norm, event.lr, skipped=event.skipped
@@ -72,10 +73,19 @@ def replay(run_dir: Path, settings: Settings) -> tuple[list[Proposal], int]:
             if proposal is not None:
                 controller.record_outcome(proposal.id, Outcome.OBSERVED)
                 proposals.append(proposal)
+            if controller.snapshot_due(event.step):
+                controller.snapshot_taken(event.step)
     skipped = lines.skipped + malformed
     if skipped and not good:
         raise UserError(f"{path}: none of its {skipped} lines is an event; not a run's events")
     return proposals, skipped
+
+
+def _led_to(proposal: Proposal, event: RollbackEvent) -> bool:
+    """The rollback proposal that went back to this event's step (or before): proposed
+    on the branch it left, it belongs to the timeline that goes on."""
+    to_step = proposal.evidence.get("to_step")
+    return proposal.knob == ROLLBACK and isinstance(to_step, int) and to_step <= event.to_step
 
 
 def _recorded_proposals(run_dir: Path) -> int | None:
@@ -88,16 +98,13 @@ def _recorded_proposals(run_dir: Path) -> int | None:
     return len(recorded) if isinstance(recorded, list) else None
 
 
-def print_replay(
-    run_dir: Path, settings: Settings, out: TextIO, err: TextIO = sys.stderr
-) -> int:
+def print_replay(run_dir: Path, settings: Settings, out: TextIO, err: TextIO = sys.stderr) -> int:
     """Each proposal on ``out``; a note on ``err`` when damaged lines were skipped."""
     proposals, skipped = replay(run_dir, settings)
     if skipped:
         lines = "line was" if skipped == 1 else "lines were"
         print(
-            f"scu-tui: note: {skipped} {lines} not events and skipped "
-            f"({run_dir / RunFile.EVENTS})",
+            f"scu-tui: note: {skipped} {lines} not events and skipped ({run_dir / RunFile.EVENTS})",
             file=err,
         )
     for p in proposals:

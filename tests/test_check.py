@@ -18,6 +18,7 @@ from scu_tui.check.memory import (
     Coefficients,
     estimate,
     from_config,
+    kept_state_bytes,
     largest,
     largest_batch,
     largest_width,
@@ -400,3 +401,20 @@ def test_verdict_names_the_openblas_install_without_it() -> None:
     r = verdict_for(lambda est, other, one: 10 * est, blas_missing=True)
     assert any("sudo apt-get install libopenblas0-pthread" in f for f in r.fixes())
     assert "sudo apt-get install" in r.to_text()
+
+
+def test_the_kept_rollback_states_are_a_term_of_their_own() -> None:
+    """K states, each the LoRA weights and AdamW's two moments: a 4B model's r32 adapters
+    (~66M float32 parameters) come to about 0.8 GB a state."""
+    f = facts()
+    c = from_config(f, grad_checkpoint=False)
+    plain, kept = estimate(f, c, 2, 128), estimate(f, c, 2, 128, kept_states=4)
+    (term,) = [t for t in kept.terms if t.name.startswith("kept states")]
+    assert term.bytes == 4 * 3 * 400_000
+    assert kept.total == pytest.approx(plain.total + term.bytes)
+    four_b = facts(trainable_bytes=66_000_000 * 4)
+    assert kept_state_bytes(four_b, 1) == pytest.approx(0.8e9, rel=0.02)
+    c = Coefficients(0.0, 50_000.0, 2_000.0, 30.0, measured=True)
+    b = largest_batch(f, c, 512, 2e9, grad_checkpoint=False, accumulation=1, kept_states=64)
+    assert estimate(f, c, b, 512, kept_states=64).total <= 2e9
+    assert estimate(f, c, b + 1, 512, kept_states=64).total > 2e9

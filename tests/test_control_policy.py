@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import subprocess
@@ -72,6 +73,7 @@ class Run:
         dropout: bool = True,
     ) -> None:
         self.controller = Controller(scu, training, dropout=dropout)
+        self.controller.snapshot_taken(0)  # as a run keeps its start
         self.loss, self.grad, self.val = loss, grad, val
         self.outcome = outcome
         self.knobs = current or knobs()
@@ -92,6 +94,8 @@ class Run:
             if p is not None:
                 made.append(p)
                 self.answer(p)
+            if self.controller.snapshot_due(step):
+                self.controller.snapshot_taken(step)
         self.step = last
         self.proposals += made
         return made
@@ -237,9 +241,10 @@ def test_non_finite_loss_proposes_a_rollback_on_its_own_step() -> None:
     p = run.until(40)[0]
     assert (p.rule, p.knob, p.diagnosis, p.step) == ("rollback", "rollback", "diverging", 35)
     assert p.after == pytest.approx(0.5 * p.before)
+    # the state at 30 may hold the cause (its window reaches the non-finite step): 25
+    assert p.evidence["to_step"] == 25
     assert p.reason == (
-        "Divergence (non-finite loss or gradients) - rolling back to the last checkpoint "
-        "with a lower LR"
+        "Divergence (non-finite loss or gradients) - rolling back to step 25 with a lower LR"
     )
     assert p.action == "rollback, lr x0.5"
 
@@ -253,11 +258,13 @@ def test_non_finite_values_in_a_period_also_diagnose_divergence() -> None:
     assert made[1].reason == "Non-finite loss or gradients - rolling back with lower LR"
 
 
-def test_loss_blow_up_proposes_a_rollback_on_its_own_step() -> None:
+def test_loss_damage_rolls_back_on_its_own_step_to_a_state_before_it() -> None:
     loss = lambda step: 10.0 if step > 55 else slow_loss(step)  # noqa: E731
-    (p,) = Run(loss, steady_grad).until(60)
-    assert p.step == 58  # the median of the newest 5 losses passes 4x the one before
-    assert p.rule == "rollback" and "loss blow-up" in p.reason and p.after == 0.5 * p.before
+    (p,) = [p for p in Run(loss, steady_grad).until(70) if p.knob == "rollback"]
+    # the median of the newest 10 losses is past the kept levels on 5 steps in a row
+    assert 60 < p.step <= 66
+    assert p.rule == "rollback" and "loss damaged" in p.reason and p.after == 0.5 * p.before
+    assert 40 <= p.evidence["to_step"] <= 50  # the newest kept state before the damage
 
 
 def test_one_spike_in_the_loss_is_not_a_blow_up() -> None:
@@ -265,23 +272,13 @@ def test_one_spike_in_the_loss_is_not_a_blow_up() -> None:
     assert all(p.knob != "rollback" for p in Run(loss, steady_grad).until(100))
 
 
-def test_erratic_gradients_roll_back_at_once_with_a_deep_lr_cut() -> None:
-    p = Run(decaying_loss, erratic_grad, outcome=None).until(20)[0]
-    assert (p.rule, p.knob, p.diagnosis) == ("rollback_erratic", "rollback", "diverging")
-    assert p.step == 20
-    assert p.reason.startswith("Erratic gradients (variability ")
-    assert p.evidence["grad_variability"] > 0.8
-    assert p.action == "rollback, lr x0.25"
+def test_erratic_gradients_alone_do_not_roll_back_a_falling_loss() -> None:
+    """Gradient statistics differ in scale from task to task: only the loss judges damage."""
+    assert all(p.knob != "rollback" for p in Run(decaying_loss, erratic_grad).until(200))
 
 
-def test_noisy_but_not_erratic_gradients_do_not_roll_back() -> None:
+def test_noisy_gradients_do_not_roll_back() -> None:
     assert all(p.knob != "rollback" for p in Run(decaying_loss, noisy_grad).until(200))
-
-
-def test_erratic_gradients_at_the_lr_floor_do_not_roll_back() -> None:
-    run = Run(decaying_loss, erratic_grad, current=knobs(lr=1e-5))  # lr_bounds[0] = 1e-5
-    assert all(p.knob != "rollback" for p in run.until(100))
-    assert run.controller.last_diagnosis is Diagnosis.DIVERGING
 
 
 def test_improving_run_is_left_alone() -> None:
@@ -358,14 +355,19 @@ def test_rollback_forgets_the_abandoned_steps() -> None:
     assert run.controller.signals().window == 41
 
 
-def test_a_pending_rollback_is_not_proposed_twice() -> None:
-    made = Run(decaying_loss, erratic_grad, outcome=None).until(59)  # ttl 40
-    assert [(p.rule, p.step) for p in made] == [("rollback_erratic", 20)]
+def test_damage_left_alone_is_reported_once_per_fresh_window() -> None:
+    """Nobody rolled back (observe mode): the same damage is judged again only on losses
+    after the report, not on every step."""
+    loss = lambda step: 10.0 if step > 55 else slow_loss(step)  # noqa: E731
+    made = [p for p in Run(loss, steady_grad, outcome=None).until(90) if p.rule == "rollback"]
+    steps = [p.step for p in made]
+    assert steps and all(b - a >= 10 for a, b in itertools.pairwise(steps))
 
 
 def test_effect_check_reverts_a_harmful_action() -> None:
     bumped = {"from": 10**9}
-    loss = lambda step: slow_loss(step) + (0.3 if step > bumped["from"] else 0.0)  # noqa: E731
+    # +4 %: clearly worse for the effect check, under the damage margin of a rollback
+    loss = lambda step: slow_loss(step) + (0.08 if step > bumped["from"] else 0.0)  # noqa: E731
     run = Run(loss, steady_grad)
     (raised,) = run.until(60)
     bumped["from"] = 60

@@ -27,6 +27,13 @@ MEASURED_MARGIN = 0.15  # on the measured terms: the fit is exact to a few %, th
 CONFIG_MARGIN = 0.25  # on activation terms derived from the config alone
 ADAM_STATES = 2  # AdamW keeps two float32 moments per trainable parameter
 
+
+def kept_state_bytes(f: ModelFacts, states: int) -> float:
+    """The S-SCU's good states kept in memory for a rollback: each holds the LoRA weights
+    and the optimizer's moments (a 4B model's r32 adapters: about 0.8 GB a state)."""
+    return float(states * f.trainable_bytes * (1 + ADAM_STATES))
+
+
 # Activation elements kept per token per block, in multiples of the block's widths:
 # 7 x hidden (norm inputs/outputs, residuals, projections out), 4 x query and 4 x
 # key/value widths (projection, q/k norm, rotary, attention out), 5 x intermediate (gate,
@@ -187,8 +194,10 @@ def estimate(
     *,
     grad_checkpoint: bool = False,
     accumulation: int = 1,
+    kept_states: int = 0,
 ) -> Estimate:
-    """Peak memory of a step on ``batch`` sequences padded to ``width`` tokens."""
+    """Peak memory of a step on ``batch`` sequences padded to ``width`` tokens, with
+    ``kept_states`` good states held for a rollback."""
     source = "measured" if c.measured else "config-estimate"
     tokens = batch * width
     activations = (
@@ -213,12 +222,15 @@ def estimate(
     # the margin covers what a step allocates beside the fitted terms: with gradient
     # checkpointing the activations are small and the trainable state's temporaries count
     margin = share * sum(t.bytes for t in (*trainable, *activations))
-    terms = (
+    terms: tuple[Term, ...] = (
         Term(f"weights{quant}", "parameters", float(f.weight_bytes), "config"),
         *trainable,
         *activations,
         Term(f"safety margin ({share:.0%})", "batch x sequence", margin, source),
     )
+    if kept_states:
+        held = kept_state_bytes(f, kept_states)
+        terms += (Term(f"kept states for rollback ({kept_states})", "parameters", held, "config"),)
     return Estimate(batch, width, grad_checkpoint, terms)
 
 
@@ -251,12 +263,19 @@ def largest_batch(
     *,
     grad_checkpoint: bool,
     accumulation: int,
+    kept_states: int = 0,
 ) -> int:
     """The largest micro-batch size whose step fits in ``limit`` bytes at ``width`` (0: none)."""
     return largest(
         lambda b: (
             estimate(
-                f, c, b, width, grad_checkpoint=grad_checkpoint, accumulation=accumulation
+                f,
+                c,
+                b,
+                width,
+                grad_checkpoint=grad_checkpoint,
+                accumulation=accumulation,
+                kept_states=kept_states,
             ).total
             <= limit
         ),
@@ -273,6 +292,7 @@ def largest_width(
     *,
     grad_checkpoint: bool,
     accumulation: int,
+    kept_states: int = 0,
 ) -> int:
     """The longest sequence (tokens) whose step fits in ``limit`` bytes at ``batch`` (0: none).
 
@@ -282,7 +302,13 @@ def largest_width(
     found = largest(
         lambda w: (
             estimate(
-                f, c, batch, w, grad_checkpoint=grad_checkpoint, accumulation=accumulation
+                f,
+                c,
+                batch,
+                w,
+                grad_checkpoint=grad_checkpoint,
+                accumulation=accumulation,
+                kept_states=kept_states,
             ).total
             <= limit
         ),

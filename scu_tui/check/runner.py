@@ -167,6 +167,7 @@ def check(settings: Settings, *, find_lr: bool = False) -> Any:
         if find_lr:
             notes.append("--find-lr needs the model's weights: not run")
     width = data.max_width or settings.data.max_seq_length
+    kept = settings.scu.snapshots_kept if settings.scu.enabled else 0
     est = memory.estimate(
         model_facts,
         coeffs,
@@ -174,6 +175,7 @@ def check(settings: Settings, *, find_lr: bool = False) -> Any:
         width,
         grad_checkpoint=gc_on,
         accumulation=t.gradient_accumulation_steps,
+        kept_states=kept,
     )
     est_other = memory.estimate(
         model_facts,
@@ -182,9 +184,10 @@ def check(settings: Settings, *, find_lr: bool = False) -> Any:
         width,
         grad_checkpoint=not gc_on,
         accumulation=t.gradient_accumulation_steps,
+        kept_states=kept,
     )
     limit = env.memory_limit
-    kw = {"accumulation": t.gradient_accumulation_steps}
+    kw = {"accumulation": t.gradient_accumulation_steps, "kept_states": kept}
     limits = Limits(
         batch=memory.largest_batch(model_facts, coeffs, width, limit, grad_checkpoint=gc_on, **kw),
         width=memory.largest_width(

@@ -114,6 +114,8 @@ def clearly_worse(level: Level, reference: Level) -> bool:
 
 def as_good(level: Level, best: Level) -> bool:
     """``level`` cannot be told from the best level (within TIE_Z standard errors)."""
+    if not math.isfinite(level.median):
+        return False
     return level.median - best.median <= TIE_Z * math.hypot(level.se, best.se)
 
 

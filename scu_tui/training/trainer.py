@@ -273,6 +273,7 @@ class Trainer:
                 mx.distributed.all_sum(ntoks, group=group),
                 grads,
             )
+
         state = [model.state, opt.state, mx.random.state]
 
         @partial(mx.compile, inputs=state, outputs=state)
