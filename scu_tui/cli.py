@@ -155,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="a run's metrics and decisions as CSV (and TensorBoard event files)"
     )
     export.add_argument("run_dir", metavar="DIR")
-    export.add_argument("--to", metavar="FOLDER", help="where the files go (default: DIR/export)")
+    export.add_argument(
+        "--to", metavar="FOLDER", help="where the files go (default: DIR/export)"
+    )
     export.add_argument(
         "--tensorboard", action="store_true", help="also TensorBoard files (the extra)"
     )

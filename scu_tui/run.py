@@ -776,7 +776,7 @@ class Run:
         return (
             f"training paused at step {self.step}: the loss diverged and the S-SCU is in "
             f"observe mode. To continue, run 'scu-tui attach {self.output_dir}' and press p "
-            '(m switches the mode), or send {"cmd": "resume"} to the socket named in '
+            "(m switches the mode), or send {\"cmd\": \"resume\"} to the socket named in "
             f"{self.output_dir / RunFile.CONTROL}"
         )
 
@@ -801,7 +801,9 @@ class Run:
         self.emit(RollbackEvent(from_step, to_step=t.step, reason=proposal.reason))
         for record in cancelled:  # their branch is gone, and with it what they changed
             self.emit(
-                DecisionEvent(t.step, id=record.id, outcome=Outcome.CANCELLED, by=Decider.ROLLBACK)
+                DecisionEvent(
+                    t.step, id=record.id, outcome=Outcome.CANCELLED, by=Decider.ROLLBACK
+                )
             )
         if cancelled:
             atomic_write_json(self.output_dir / RunFile.METRICS, self.book.metrics())

@@ -388,3 +388,4 @@ def probe_ranks(
         return compare(
             flags, ranks, gradient_bytes=gradient_bytes, timeout=timeout, progress=progress
         )
+

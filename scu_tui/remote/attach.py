@@ -285,7 +285,9 @@ def live_runs(parent: Path) -> list[Path]:
     return [run for run in candidates if is_live(run)]
 
 
-def find_live_run(parent: Path, choose: Callable[[list[Path]], Path | None] | None = None) -> Path:
+def find_live_run(
+    parent: Path, choose: Callable[[list[Path]], Path | None] | None = None
+) -> Path:
     """The run under ``parent`` that is listening (``scu-tui attach`` with no DIR); with
     several, ``choose`` (a prompt in a terminal) picks one, else they are named."""
     live = live_runs(parent)

@@ -187,7 +187,9 @@ def _hold_out(train: RawSplit, seed: int) -> tuple[RawSplit, RawSplit, int]:
     )
     kept, valid = parts["train"], parts["test"]
     return (
-        RawSplit(train.label, kept.remove_columns(_ROW), train.file, train.lines, list(kept[_ROW])),
+        RawSplit(
+            train.label, kept.remove_columns(_ROW), train.file, train.lines, list(kept[_ROW])
+        ),
         RawSplit(
             f"{train.label} (held-out {held} rows)",
             valid.remove_columns(_ROW),
@@ -328,7 +330,9 @@ def tokenize_rows(
     return out
 
 
-def raw_split(settings: DataSettings, names: Sequence[str], seed: int) -> tuple[str, RawSplit, str]:
+def raw_split(
+    settings: DataSettings, names: Sequence[str], seed: int
+) -> tuple[str, RawSplit, str]:
     """The first of ``names`` the data has, as read (before tokenization), and its format."""
     raw, _ = _read_raw(resolve_data_path(settings.path), seed)
     train = raw["train"]

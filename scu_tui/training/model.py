@@ -68,7 +68,8 @@ def check_safetensors(path: Path) -> None:
             length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
             if not 2 <= length <= size - 8:
                 raise UserError(
-                    f"{path}: truncated or not a safetensors file ({size} bytes); download it again"
+                    f"{path}: truncated or not a safetensors file ({size} bytes); "
+                    "download it again"
                 )
             header = json.loads(fh.read(length))
     except OSError as exc:

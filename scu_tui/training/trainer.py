@@ -273,7 +273,6 @@ class Trainer:
                 mx.distributed.all_sum(ntoks, group=group),
                 grads,
             )
-
         state = [model.state, opt.state, mx.random.state]
 
         @partial(mx.compile, inputs=state, outputs=state)
