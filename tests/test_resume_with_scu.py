@@ -1,0 +1,74 @@
+"""Exact resume with the S-SCU on: the kept good states travel in the checkpoint, so a run
+stopped before a rollback and resumed takes the same rollback, to the same kept state,
+and trains on exactly as the run that never stopped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scu_tui.presets import load_preset
+from scu_tui.protocol import Event
+from scu_tui.run import Run
+
+#: demo-hot rolls back at step ~19 to the state kept at step 5 (its loss rises from step 8
+#: on); the stop comes at step 12, after state 5 was kept and before the rollback.
+STOP_AT = 12
+STEPS = 40
+
+
+class Keep:
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.stop_at = stop_at
+        self.run: Run | None = None
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event.to_dict())
+        if event.type == "step" and event.step == self.stop_at and self.run is not None:
+            self.run.request_stop("user")
+
+    def close(self) -> None:
+        pass
+
+
+def train(settings: Any, out: Path, resume: Path | None = None, stop_at: int | None = None):  # type: ignore[no-untyped-def]
+    run = Run(settings, output_dir=None if resume else out, resume=resume)
+    keep = Keep(stop_at)
+    keep.run = run
+    run.add_sink(keep)
+    assert run.execute() == 0
+    return keep.events
+
+
+@pytest.mark.slow
+def test_a_run_resumed_before_its_rollback_takes_the_same_rollback_exactly(
+    tmp_path: Path,
+) -> None:
+    settings = load_preset("demo-hot").replace(
+        {"training.max_steps": STEPS, "training.eval_every": 100, "training.save_every": 100}
+    )
+    reference = train(settings, tmp_path / "reference")
+    first = train(settings, tmp_path / "stopped", stop_at=STOP_AT)
+    resumed = train(settings, tmp_path / "stopped", resume=tmp_path / "stopped")
+
+    def timeline(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        kept = ("step", "rollback", "proposal")
+        return [
+            (e["type"], e["step"], e.get("loss"), e.get("to_step"), e.get("rule"))
+            for e in events
+            if e["type"] in kept
+        ]
+
+    want = timeline(reference)
+    got = timeline(first) + timeline(resumed)
+    rollbacks = [e for e in want if e[0] == "rollback"]
+    assert rollbacks and rollbacks[0][1] > STOP_AT  # the rollback comes after the stop
+    assert rollbacks[0][3] < STOP_AT  # to a state kept before it: it came from the checkpoint
+    assert [e[:2] + e[3:] for e in got] == [e[:2] + e[3:] for e in want]
+    # same operations in the same order on the CPU backend: equal up to float32 rounding
+    for (_, step, loss, _, _), (_, _, expected, _, _) in zip(got, want, strict=True):
+        if loss is not None:
+            assert loss == pytest.approx(expected, rel=1e-5), step
