@@ -228,6 +228,42 @@ def test_overfitting_without_dropout_to_move_proposes_no_dropout() -> None:
     assert [p.knob for p in run.until(200)] == []
 
 
+@pytest.mark.parametrize("rule", ["raise_weight_decay", "raise_dropout"])
+def test_a_regularisation_move_without_an_effect_retires_its_rule_for_the_run(rule: str) -> None:
+    """Validation keeps rising at the same pace after the move: its effect cannot be told
+    from the run's noise, so the rule never moves its knob again, and a resumed run
+    remembers that."""
+    rising_val = lambda step: 1.5 + 0.002 * step  # noqa: E731
+    current = knobs() if rule == "raise_weight_decay" else knobs(weight_decay=0.1)
+    run = Run(decaying_loss, steady_grad, val=rising_val, current=current)
+    made = [p for p in run.until(1500) if p.rule == rule]
+    assert len(made) == 1, [p.step for p in made]
+    why = run.controller.last_analysis.why if run.controller.last_analysis else ""
+    assert "not used again in this run" in why
+    resumed = Controller(SCU, TRAINING)
+    resumed.load_state(json.loads(json.dumps(run.controller.state())))
+    assert resumed._rule_blocked(rule, 1500) is not None
+
+
+def test_a_regularisation_move_that_helped_may_repeat() -> None:
+    moved = {"at": 10**9}
+
+    def val(step: int) -> float:  # rising, until the weight decay comes in: then falling
+        return (
+            1.5 + 0.002 * step
+            if step <= moved["at"]
+            else 1.5 + 0.002 * moved["at"] - 0.01 * (step - moved["at"])
+        )
+
+    run = Run(decaying_loss, steady_grad, val=val)
+    (first,) = [p for p in run.until(60) if p.rule == "raise_weight_decay"]
+    moved["at"] = first.step
+    run.until(400)
+    record = run.controller.book.get(first.id)
+    assert record is not None and record.effect["verdict"] == "helped"
+    assert run.controller._rule_blocked("raise_weight_decay", 400) is None
+
+
 def test_noisy_gradients_while_improving_raise_accumulation() -> None:
     p = Run(decaying_loss, noisy_grad).until(60)[0]
     assert (p.rule, p.diagnosis, p.knob) == ("raise_accumulation", "noisy", "accumulation")
@@ -432,7 +468,7 @@ def test_state_round_trip_resumes_exactly() -> None:
     grad = lambda step: 10.0 if step == 130 else steady_grad(step)  # noqa: E731
     val = lambda step: 1.5 + 0.001 * step  # noqa: E731
     original = Run(slow_loss, grad, val=val, outcome="applied")
-    original.until(70)
+    original.until(30)
     saved = json.loads(json.dumps(original.controller.state(), allow_nan=False))
     resumed = Run(slow_loss, grad, val=val, outcome="applied", current=dict(original.knobs))
     resumed.controller.load_state(saved)

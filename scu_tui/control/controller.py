@@ -45,7 +45,9 @@ Memory of effects, so a long run neither flip-flops nor drifts:
   check's revert demands it;
 - a rule's move is not repeated while the effect of its previous one is still being
   judged; a move with no measurable effect ("flat") backs its rule off like a veto (each
-  strike doubles the wait), and only a move that helped clears the strikes.
+  strike doubles the wait), and only a move that helped clears the strikes;
+- a weight-decay or dropout move (:data:`MUST_HELP`) repeats only after one that helped:
+  one that did not retires its rule for the rest of the run.
 """
 
 from __future__ import annotations
@@ -108,6 +110,11 @@ REVERSAL_PERIODS = 25
 #: errors (and at all).
 HELP_Z = 2.0
 STATE_VERSION = 3
+#: Rules whose moves must show an effect: regularisation acts slowly and weakly on LoRA
+#: (on the demo, weight decay 0.01-0.1 changed the validation loss by less than its
+#: noise), so one such move whose effect check does not say "helped" retires its rule
+#: for the rest of the run, instead of driving its knob to the bound step by step.
+MUST_HELP = frozenset({"raise_weight_decay", "raise_dropout"})
 
 
 @dataclass(frozen=True)
@@ -223,6 +230,8 @@ class Controller:
         self._no_raise_until = -1
         #: knob -> (direction, step) of its newest taken move, for the reversal lock
         self._knob_direction: dict[str, tuple[int, int]] = {}
+        #: rules in MUST_HELP whose move showed no effect told from the noise: off for good
+        self._retired: set[str] = set()
         self.book = ProposalBook()
         self._judged: list[dict[str, Any]] = []
         self.last_signals: Signals | None = None
@@ -478,7 +487,9 @@ class Controller:
         return None
 
     def _rule_blocked(self, rule: str, step: int) -> str | None:
-        """Backed off, or an earlier proposal of this rule still awaits its outcome."""
+        """Retired, backed off, or an earlier proposal of this rule still awaits its outcome."""
+        if rule in self._retired:
+            return f"rule {rule} showed no effect beyond the noise; not used again in this run"
         until = self._blocked_until.get(rule, -1)
         if step < until:
             return f"rule {rule} backed off until step {until}"
@@ -635,6 +646,8 @@ class Controller:
             if effect.helped:
                 self._strikes.pop(record.proposal.rule, None)
                 continue
+            if record.proposal.rule in MUST_HELP:  # no effect told from noise: never again
+                self._retired.add(record.proposal.rule)
             if not effect.worse:  # no measurable effect: that rule waits longer
                 self._back_off(record.proposal.rule, step)
                 continue
@@ -720,6 +733,7 @@ class Controller:
             "last_proposed": dict(self._last_proposed),
             "no_raise_until": self._no_raise_until,
             "knob_direction": {k: list(v) for k, v in self._knob_direction.items()},
+            "retired": sorted(self._retired),
             "book": self.book.state(),
         }
         return dict(json_safe(data))
@@ -753,5 +767,6 @@ class Controller:
         self._knob_direction = {
             str(k): (int(v[0]), int(v[1])) for k, v in data.get("knob_direction", {}).items()
         }
+        self._retired = {str(r) for r in data.get("retired", [])}
         self.book.load_state(data["book"])
         self.last_signals, self.last_diagnosis, self.last_analysis = None, None, None
