@@ -703,10 +703,9 @@ class Run:
             self._propose(proposal)
 
     def _propose(self, proposal: Proposal, analysed: bool = True) -> None:
-        """Apply, queue or log a proposal by the mode. A blow-up or non-finite rollback
+        """Apply, queue or log a proposal by the mode. A damage or non-finite rollback
         (rule ``rollback``, the guard's or a control check's) acts at once in auto and ask
-        modes and pauses the run in observe mode; every other proposal, an erratic-gradient
-        rollback included, follows the mode."""
+        modes and pauses the run in observe mode; every other proposal follows the mode."""
         assert self.controller is not None
         urgent = proposal.rule == ROLLBACK
         asking = not urgent and self.mode == Mode.ASK

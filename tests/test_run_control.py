@@ -186,18 +186,18 @@ def test_ask_mode_unanswered_proposal_expires_after_ttl(tmp_path: Path) -> None:
 
 def test_observe_mode_only_logs(tmp_path: Path) -> None:
     script: Script = {
-        10: ("rollback", 0.25, "rollback_erratic"),
+        10: ("rollback", 0.25, "rollback_scripted"),
         20: ("lr_multiplier", 1.5, "raise_lr_slow"),
     }
     _run, rec, code = start(tmp_path, "observe", script=script)
     assert code == 0
-    assert [p["rule"] for p in rec.of("proposal")] == ["rollback_erratic", "raise_lr_slow"]
+    assert [p["rule"] for p in rec.of("proposal")] == ["rollback_scripted", "raise_lr_slow"]
     assert {d["outcome"] for d in rec.of("decision")} == {"observed"}
     assert not rec.of("knob") and not rec.of("rollback") and not rec.of("pause")
 
 
-def test_erratic_rollback_in_auto_mode_goes_back_with_the_lr_cut(tmp_path: Path) -> None:
-    script: Script = {25: ("rollback", 0.25, "rollback_erratic")}
+def test_a_mode_following_rollback_in_auto_mode_goes_back_with_the_lr_cut(tmp_path: Path) -> None:
+    script: Script = {25: ("rollback", 0.25, "rollback_scripted")}
     run, rec, code = start(tmp_path, "auto", script=script)
     assert code == 0
     (rollback,) = rec.of("rollback")
@@ -310,7 +310,7 @@ def test_guard_does_not_fire_on_ordinary_batch_to_batch_variation(tmp_path: Path
 
 
 class RollbackAt(ScriptedController):
-    """Proposes an erratic-gradient rollback every time training reaches one of ``steps``."""
+    """Proposes a mode-following rollback every time training reaches one of ``steps``."""
 
     def __init__(self, settings: Settings, steps: set[int]) -> None:
         super().__init__(settings, {})
@@ -318,7 +318,7 @@ class RollbackAt(ScriptedController):
 
     def decide(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
         if step in self.steps:
-            self.script[step] = ("rollback", knobs["lr_multiplier"] * 0.5, "rollback_erratic")
+            self.script[step] = ("rollback", knobs["lr_multiplier"] * 0.5, "rollback_scripted")
         return super().decide(step, knobs)
 
 
@@ -326,7 +326,7 @@ def test_rollbacks_that_make_progress_in_between_never_give_up(tmp_path: Path) -
     # seven rollbacks, more than the cap, but each after training got further than before
     steps = (14, 24, 34, 44, 54, 64, 74)
     script: Script = {
-        step: ("rollback", 0.5**i, "rollback_erratic") for i, step in enumerate(steps)
+        step: ("rollback", 0.5**i, "rollback_scripted") for i, step in enumerate(steps)
     }
     _run, rec, code = start(tmp_path, "auto", script=script, **{"training.max_steps": 80})
     assert code == 0 and rec.of("done")[0]["status"] == "completed"
@@ -385,7 +385,7 @@ def test_a_rollback_cancels_what_its_abandoned_branch_proposed(tmp_path: Path) -
     script: Script = {
         12: ("weight_decay", 0.02, "raise_weight_decay"),  # before the checkpoint at 20
         22: ("lr_multiplier", 1.5, "raise_lr_slow"),  # after it
-        25: ("rollback", 0.25, "rollback_erratic"),
+        25: ("rollback", 0.25, "rollback_scripted"),
     }
     run, rec, code = start(tmp_path, "ask", accept_the_rollback, script=script)
     assert code == 0

@@ -208,7 +208,7 @@ class Move:
 
 
 def is_blowing_up(s: Signals) -> bool:
-    """Non-finite values in the period. A loss blow-up is caught on its own step by the one
+    """Non-finite values in the period. Loss damage is caught on its own step by the one
     detector in :mod:`scu_tui.control.divergence`; a sustained rise is ``degrading``."""
     return s.recent_nonfinite > 0
 
