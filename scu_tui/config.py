@@ -259,7 +259,7 @@ class ScuSettings:
     lr_bounds: list[float] = setting(
         [1e-6, 1e-3], "learning-rate limits", bounds(0, 10, low_open=True)
     )
-    weight_decay_bounds: list[float] = setting([0.0, 0.1], "weight-decay limits", bounds(0, 10))
+    weight_decay_bounds: list[float] = setting([0.0, 1.0], "weight-decay limits", bounds(0, 10))
     dropout_bounds: list[float] = setting([0.0, 0.3], "LoRA-dropout limits", bounds(0, 0.99))
     accumulation_bounds: list[int] = setting(
         [1, 32], "gradient-accumulation limits", bounds(1, 65536)

@@ -234,7 +234,8 @@ def test_a_regularisation_move_without_an_effect_retires_its_rule_for_the_run(ru
     from the run's noise, so the rule never moves its knob again, and a resumed run
     remembers that."""
     rising_val = lambda step: 1.5 + 0.002 * step  # noqa: E731
-    current = knobs() if rule == "raise_weight_decay" else knobs(weight_decay=0.1)
+    at_max = SCU.weight_decay_bounds[1]
+    current = knobs() if rule == "raise_weight_decay" else knobs(weight_decay=at_max)
     run = Run(decaying_loss, steady_grad, val=rising_val, current=current)
     made = [p for p in run.until(1500) if p.rule == rule]
     assert len(made) == 1, [p.step for p in made]
