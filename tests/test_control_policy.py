@@ -247,18 +247,23 @@ def test_a_regularisation_move_without_an_effect_retires_its_rule_for_the_run(ru
 
 
 def test_a_regularisation_move_that_helped_may_repeat() -> None:
-    moved = {"at": 10**9}
+    """A flat start (the validation noise is learnt), then overfitting; once weight decay
+    comes in, validation falls by far more than its own noise: that move helped."""
+    seen: dict[str, int] = {}
 
-    def val(step: int) -> float:  # rising, until the weight decay comes in: then falling
-        return (
-            1.5 + 0.002 * step
-            if step <= moved["at"]
-            else 1.5 + 0.002 * moved["at"] - 0.01 * (step - moved["at"])
-        )
+    def loss(step: int) -> float:
+        return 2.0 + 0.001 * NOISE[step] if step <= 100 else 2.0 - 0.002 * (step - 100)
 
-    run = Run(decaying_loss, steady_grad, val=val)
-    (first,) = [p for p in run.until(60) if p.rule == "raise_weight_decay"]
-    moved["at"] = first.step
+    def val(step: int) -> float:
+        if step <= 100:
+            return 1.5 + 0.002 * NOISE[step]
+        if run.knobs["weight_decay"] == 0:
+            return 1.5 + 0.002 * (step - 100)
+        since = seen.setdefault("since", step - 20)
+        return 1.5 + 0.002 * (since - 100) - 0.01 * (step - since)
+
+    run = Run(loss, steady_grad, val=val)
+    (first,) = [p for p in run.until(200) if p.rule == "raise_weight_decay"]
     run.until(400)
     record = run.controller.book.get(first.id)
     assert record is not None and record.effect["verdict"] == "helped"

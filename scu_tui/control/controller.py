@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from scu_tui.config import ScuSettings, TrainingSettings
-from scu_tui.control.divergence import Divergence, DivergenceDetector
+from scu_tui.control.divergence import Divergence, DivergenceDetector, noise_of
 from scu_tui.control.policy import (
     LR,
     ROLLBACK,
@@ -686,7 +686,12 @@ class Controller:
         expected = record.baseline * (1 + max(record.val_trend, 0.0) * periods)
         margin = self.scu.target_loss_improvement * abs(record.baseline)
         worse = val_loss > expected + margin
-        helped = val_loss < min(expected, record.baseline) - 0.5 * margin
+        # helped: a fall the run's own validation noise does not explain (too few passes
+        # before the move to know that noise: it cannot be told, so not helped)
+        before = [e[1] for e in self._evals if e[0] <= record.applied_step][-VAL_HISTORY:]
+        noise = noise_of(before)
+        told = max(0.5 * margin, HELP_Z * math.sqrt(2.0) * noise) if math.isfinite(noise) else None
+        helped = told is not None and val_loss < min(expected, record.baseline) - told
         return Effect(worse, record.baseline, val_loss, "Validation loss", helped)
 
     def _revert(
