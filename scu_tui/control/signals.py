@@ -32,6 +32,7 @@ import numpy.typing as npt
 import pywt
 
 from scu_tui.config import ScuSettings
+from scu_tui.control.divergence import noise_of
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -56,8 +57,12 @@ MAD_TO_SIGMA = 1.4826
 BLOWUP_SPAN = 3
 #: Most recent validation passes used for the validation trend.
 VAL_TREND_POINTS = 4
-#: Validation is "rising" above this fraction of the target (relative, per period).
+#: Validation is "rising" above this fraction of the target (relative, per period) ...
 VAL_RISE_FRACTION = 0.25
+#: ... and when its rise over the trend's span exceeds this many pass-to-pass standard
+#: deviations (on the demo, validation moves +-3 % from one pass to the next at a
+#: constant level: a Theil-Sen slope over 4 passes read that as overfitting at step 240).
+VAL_NOISE_Z = 2.0
 #: The train/validation gap is "growing" above this fraction of the target (per period).
 GAP_GROWTH_FRACTION = 0.5
 #: Smallest denominator for relative quantities.
@@ -376,14 +381,21 @@ def validation_trend(
     gaps = vals - train_at_val[keep][-VAL_TREND_POINTS:] if train_at_val is not None else None
     gap_trend = theil_sen(steps, gaps)[0] * period / scale if gaps is not None else 0.0
     several = vals.size >= 2
+    # a rise counts only beyond the validation's own pass-to-pass noise (measured on every
+    # pass given, not only the newest): one noisy pass must not read as overfitting
+    noise = noise_of([float(v) for v in val_losses[keep]])
+    span = float(steps[-1] - steps[0]) / period if steps.size else 0.0
+    beyond = VAL_NOISE_Z * noise / scale if math.isfinite(noise) else 0.0
     return ValidationTrend(
         count=int(vals.size),
         loss=float(vals[-1]),
         trend=trend,
-        rising=several and trend > VAL_RISE_FRACTION * target,
+        rising=several and trend > VAL_RISE_FRACTION * target and trend * span > beyond,
         gap=float(gaps[-1]) if gaps is not None else None,
         gap_trend=gap_trend,
-        gap_growing=several and gap_trend > GAP_GROWTH_FRACTION * target,
+        gap_growing=several
+        and gap_trend > GAP_GROWTH_FRACTION * target
+        and gap_trend * span > beyond,
     )
 
 
