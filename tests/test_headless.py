@@ -183,7 +183,6 @@ def test_replay_reproduces_the_proposals_of_an_observed_run(tmp_path: Path) -> N
     assert scu("replay", str(tmp_path)).returncode == 2
 
 
-@pytest.mark.slow
 def test_the_shipped_demo_learns_and_the_scu_leaves_it_alone(tmp_path: Path) -> None:
     """The README's first command, as shipped: real learning at a tuned LR, which the
     S-SCU analyses every period and, with nothing to fix, leaves alone (demo-hot is where
