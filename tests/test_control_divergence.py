@@ -73,7 +73,7 @@ def test_a_fall_then_a_rise_rolls_back_to_a_state_before_the_rise(
             continue
         caught += 1
         assert step is not None and step <= 40  # while the damage is young
-        assert proposal.rule == "rollback" and proposal.after == pytest.approx(0.5)
+        assert proposal.rule == "rollback" and proposal.after == pytest.approx(0.25)
         to_step = proposal.evidence["to_step"]
         assert 5 <= to_step <= 15, f"seed {seed}: back to {to_step}, not before the rise"
         assert "loss damaged" in proposal.reason and f"step {to_step}" in proposal.reason

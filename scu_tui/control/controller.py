@@ -64,6 +64,7 @@ import numpy as np
 from scu_tui.config import ScuSettings, TrainingSettings
 from scu_tui.control.divergence import Divergence, DivergenceDetector, noise_of
 from scu_tui.control.policy import (
+    DAMAGE_LR_FACTOR,
     LR,
     ROLLBACK,
     ROLLBACK_LR_FACTOR,
@@ -347,7 +348,7 @@ class Controller:
         move = Move(
             GUARD_RULE,
             ROLLBACK,
-            before * ROLLBACK_LR_FACTOR,
+            before * (ROLLBACK_LR_FACTOR if found.nonfinite else DAMAGE_LR_FACTOR),
             -1,
             f"Divergence ({what[0].lower()}{what[1:]}) - rolling back to {where} with a lower LR",
             found.evidence(),

@@ -5,7 +5,9 @@ Pure functions, no memory: the controller adds hysteresis, cooldowns and back-of
 ==================== ======================================== ============== =============
 rule                 when (diagnosis + condition)             knob           move
 ==================== ======================================== ============== =============
-rollback             every step, not only at control steps    rollback       lr x0.5
+rollback             every step, not only at control steps    rollback       lr x0.25
+                                                                             (non-finite:
+                                                                             x0.5)
                      (control.divergence): a non-finite step,
                      or damage: the median of the newest 10
                      losses clearly above the best level at a
@@ -120,6 +122,10 @@ LR_CUT_PLATEAU = 0.8
 LR_RAISE_ALIGNED = 1.5
 LR_CUT_OVERSHOOT = 0.7
 ROLLBACK_LR_FACTOR = 0.5
+#: A rollback for damage goes back with a deeper cut: the LR that damaged the run once
+#: does again at half (demo-hot: back to step 5 at x0.5, the loss rose again from step 15
+#: and the run ended at validation loss 1.43; at x0.25 it ends near the tuned demo's).
+DAMAGE_LR_FACTOR = 0.25
 #: The deepest LR cut one rollback may make (a person's or a scripted proposal).
 MAX_ROLLBACK_CUT = 0.25
 WEIGHT_DECAY_FACTOR = 2.0
