@@ -409,7 +409,7 @@ def test_the_kept_rollback_states_are_a_term_of_their_own() -> None:
     f = facts()
     c = from_config(f, grad_checkpoint=False)
     plain, kept = estimate(f, c, 2, 128), estimate(f, c, 2, 128, kept_states=4)
-    (term,) = [t for t in kept.terms if t.name.startswith("kept states")]
+    (term,) = [t for t in kept.terms if t.name.startswith("rollback states")]
     assert term.bytes == 4 * 3 * 400_000
     assert kept.total == pytest.approx(plain.total + term.bytes)
     four_b = facts(trainable_bytes=66_000_000 * 4)

@@ -230,7 +230,7 @@ def estimate(
     )
     if kept_states:
         held = kept_state_bytes(f, kept_states)
-        terms += (Term(f"kept states for rollback ({kept_states})", "parameters", held, "config"),)
+        terms += (Term(f"rollback states ({kept_states})", "parameters", held, "config"),)
     return Estimate(batch, width, grad_checkpoint, terms)
 
 
