@@ -13,6 +13,8 @@ from test_trainer import make_trainer, params
 
 from scu_tui.training.snapshots import Snapshots
 
+pytestmark = pytest.mark.slow  # each test trains the demo model a few steps
+
 
 def optimizer_arrays(trainer) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
     return {k: np.array(v) for k, v in tree_flatten(trainer.optimizer.state)}
