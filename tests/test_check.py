@@ -418,3 +418,25 @@ def test_the_kept_rollback_states_are_a_term_of_their_own() -> None:
     b = largest_batch(f, c, 512, 2e9, grad_checkpoint=False, accumulation=1, kept_states=64)
     assert estimate(f, c, b, 512, kept_states=64).total <= 2e9
     assert estimate(f, c, b + 1, 512, kept_states=64).total > 2e9
+
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "copies"), [("adamw", 2), ("schedule_free", 3), ("prodigy", 4)]
+)
+def test_the_optimizer_state_is_counted_for_each_optimizer(
+    optimizer: str, copies: int, tmp_path: Path
+) -> None:
+    """Schedule-Free keeps one more copy of the adapters than AdamW, Prodigy two more: the
+    check's optimizer term grows with them, and so does each kept rollback state."""
+    folder = config_folder(tmp_path / "demo-config", demo_config())
+    code, data, err = check(
+        "--preset", "demo", "--model", str(folder), "--set", f"training.optimizer={optimizer!r}"
+    )  # fmt: skip
+    assert code == 0, err
+    assert data is not None
+    terms = {t["name"]: t["gb"] for t in data["memory"]["terms"]}
+    assert terms["optimizer state"] == pytest.approx(copies * terms["LoRA weights"])
+    ((name, kept),) = [(n, gb) for n, gb in terms.items() if n.startswith("rollback states")]
+    states = int(name.split("(")[1].rstrip(")"))
+    assert kept == pytest.approx(states * (1 + copies) * terms["LoRA weights"], rel=1e-3)

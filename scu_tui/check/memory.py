@@ -25,13 +25,17 @@ from scu_tui.check.model_facts import ModelFacts
 
 MEASURED_MARGIN = 0.15  # on the measured terms: the fit is exact to a few %, the rest varies
 CONFIG_MARGIN = 0.25  # on activation terms derived from the config alone
-ADAM_STATES = 2  # AdamW keeps two float32 moments per trainable parameter
+#: Copies of the trainable parameters each ``training.optimizer`` keeps in its state: AdamW
+#: its two moments; Schedule-Free its base sequence z, second moment and the gradient
+#: average the alignment signal reads; Prodigy its starting point, the sum behind its
+#: step-size estimate and its two moments (scu_tui.training.optimizers).
+OPTIMIZER_STATES = {"adamw": 2, "schedule_free": 3, "prodigy": 4}
 
 
 def kept_state_bytes(f: ModelFacts, states: int) -> float:
     """The S-SCU's good states kept in memory for a rollback: each holds the LoRA weights
     and the optimizer's moments (a 4B model's r32 adapters: about 0.8 GB a state)."""
-    return float(states * f.trainable_bytes * (1 + ADAM_STATES))
+    return float(states * f.trainable_bytes * (1 + f.optimizer_states))
 
 
 # Activation elements kept per token per block, in multiples of the block's widths:
@@ -181,9 +185,14 @@ def dora_copy_bytes(f: ModelFacts) -> float:
     return float(f.dora_elements * f.act_bytes)
 
 
+def optimizer_bytes(f: ModelFacts) -> float:
+    """The optimizer's state: its copies of the trainable parameters."""
+    return float(f.trainable_bytes * f.optimizer_states)
+
+
 def parameter_bytes(f: ModelFacts) -> float:
-    """Weights, adapters and AdamW's moments: always resident during training."""
-    return float(f.weight_bytes + adapter_bytes(f) + f.trainable_bytes * ADAM_STATES)
+    """Weights, adapters and the optimizer's state: always resident during training."""
+    return float(f.weight_bytes + adapter_bytes(f) + optimizer_bytes(f))
 
 
 def estimate(
@@ -211,7 +220,7 @@ def estimate(
     adapters = {"lora": "LoRA weights", "dora": "DoRA weights"}.get(f.fine_tune_type)
     trainable = (
         *([Term(adapters, "parameters", adapter_bytes(f), "config")] if adapters else []),
-        Term("optimizer state", "parameters", float(f.trainable_bytes * ADAM_STATES), "config"),
+        Term("optimizer state", "parameters", optimizer_bytes(f), "config"),
         Term("gradients, buffers", "parameters", grads, source),
         *(
             [Term("DoRA float weight copies", "parameters", dora_copy_bytes(f), "config")]

@@ -50,6 +50,8 @@ class ModelFacts:
     #: weight elements of the DoRA-adapted layers: on a quantized base each one's weight is
     #: dequantized in the forward pass and that float copy kept for the backward pass
     dora_elements: int = 0
+    #: copies of the trainable parameters the optimizer keeps (memory.OPTIMIZER_STATES)
+    optimizer_states: int = 2
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

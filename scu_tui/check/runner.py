@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -110,7 +111,10 @@ def check(settings: Settings, *, find_lr: bool = False) -> Any:
     env = environment.detect()
     folder, has_weights = model_folder(settings.model.path)
     _progress(f"model config {folder}")
-    model_facts = facts_from_config(folder, settings.lora, settings.model.path)
+    states = memory.OPTIMIZER_STATES[t.optimizer]
+    model_facts = replace(
+        facts_from_config(folder, settings.lora, settings.model.path), optimizer_states=states
+    )
     notes: list[str] = []
     if has_weights and model_facts.weight_bytes > WEIGHTS_SHARE * env.memory_limit:
         notes.append(
@@ -131,7 +135,9 @@ def check(settings: Settings, *, find_lr: bool = False) -> Any:
         bundle = load_data(settings.data, tokenizer, t.seed)
         mx.random.seed(t.seed)
         apply_lora(model, settings.lora, settings.model.path)
-        model_facts = facts(model, read_config(folder), settings.lora)
+        model_facts = replace(
+            facts(model, read_config(folder), settings.lora), optimizer_states=states
+        )
         data = data_report(bundle, settings)
         probe = Probe(model, bundle, settings, model_facts, env.memory_limit, _progress)
         top = probe.calibration_widths()[-1]
