@@ -269,7 +269,8 @@ def _needs_terminal() -> None:
 
 def _cmd_attach(args: argparse.Namespace) -> int:
     """The dashboard, fed from a run's folder and steering it over its control socket."""
-    from scu_tui.remote.attach import attach_app, find_live_run
+    from scu_tui.app import attach_app
+    from scu_tui.remote.attach import find_live_run
 
     run_dir = Path(args.run_dir) if args.run_dir else find_live_run(Path("runs"), _choose_run)
     app = attach_app(run_dir, theme=args.attach_theme or args.theme)  # checks the folder

@@ -145,6 +145,14 @@ class RunFile(StrEnum):
     BEST = "best"
 
 
+#: What a view says when a run it follows is gone (killed, crashed) and a key asks it for
+#: something.
+NOT_RUNNING = "the run is not running (lost)"
+#: How a message about a command that never took effect starts; the app then drops the
+#: key's pending effect ("pausing…") instead of showing it forever.
+COMMAND_FAILED = ("command not sent", "command refused")
+
+
 # --- events ----------------------------------------------------------------------------
 
 

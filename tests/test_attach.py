@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from helpers import Inbox, read_events, scu, scu_popen, start_headless, until, wait_for_line
 
+from scu_tui.app import attach_app
 from scu_tui.app.screens import ConfirmScreen
 from scu_tui.errors import UserError
 from scu_tui.protocol import Command
-from scu_tui.remote.attach import RemoteRun, attach_app, find_live_run
+from scu_tui.remote.attach import RemoteRun, find_live_run
 
 
 def attach(run_dir: Path) -> tuple[RemoteRun, Inbox, threading.Thread]:

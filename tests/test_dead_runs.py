@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from helpers import Inbox, scu, scu_popen, start_headless, until, wait_for_line
 
-from scu_tui.app import ScuApp
+from scu_tui.app import ScuApp, attach_app
 from scu_tui.app.widgets import Readout
 from scu_tui.errors import UserError
 from scu_tui.protocol import Command, RunFile
-from scu_tui.remote.attach import LOST, RemoteRun, attach_app, find_live_run
+from scu_tui.remote.attach import LOST, RemoteRun, find_live_run
 from scu_tui.remote.control import (
     ControlClient,
     ControlServer,

@@ -5,6 +5,6 @@
 
 from __future__ import annotations
 
-from scu_tui.app.app import ScuApp, make_app
+from scu_tui.app.app import ScuApp, attach_app, make_app
 
-__all__ = ["ScuApp", "make_app"]
+__all__ = ["ScuApp", "attach_app", "make_app"]

@@ -67,6 +67,8 @@ from scu_tui.config import Settings
 from scu_tui.errors import UserError
 from scu_tui.presets import load_preset
 from scu_tui.protocol import (
+    COMMAND_FAILED,
+    NOT_RUNNING,
     CheckpointEvent,
     Command,
     CommandKind,
@@ -87,7 +89,7 @@ from scu_tui.protocol import (
     event_from_dict,
     read_events,
 )
-from scu_tui.remote.attach import COMMAND_FAILED, NOT_RUNNING
+from scu_tui.remote.attach import RemoteRun
 from scu_tui.run import Run, load_run_settings
 from scu_tui.sinks import Sink
 from scu_tui.themes import DEFAULT_THEME, find_theme, textual_themes, theme_names
@@ -339,8 +341,6 @@ class ScuApp(App[int]):
             self.resume, self.output_dir = choice.path, None
             self.start(load_run_settings(choice.path))
             return
-        from scu_tui.remote.attach import RemoteRun
-
         remote = RemoteRun(choice.path)
         self.run_factory = lambda *args, **kwargs: remote
         self.start(remote.settings)
@@ -958,3 +958,18 @@ def make_app(
     name = theme or (settings.ui.theme if settings is not None else DEFAULT_THEME)
     find_theme(name)
     return ScuApp(settings, output_dir, resume, run_factory, load, name)
+
+
+def attach_app(run_dir: Path, theme: str | None = None) -> ScuApp:
+    """The dashboard on a run in its folder; raises :class:`UserError` if it is not a run."""
+    remote = RemoteRun(run_dir)
+
+    def follow(settings: Any, output_dir: Any = None, resume: Any = None) -> RemoteRun:
+        return remote
+
+    return make_app(
+        remote.settings,
+        output_dir=run_dir,
+        run_factory=follow,
+        theme=theme or remote.settings.ui.theme,
+    )

@@ -20,10 +20,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from scu_tui.errors import UserError
 from scu_tui.protocol import (
+    NOT_RUNNING,
     Command,
     DoneEvent,
     Event,
@@ -44,9 +44,6 @@ from scu_tui.remote.control import (
 from scu_tui.run import load_run_settings
 from scu_tui.sinks import Sink
 
-if TYPE_CHECKING:
-    from scu_tui.app import ScuApp
-
 HISTORY_LINES = 5000  # events replayed on attach; older ones are skipped
 POLL_SECONDS = 0.1
 #: How often the follower checks that the run is still there (its process, its socket).
@@ -57,10 +54,6 @@ ENDED_GRACE_SECONDS = 2.0
 #: The status of the follower's own done event for a run that ended without one (the
 #: dashboard's ``RunState`` knows it as ``LOST_STATUS``).
 LOST = "lost"
-NOT_RUNNING = "the run is not running (lost)"
-#: How a message about a command that never took effect starts; the app then drops the
-#: key's pending effect ("pausing…") instead of showing it forever.
-COMMAND_FAILED = ("command not sent", "command refused")
 
 
 def lines_from(path: Path, start: int) -> tuple[list[str], int]:
@@ -285,9 +278,7 @@ def live_runs(parent: Path) -> list[Path]:
     return [run for run in candidates if is_live(run)]
 
 
-def find_live_run(
-    parent: Path, choose: Callable[[list[Path]], Path | None] | None = None
-) -> Path:
+def find_live_run(parent: Path, choose: Callable[[list[Path]], Path | None] | None = None) -> Path:
     """The run under ``parent`` that is listening (``scu-tui attach`` with no DIR); with
     several, ``choose`` (a prompt in a terminal) picks one, else they are named."""
     live = live_runs(parent)
@@ -303,20 +294,4 @@ def find_live_run(
     raise UserError(
         f"no live run under {parent}/ (started there with the default --output-dir); "
         "say which: scu-tui attach DIR"
-    )
-
-
-def attach_app(run_dir: Path, theme: str | None = None) -> ScuApp:
-    """The dashboard on a run in its folder; raises :class:`UserError` if it is not a run."""
-    remote = RemoteRun(run_dir)
-    from scu_tui.app import make_app
-
-    def follow(settings: Any, output_dir: Any = None, resume: Any = None) -> RemoteRun:
-        return remote
-
-    return make_app(
-        remote.settings,
-        output_dir=run_dir,
-        run_factory=follow,
-        theme=theme or remote.settings.ui.theme,
     )

@@ -187,9 +187,7 @@ def _hold_out(train: RawSplit, seed: int) -> tuple[RawSplit, RawSplit, int]:
     )
     kept, valid = parts["train"], parts["test"]
     return (
-        RawSplit(
-            train.label, kept.remove_columns(_ROW), train.file, train.lines, list(kept[_ROW])
-        ),
+        RawSplit(train.label, kept.remove_columns(_ROW), train.file, train.lines, list(kept[_ROW])),
         RawSplit(
             f"{train.label} (held-out {held} rows)",
             valid.remove_columns(_ROW),
@@ -330,9 +328,7 @@ def tokenize_rows(
     return out
 
 
-def raw_split(
-    settings: DataSettings, names: Sequence[str], seed: int
-) -> tuple[str, RawSplit, str]:
+def raw_split(settings: DataSettings, names: Sequence[str], seed: int) -> tuple[str, RawSplit, str]:
     """The first of ``names`` the data has, as read (before tokenization), and its format."""
     raw, _ = _read_raw(resolve_data_path(settings.path), seed)
     train = raw["train"]
@@ -455,3 +451,19 @@ def eval_batches(
     ``iterate_batches`` does."""
     for indices in eval_batch_rows(split, batch_size, limit):
         yield make_batch([split.sequences[i] for i in indices], max_seq_length)
+
+
+def target_tokens(batch: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Per row, the tokens mlx-lm's loss counts (targets ``1..T-1`` inside each row's
+    ``[offset, length]``): computed before any math, so each rank of a distributed run
+    knows its share of a batch."""
+    last = batch.shape[1] - 1
+    lo = np.maximum(lengths[:, 0], 1)
+    hi = np.minimum(lengths[:, 1], last)
+    counts: np.ndarray = np.maximum(hi - lo + 1, 0).astype(np.int64)
+    return counts
+
+
+def rank_rows(rows: int, rank: int, world: int) -> slice:
+    """A distributed run's rank's rows of a global batch: ``[r*B/N, (r+1)*B/N)``."""
+    return slice(rank * rows // world, (rank + 1) * rows // world)

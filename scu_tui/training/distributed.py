@@ -83,25 +83,6 @@ def check_batch(batch_size: int, world: int) -> None:
         )
 
 
-# --- slices ---------------------------------------------------------------------------------
-
-
-def target_tokens(batch: Any, lengths: Any) -> Any:
-    """Per row, the tokens mlx-lm's loss counts (targets ``1..T-1`` inside each row's
-    ``[offset, length]``): computed here so each rank knows its share before any math."""
-    import numpy as np
-
-    last = batch.shape[1] - 1
-    lo = np.maximum(lengths[:, 0], 1)
-    hi = np.minimum(lengths[:, 1], last)
-    return np.maximum(hi - lo + 1, 0).astype(np.int64)
-
-
-def rank_rows(rows: int, rank: int, world: int) -> slice:
-    """This rank's rows of a global batch: ``[r*B/N, (r+1)*B/N)``."""
-    return slice(rank * rows // world, (rank + 1) * rows // world)
-
-
 # --- messages -------------------------------------------------------------------------------
 
 

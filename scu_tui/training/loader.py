@@ -15,18 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from scu_tui.training.lora_info import LoraInfo
+
+__all__ = ["Loaded", "Loader", "LoraInfo", "MlxLmLoader"]
+
 if TYPE_CHECKING:
     from scu_tui.config import Settings
     from scu_tui.training.data import DataBundle
-
-
-@dataclass(frozen=True)
-class LoraInfo:
-    """What the run reports and saves about the trainable part of the model."""
-
-    trainable: int  # parameters that train
-    total: int  # all parameters
-    adapter_config: dict[str, Any]  # written as adapter_config.json next to the adapters
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from mlx.utils import tree_flatten
 
 from scu_tui.config import EMBEDDED_DEMO, LoraSettings
 from scu_tui.errors import UserError
-from scu_tui.training.loader import LoraInfo
+from scu_tui.training.lora_info import LoraInfo
 
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 #: How a ModelArgs dataclass says that config.json lacks keys it needs.

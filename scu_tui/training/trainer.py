@@ -31,7 +31,13 @@ from scu_tui.config import Settings, TrainingSettings
 from scu_tui.errors import UserError
 from scu_tui.protocol import Knob
 from scu_tui.training.checkpoint import STATE_FILE, atomic_write_json
-from scu_tui.training.data import BatchStream, DataBundle, eval_batches
+from scu_tui.training.data import (
+    BatchStream,
+    DataBundle,
+    eval_batches,
+    rank_rows,
+    target_tokens,
+)
 from scu_tui.training.model import set_lora_dropout
 from scu_tui.training.optimizers import make_optimizer
 
@@ -273,6 +279,7 @@ class Trainer:
                 mx.distributed.all_sum(ntoks, group=group),
                 grads,
             )
+
         state = [model.state, opt.state, mx.random.state]
 
         @partial(mx.compile, inputs=state, outputs=state)
@@ -441,8 +448,6 @@ class Trainer:
         batch, lengths = self.stream.next()
         if self.world == 1:
             return mx.array(batch), mx.array(lengths), mx.array(1.0)
-        from scu_tui.training.distributed import rank_rows, target_tokens
-
         rows = rank_rows(len(batch), self.rank, self.world)
         counts = target_tokens(batch, lengths)
         weight = float(counts[rows].sum()) / max(float(counts.sum()), 1.0)
@@ -458,8 +463,6 @@ class Trainer:
                 self.data.valid, self.batch_size, self.max_seq_length, limit
             ):
                 if self.world > 1:  # this rank's rows; the sums are added up below
-                    from scu_tui.training.distributed import rank_rows
-
                     rows = rank_rows(len(batch), self.rank, self.world)
                     batch, lengths = batch[rows], lengths[rows]
                     if len(batch) == 0:
