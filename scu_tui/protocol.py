@@ -10,9 +10,14 @@ applies it.
 
 Events and commands are small, frozen, plain-data dataclasses: no MLX, no Textual. Every
 event serialises to one JSON object with at least ``type``, ``step`` and ``time``. An
-event field that carries one of the names above is typed ``str``: that is what a reader
-gets back from a file, and a name that a newer writer adds must not make its event
-unreadable. Writers pass the enum members.
+event field that carries one of the names above is typed with its enum, and
+:func:`event_from_dict` reads it back as the member, so every consumer compares members,
+never string literals (``tests/test_protocol_names.py`` keeps literals out). A line with a
+name this reader does not know is skipped like any other line that is not an event.
+
+Consumers that treat each event type their own way subclass :class:`EventHandlers`: one
+dispatch on the event's type, shared by the console, the dashboard's state and its
+notices.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from enum import IntEnum, StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from scu_tui.errors import UserError
 
@@ -119,6 +125,14 @@ class RunStatus(StrEnum):
     STOPPED = "stopped"  # by a person; a checkpoint was saved
     INTERRUPTED = "interrupted"  # by a signal; a checkpoint was saved
     FAILED = "failed"
+    #: stopped writing without saying so (``kill -9``, a crash): what an attached view and
+    #: the runs list make of a run that vanished; the run itself never writes it
+    LOST = "lost"
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """The exit status of a process whose run ended this way."""
+        return _EXIT_CODES.get(self, ExitCode.FAILED)
 
 
 class ExitCode(IntEnum):
@@ -128,6 +142,33 @@ class ExitCode(IntEnum):
     FAILED = 1  # training failed
     BAD_INPUT = 2  # a bad flag, preset, model, data or folder
     INTERRUPTED = 130  # a signal; a checkpoint was saved first
+
+
+_EXIT_CODES = {
+    RunStatus.COMPLETED: ExitCode.OK,
+    RunStatus.STOPPED: ExitCode.OK,
+    RunStatus.INTERRUPTED: ExitCode.INTERRUPTED,
+}
+
+
+class MessageLevel(StrEnum):
+    """How much a :class:`MessageEvent` matters to the person watching."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class CheckpointReason(StrEnum):
+    """Why a checkpoint was saved."""
+
+    START = "start"  # before the first step: the first rollback target
+    SCHEDULE = "schedule"  # every training.save_every steps
+    MEMORY = "memory"  # before stopping a run that is about to run out of memory
+    USER = "user"  # a key, or a stop by a person
+    SIGNAL = "signal"  # SIGINT, SIGTERM or SIGHUP
+    FINAL = "final"  # the end of the run
+    BEST = "best"  # the best validation loss so far (into best/)
 
 
 class RunFile(StrEnum):
@@ -148,9 +189,6 @@ class RunFile(StrEnum):
 #: What a view says when a run it follows is gone (killed, crashed) and a key asks it for
 #: something.
 NOT_RUNNING = "the run is not running (lost)"
-#: How a message about a command that never took effect starts; the app then drops the
-#: key's pending effect ("pausing…") instead of showing it forever.
-COMMAND_FAILED = ("command not sent", "command refused")
 
 
 # --- events ----------------------------------------------------------------------------
@@ -202,7 +240,7 @@ class StartEvent(Event):
     truncated: int
     resumed: bool
     knobs: dict[str, float]  # "lr" (the effective rate) and every Knob
-    mode: str  # a Mode
+    mode: Mode
     world_size: int = 1  # ranks training together (mlx.launch); 1 for a single process
 
 
@@ -255,7 +293,7 @@ class EvalEvent(Event):
 class CheckpointEvent(Event):
     type: ClassVar[str] = "checkpoint"
     path: str
-    reason: str  # "schedule", "user", "signal", "final", "best"
+    reason: CheckpointReason
 
 
 @dataclass(frozen=True)
@@ -263,29 +301,29 @@ class KnobEvent(Event):
     """A knob changed in the running optimizer or model."""
 
     type: ClassVar[str] = "knob"
-    knob: str  # a Knob
+    knob: Knob
     before: float
     after: float
-    by: str  # a Decider
+    by: Decider
 
 
 @dataclass(frozen=True)
 class PauseEvent(Event):
     type: ClassVar[str] = "pause"
-    by: str = Decider.USER
+    by: Decider = Decider.USER
 
 
 @dataclass(frozen=True)
 class ResumeEvent(Event):
     type: ClassVar[str] = "resume"
-    by: str = Decider.USER
+    by: Decider = Decider.USER
 
 
 @dataclass(frozen=True)
 class ModeEvent(Event):
     type: ClassVar[str] = "mode"
-    mode: str  # a Mode
-    by: str = Decider.USER
+    mode: Mode
+    by: Decider = Decider.USER
 
 
 @dataclass(frozen=True)
@@ -295,7 +333,7 @@ class ProposalEvent(Event):
     rule: str
     reason: str
     action: str
-    knob: str  # a Target: a Knob, or "rollback"
+    knob: Target
     before: float
     after: float
     evidence: dict[str, Any]
@@ -308,8 +346,8 @@ class ProposalEvent(Event):
 class DecisionEvent(Event):
     type: ClassVar[str] = "decision"
     id: str
-    outcome: str  # an Outcome: applied, accepted, vetoed, expired, ..., cancelled
-    by: str  # a Decider: controller, user, remote, ttl, guard, resume, rollback
+    outcome: Outcome
+    by: Decider
 
 
 @dataclass(frozen=True)
@@ -350,7 +388,7 @@ class MessageEvent(Event):
     """A line for the person watching: a warning or a note."""
 
     type: ClassVar[str] = "message"
-    level: str  # info | warning | error
+    level: MessageLevel
     text: str
 
 
@@ -378,7 +416,7 @@ class RefusedEvent(Event):
 @dataclass(frozen=True)
 class DoneEvent(Event):
     type: ClassVar[str] = "done"
-    status: str  # a RunStatus: completed | stopped | interrupted | failed
+    status: RunStatus  # never RUNNING; LOST only from a view of a vanished run
     message: str = ""
     #: where the run went and how to use it (empty when the run never trained)
     output_dir: str = ""
@@ -436,6 +474,52 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 
+# --- one dispatch on event type -------------------------------------------------------
+
+_Handler = TypeVar("_Handler", bound=Callable[..., Any])
+
+
+def handles(method: _Handler) -> _Handler:
+    """Marks a method of an :class:`EventHandlers` class as the handler of the event type
+    its parameter is annotated with (a union of event types: of each of them)."""
+    method.__handles_events__ = True  # type: ignore[attr-defined]
+    return method
+
+
+class EventHandlers:
+    """A consumer that treats each event type in its own method.
+
+    Subclasses mark methods with :func:`handles`; :meth:`handle` calls the one for an
+    event's type and returns what it returns (None for a type without one). The table is
+    built once per class from the methods' annotations, so a handler names its event type
+    once, where mypy checks it, and a subclass may override or add handlers.
+    """
+
+    _handlers: ClassVar[dict[type[Event], str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        table: dict[type[Event], str] = {}
+        for klass in reversed(cls.__mro__):
+            for name, method in vars(klass).items():
+                if not getattr(method, "__handles_events__", False):
+                    continue
+                hints = get_type_hints(method)
+                hints.pop("return", None)
+                (hint,) = hints.values()
+                kinds = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+                for kind in kinds:
+                    if not (isinstance(kind, type) and issubclass(kind, Event)):
+                        raise TypeError(f"{cls.__name__}.{name}: handles {kind!r}, not an event")
+                    table[kind] = name
+        cls._handlers = table
+
+    def handle(self, event: Event) -> Any:
+        """What this consumer's handler for ``event``'s type makes of it (None: no handler)."""
+        name = self._handlers.get(type(event))
+        return None if name is None else getattr(self, name)(event)
+
+
 _NON_FINITE = ("nan", "inf", "-inf")
 _BAD = object()
 
@@ -470,6 +554,12 @@ def _typed(hint: Any, value: Any) -> Any:
             return hint(value) if isinstance(value, str) else _BAD
         except ValueError:  # a member this reader does not know
             return _BAD
+    if get_origin(hint) in (Union, types.UnionType):  # Target: a Knob or Rollback
+        for option in get_args(hint):
+            typed = _typed(option, value)
+            if typed is not _BAD:
+                return typed
+        return _BAD
     if hint is str:
         return value if isinstance(value, str) else _BAD
     if get_origin(hint) is list:

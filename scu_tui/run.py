@@ -40,6 +40,7 @@ from scu_tui.memory_readings import OsMemory, read_os_memory
 from scu_tui.protocol import (
     AnalysisEvent,
     CheckpointEvent,
+    CheckpointReason,
     Command,
     CommandKind,
     ComparisonEvent,
@@ -53,6 +54,7 @@ from scu_tui.protocol import (
     KnobEvent,
     KnobSetting,
     MessageEvent,
+    MessageLevel,
     Mode,
     ModeEvent,
     Outcome,
@@ -370,7 +372,9 @@ class Run:
         except OSError as exc:
             self.control = None
             self.emit(
-                MessageEvent(0, level="warning", text=f"no control socket (attach off): {exc}")
+                MessageEvent(
+                    0, level=MessageLevel.WARNING, text=f"no control socket (attach off): {exc}"
+                )
             )
 
     def _stop_listening(self) -> None:
@@ -439,31 +443,31 @@ class Run:
             )
         )
         for note in data.notes:
-            self.emit(MessageEvent(t.step, level="info", text=note))
+            self.emit(MessageEvent(t.step, level=MessageLevel.INFO, text=note))
         for note in self._notes:
-            self.emit(MessageEvent(t.step, level="warning", text=note))
+            self.emit(MessageEvent(t.step, level=MessageLevel.WARNING, text=note))
         if blas.late_import():
-            self.emit(MessageEvent(t.step, level="warning", text=blas.LATE_IMPORT))
+            self.emit(MessageEvent(t.step, level=MessageLevel.WARNING, text=blas.LATE_IMPORT))
         try:
             if t.step == 0:
                 self._evaluate()
                 if self.controller is not None:
                     self._keep_state()
-                    self.save_checkpoint("start")  # the first rollback target
+                    self.save_checkpoint(CheckpointReason.START)  # the first rollback target
             while t.step < s.training.max_steps:
                 self._handle_commands()
                 if self._stop:
                     break
                 self._one_step()
             if self._stop is None:
-                self._finish_checkpoint("final")
+                self._finish_checkpoint(CheckpointReason.FINAL)
                 if s.training.compare_at_end and self._real_model_and_data:
                     self._compare_at_end()
                 return self._done(RunStatus.COMPLETED, ExitCode.OK)
             if self._stop == Decider.SIGNAL:
-                self._finish_checkpoint("signal")
+                self._finish_checkpoint(CheckpointReason.SIGNAL)
                 return self._done(RunStatus.INTERRUPTED, ExitCode.INTERRUPTED)
-            self._finish_checkpoint("user")
+            self._finish_checkpoint(CheckpointReason.USER)
             return self._done(RunStatus.STOPPED, ExitCode.OK)
         except Exception as exc:  # a failure in training: report it, keep the last checkpoint
             if isinstance(exc, OSError):
@@ -472,7 +476,7 @@ class Run:
                 message = str(exc)
             else:
                 message = f"{type(exc).__name__}: {exc}"
-            self._emit_quietly(MessageEvent(self.step, level="error", text=message))
+            self._emit_quietly(MessageEvent(self.step, level=MessageLevel.ERROR, text=message))
             return self._done(RunStatus.FAILED, ExitCode.FAILED, message)
 
     def _one_step(self) -> None:
@@ -515,7 +519,7 @@ class Run:
             self.emit(
                 MessageEvent(
                     result.step,
-                    level="warning",
+                    level=MessageLevel.WARNING,
                     text="non-finite loss or gradient: the update was skipped",
                 )
             )
@@ -526,7 +530,7 @@ class Run:
             self._control(result)
             self._keep_state()
         if result.step % s.training.save_every == 0 and not last:
-            self.save_checkpoint("schedule")
+            self.save_checkpoint(CheckpointReason.SCHEDULE)
 
     @contextlib.contextmanager
     def _together(self, op: str) -> Iterator[None]:
@@ -546,7 +550,7 @@ class Run:
         self.status.message = text
         with contextlib.suppress(Exception):
             self._write_summary()
-        self._emit_quietly(MessageEvent(self.step, level="error", text=text))
+        self._emit_quietly(MessageEvent(self.step, level=MessageLevel.ERROR, text=text))
         self._emit_quietly(DoneEvent(self.step, status=RunStatus.FAILED, message=text))
         for sink in self.sinks:
             with contextlib.suppress(Exception):
@@ -590,9 +594,9 @@ class Run:
         if alarm is None or (alarm.pause and self.paused):
             return
         if alarm.pause:
-            self.save_checkpoint("memory")
+            self.save_checkpoint(CheckpointReason.MEMORY)
             self._apply(Command(CommandKind.PAUSE, by=Decider.GUARD))
-        self.emit(MessageEvent(step, level="warning", text=alarm.text))
+        self.emit(MessageEvent(step, level=MessageLevel.WARNING, text=alarm.text))
 
     def _answer_samples(self) -> None:
         """The adapters' answers to a few fixed validation prompts (a person sees them
@@ -605,7 +609,8 @@ class Run:
             )
         except (UserError, ValueError, RuntimeError, OSError) as exc:
             self.settings = self.settings.replace({"training.samples": 0})
-            self.emit(MessageEvent(self.step, level="warning", text=f"no samples: {exc}"))
+            note = f"no samples: {exc}"
+            self.emit(MessageEvent(self.step, level=MessageLevel.WARNING, text=note))
             return
         self._sample_prompts = [(s["prompt"], s["reference"]) for s in samples]
         self.emit(SamplesEvent(self.step, samples=samples))
@@ -631,7 +636,8 @@ class Run:
             )
             atomic_write_json(self.output_dir / COMPARISON_FILE, result.to_dict())
         except (UserError, ValueError, RuntimeError, OSError) as exc:
-            self.emit(MessageEvent(self.step, level="warning", text=f"no comparison: {exc}"))
+            note = f"no comparison: {exc}"
+            self.emit(MessageEvent(self.step, level=MessageLevel.WARNING, text=note))
             return
         data = result.to_dict()
         self.emit(
@@ -717,7 +723,8 @@ class Run:
             if self.mode == Mode.OBSERVE:
                 self._decide(proposal.id, Outcome.OBSERVED, Decider.GUARD)
                 self._apply(Command(CommandKind.PAUSE, by=Decider.GUARD))
-                self.emit(MessageEvent(self.step, level="warning", text=self._paused_hint()))
+                hint = self._paused_hint()
+                self.emit(MessageEvent(self.step, level=MessageLevel.WARNING, text=hint))
             else:
                 self._decide(proposal.id, Outcome.APPLIED, Decider.GUARD)
                 self._rollback(proposal, by=Decider.GUARD)
@@ -742,7 +749,7 @@ class Run:
         id that is no longer pending is refused, never redirected to another proposal."""
         pending = self.book.pending()
         if not proposal_id and not pending:
-            self.emit(MessageEvent(self.step, level="info", text="no pending proposal"))
+            self.emit(MessageEvent(self.step, level=MessageLevel.INFO, text="no pending proposal"))
             return
         record = self.book.get(proposal_id) if proposal_id else pending[0]
         if record is None or not record.pending:
@@ -750,7 +757,7 @@ class Run:
             self.emit(
                 MessageEvent(
                     self.step,
-                    level="warning",
+                    level=MessageLevel.WARNING,
                     text=f"proposal {proposal_id} is no longer pending ({state}); nothing done",
                 )
             )
@@ -827,7 +834,7 @@ class Run:
         self._notes.clear()
         self._load_newest_intact_checkpoint()
         for note in self._notes:
-            self.emit(MessageEvent(t.step, level="warning", text=note))
+            self.emit(MessageEvent(t.step, level=MessageLevel.WARNING, text=note))
         t.stream.load_state(data_position)  # skip the batches that led here
         t.tokens_seen, t.train_seconds, t.skipped_steps = kept
         self.snapshots.drop_after(t.step)
@@ -859,7 +866,7 @@ class Run:
             self.paused = False
             self.emit(ResumeEvent(t.step, by=command.by))
         elif kind == CommandKind.SAVE:
-            self.save_checkpoint("user")
+            self.save_checkpoint(CheckpointReason.USER)
         elif kind == CommandKind.STOP:
             self._stop = Decider.SIGNAL if value == Decider.SIGNAL else Decider.USER
             self.paused = False
@@ -880,7 +887,8 @@ class Run:
         try:
             before, after = self._trainer.set_knob(knob, value)
         except ValueError as exc:
-            self.emit(MessageEvent(self.step, level="warning", text=f"cannot set {knob}: {exc}"))
+            note = f"cannot set {knob}: {exc}"
+            self.emit(MessageEvent(self.step, level=MessageLevel.WARNING, text=note))
             return
         if self.peers is not None:
             self.peers.share(["set", knob, after])
@@ -899,7 +907,7 @@ class Run:
 
     # --- files ----------------------------------------------------------------------------
 
-    def save_checkpoint(self, reason: str) -> Path:
+    def save_checkpoint(self, reason: CheckpointReason) -> Path:
         """Write ``checkpoints/step-NNNNNN`` atomically, then refresh the top-level adapters."""
         t = self._trainer
         if self.controller is not None:
@@ -928,7 +936,7 @@ class Run:
         self._trainer.save_state(folder)
         self.snapshots.save(folder)
 
-    def _finish_checkpoint(self, reason: str) -> None:
+    def _finish_checkpoint(self, reason: CheckpointReason) -> None:
         if self._last_saved_step != self._trainer.step:
             self.save_checkpoint(reason)
         else:
@@ -964,7 +972,7 @@ class Run:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        self.emit(CheckpointEvent(self.step, path=str(final), reason="best"))
+        self.emit(CheckpointEvent(self.step, path=str(final), reason=CheckpointReason.BEST))
 
     def _write_summary(self) -> None:
         t = self._trainer

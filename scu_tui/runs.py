@@ -17,10 +17,8 @@ from typing import Any
 from scu_tui.protocol import RunFile, RunStatus
 from scu_tui.runlock import is_locked
 
-#: The status of a run that stopped writing without saying so (killed, crashed).
-LOST = "lost"
 #: Where a run that ended this way can go on from its newest checkpoint.
-RESUMABLE = (RunStatus.INTERRUPTED, RunStatus.STOPPED, RunStatus.FAILED, LOST)
+RESUMABLE = (RunStatus.INTERRUPTED, RunStatus.STOPPED, RunStatus.FAILED, RunStatus.LOST)
 
 
 @dataclass(frozen=True)
@@ -30,7 +28,7 @@ class RunInfo:
     path: Path
     preset: str
     model: str
-    status: str  # a RunStatus, or "lost"
+    status: str  # a RunStatus as the summary says it (LOST: no process finished it)
     live: bool  # a process holds the folder's lock: it trains (or waits, paused)
     steps: int
     max_steps: int
@@ -82,7 +80,7 @@ def describe_run(path: Path) -> RunInfo | None:
     live = is_locked(path)
     status = str(summary.get("status") or RunStatus.RUNNING)
     if status == RunStatus.RUNNING and not live:
-        status = LOST  # the summary says running, but no process holds the folder
+        status = RunStatus.LOST  # the summary says running, but no process holds the folder
     training = settings.get("training", {}) if isinstance(settings.get("training"), dict) else {}
     model = settings.get("model", {}) if isinstance(settings.get("model"), dict) else {}
     steps = summary.get("steps")

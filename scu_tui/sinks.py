@@ -11,21 +11,28 @@ from typing import Protocol, TextIO
 
 from scu_tui.protocol import (
     CheckpointEvent,
+    CheckpointReason,
     ComparisonEvent,
     DecisionEvent,
     DoneEvent,
     EvalEvent,
     Event,
+    EventHandlers,
     KnobEvent,
     MessageEvent,
+    MessageLevel,
+    Mode,
     ModeEvent,
     PauseEvent,
     ProposalEvent,
+    RefusedEvent,
     ResumeEvent,
+    Rollback,
     RollbackEvent,
     SamplesEvent,
     StartEvent,
     StepEvent,
+    handles,
 )
 
 
@@ -78,11 +85,20 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
-def format_event(event: Event, report_every: int = 1) -> str | None:
-    """One readable line for an event, or None when it is not worth a line."""
-    if isinstance(event, StepEvent):
+class EventLines(EventHandlers):
+    """The console's line for each event type (None: not worth a line)."""
+
+    def __init__(self, report_every: int = 1) -> None:
+        self.report_every = report_every
+
+    def line(self, event: Event) -> str | None:
+        text = self.handle(event)
+        return text if isinstance(text, str) else None
+
+    @handles
+    def _step(self, event: StepEvent) -> str | None:
         last = event.step == event.max_steps
-        if event.step % report_every and not last and not event.skipped:
+        if event.step % self.report_every and not last and not event.skipped:
             return None
         flag = "  SKIPPED (non-finite)" if event.skipped else ""
         if event.swap_gb >= 0.01:
@@ -94,34 +110,61 @@ def format_event(event: Event, report_every: int = 1) -> str | None:
             f"{f' (rss {event.rss_gb:.2f})' if math.isfinite(event.rss_gb) else ''}  "
             f"eta {format_duration(event.eta_seconds)}{flag}"
         )
-    if isinstance(event, EvalEvent):
+
+    @handles
+    def _eval(self, event: EvalEvent) -> str:
         best = "  (best)" if event.is_best else f"  (best {event.best_val_loss:.4f})"
         return f"eval {event.step:>6}  val_loss {event.val_loss:.4f}{best}  {event.seconds:.1f}s"
-    if isinstance(event, CheckpointEvent):
-        if event.reason == "best":  # the eval line already says "(best)"
+
+    @handles
+    def _checkpoint(self, event: CheckpointEvent) -> str | None:
+        if event.reason == CheckpointReason.BEST:  # the eval line already says "(best)"
             return None
         return f"save {event.step:>6}  {event.path}  ({event.reason})"
-    if isinstance(event, ProposalEvent):
+
+    @handles
+    def _proposal(self, event: ProposalEvent) -> str:
         return (
             f"SCU Step {event.step}: {event.reason} "
             f"[{event.knob} {event.before:.3g} -> {event.after:.3g}, {event.id}]"
         )
-    if isinstance(event, DecisionEvent):
+
+    @handles
+    def _decision(self, event: DecisionEvent) -> str:
         return f"SCU Step {event.step}: {event.id} {event.outcome} (by {event.by})"
-    if isinstance(event, KnobEvent):
+
+    @handles
+    def _knob(self, event: KnobEvent) -> str:
         change = f"{event.knob} {event.before:.3g} -> {event.after:.3g}"
         return f"knob {event.step:>6}  {change} ({event.by})"
-    if isinstance(event, RollbackEvent):
+
+    @handles
+    def _rollback(self, event: RollbackEvent) -> str:
         return f"rollback {event.step} -> step {event.to_step}: {event.reason}"
-    if isinstance(event, PauseEvent):
+
+    @handles
+    def _pause(self, event: PauseEvent) -> str:
         return f"paused at step {event.step} (by {event.by})"
-    if isinstance(event, ResumeEvent):
+
+    @handles
+    def _resume(self, event: ResumeEvent) -> str:
         return f"resumed at step {event.step} (by {event.by})"
-    if isinstance(event, ModeEvent):
+
+    @handles
+    def _mode(self, event: ModeEvent) -> str:
         return f"S-SCU mode -> {event.mode} (by {event.by})"
-    if isinstance(event, MessageEvent):
+
+    @handles
+    def _message(self, event: MessageEvent) -> str:
         return f"{event.level}: {event.text}"
-    if isinstance(event, StartEvent):
+
+    @handles
+    def _refused(self, event: RefusedEvent) -> str:
+        level = MessageLevel.WARNING if event.id else MessageLevel.ERROR  # a late answer
+        return f"{level}: {event.sentence}"
+
+    @handles
+    def _start(self, event: StartEvent) -> str:
         verb = "resuming" if event.resumed else "training"
         return (
             f"{verb} {event.preset}: {event.model} on {event.data} -> {event.output_dir}\n"
@@ -129,22 +172,32 @@ def format_event(event: Event, report_every: int = 1) -> str | None:
             f"{event.train_examples} train / {event.valid_examples} valid examples; "
             f"{event.max_steps} steps; S-SCU {event.mode}"
         )
-    if isinstance(event, DoneEvent):
+
+    @handles
+    def _done(self, event: DoneEvent) -> str:
         tail = f": {event.message}" if event.message else ""
         return "\n".join([f"done at step {event.step}: {event.status}{tail}", *farewell(event)])
-    if isinstance(event, SamplesEvent):
+
+    @handles
+    def _samples(self, event: SamplesEvent) -> str:
         return "\n".join(
             f"sample {event.step:>6}  {s.get('prompt')} -> {_one_line(s.get('answer'))}"
             for s in event.samples
         )
-    if isinstance(event, ComparisonEvent):
+
+    @handles
+    def _comparison(self, event: ComparisonEvent) -> str:
         return (
             f"compare {event.split} split ({event.rows} rows), base -> adapters: loss "
             f"{event.base_loss:.4f} -> {event.tuned_loss:.4f}; of "
             f"{len(event.examples)} sampled prompts {event.fixed} fixed, {event.broke} broke "
             "(comparison.json)"
         )
-    return None
+
+
+def format_event(event: Event, report_every: int = 1) -> str | None:
+    """One readable line for an event, or None when it is not worth a line."""
+    return EventLines(report_every).line(event)
 
 
 def _one_line(text: object) -> str:
@@ -177,26 +230,43 @@ class ConsoleSink:
     """Headless output: one line per report, eval, checkpoint and S-SCU decision."""
 
     def __init__(self, report_every: int, stream: TextIO | None = None) -> None:
-        self.report_every = report_every
+        self.lines = _ConsoleLines(report_every)
         self.stream = stream or sys.stdout
-        self.mode = ""
-        self.output_dir = ""
 
     def emit(self, event: Event) -> None:
-        if isinstance(event, StartEvent):
-            self.mode, self.output_dir = str(event.mode), event.output_dir
-        elif isinstance(event, ModeEvent):
-            self.mode = str(event.mode)
-        line = format_event(event, self.report_every)
+        line = self.lines.line(event)
         if line is not None:
             print(line, file=self.stream, flush=True)
-        if isinstance(event, ProposalEvent) and self.mode == "ask" and event.rule != "rollback":
-            print(
-                f"  {event.id} waits for an answer (or expires): run 'scu-tui attach "
-                f"{self.output_dir}' in another terminal and press a (accept) or v (veto)",
-                file=self.stream,
-                flush=True,
-            )
 
     def close(self) -> None:
         pass
+
+
+class _ConsoleLines(EventLines):
+    """The console's lines, and what a headless run's reader needs besides: how to answer
+    a proposal that waits (it knows the mode and the run's folder from earlier events)."""
+
+    def __init__(self, report_every: int) -> None:
+        super().__init__(report_every)
+        self.mode: str = ""
+        self.output_dir = ""
+
+    @handles
+    def _start(self, event: StartEvent) -> str:
+        self.mode, self.output_dir = event.mode, event.output_dir
+        return super()._start(event)
+
+    @handles
+    def _mode(self, event: ModeEvent) -> str:
+        self.mode = event.mode
+        return super()._mode(event)
+
+    @handles
+    def _proposal(self, event: ProposalEvent) -> str:
+        line = super()._proposal(event)
+        if self.mode != Mode.ASK or event.rule == Rollback.ROLLBACK:
+            return line
+        return (
+            f"{line}\n  {event.id} waits for an answer (or expires): run 'scu-tui attach "
+            f"{self.output_dir}' in another terminal and press a (accept) or v (veto)"
+        )

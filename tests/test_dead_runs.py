@@ -20,8 +20,8 @@ from helpers import Inbox, scu, scu_popen, start_headless, until, wait_for_line
 from scu_tui.app import ScuApp, attach_app
 from scu_tui.app.widgets import Readout
 from scu_tui.errors import UserError
-from scu_tui.protocol import Command, RunFile
-from scu_tui.remote.attach import LOST, RemoteRun, find_live_run
+from scu_tui.protocol import Command, RefusedEvent, RunFile, RunStatus
+from scu_tui.remote.attach import RemoteRun, find_live_run
 from scu_tui.remote.control import (
     ControlClient,
     ControlServer,
@@ -80,10 +80,10 @@ async def test_a_killed_run_shows_lost_in_the_attached_app(tmp_path: Path) -> No
             await until(app, lambda: app.state.lost, timeout=TIMEOUT)
             assert time.monotonic() - killed_at < NOTICE_SECONDS
             await app.drains(2)
-            assert word(app) == "LOST" and app.state.status == LOST
+            assert word(app) == "LOST" and app.state.status == RunStatus.LOST
             assert numbers(app).startswith("lost at step") and "ETA" not in numbers(app)
             assert str(proc.pid) in app.state.message
-            assert app._effect_text() == ""
+            assert app.in_flight.text == ""
             await pilot.press("p")
             await app.drains(1)
             shown = [f"{n.title} {n.message}" for n in app._notifications]
@@ -132,11 +132,13 @@ def test_after_a_kill_attach_sees_lost_and_find_skips_it_until_resumed(tmp_path:
         thread.start()
         done = inbox.wait_for("done").to_dict()
         assert time.monotonic() - started < NOTICE_SECONDS
-        assert done["status"] == LOST and str(proc.pid) in done["message"]
+        assert done["status"] == RunStatus.LOST and str(proc.pid) in done["message"]
         thread.join(timeout=TIMEOUT)
         assert not thread.is_alive()
         remote.submit(Command("pause"))
-        assert "not running (lost)" in inbox.wait_for("message").to_dict()["text"]
+        refused = inbox.wait_for("refused")
+        assert isinstance(refused, RefusedEvent) and not refused.sent
+        assert "not running (lost)" in refused.sentence
 
         resumed = scu_popen("--headless", "--resume", str(out))
         wait_for_line(resumed, "step")

@@ -33,17 +33,18 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.events import Resize
-from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, OptionList
 from textual.worker import Worker, WorkerState
 
+from scu_tui.app.effects import InFlight
 from scu_tui.app.feed import (
     DECISION_LINES,
     EventFeed,
     RunState,
 )
+from scu_tui.app.notices import Notices
 from scu_tui.app.screens import (
     ConfirmScreen,
     HelpScreen,
@@ -67,17 +68,12 @@ from scu_tui.config import Settings
 from scu_tui.errors import UserError
 from scu_tui.presets import load_preset
 from scu_tui.protocol import (
-    COMMAND_FAILED,
     NOT_RUNNING,
-    CheckpointEvent,
     Command,
     CommandKind,
-    ComparisonEvent,
-    DecisionEvent,
     DoneEvent,
-    EvalEvent,
     Event,
-    MessageEvent,
+    ExitCode,
     Mode,
     ModeEvent,
     PauseEvent,
@@ -85,6 +81,7 @@ from scu_tui.protocol import (
     ResumeEvent,
     RollbackEvent,
     RunFile,
+    RunStatus,
     StartEvent,
     event_from_dict,
     read_events,
@@ -94,8 +91,6 @@ from scu_tui.run import Run, load_run_settings
 from scu_tui.sinks import Sink
 from scu_tui.themes import DEFAULT_THEME, find_theme, textual_themes, theme_names
 
-#: A run's message levels as notification severities.
-SEVERITY: dict[str, SeverityLevel] = {"error": "error", "warning": "warning"}
 #: ``m`` cycles the S-SCU through these modes.
 MODE_CYCLE = (Mode.ASK, Mode.AUTO, Mode.OBSERVE)
 #: Terminals at least this tall get taller panels.
@@ -117,8 +112,6 @@ LONGEST_FRAME_SECONDS = 2.0
 #: Events after which the charts are drawn at once: the run changed state (a pause, a
 #: rollback, the end), and a person looks now.
 RESTATING = (StartEvent, PauseEvent, ResumeEvent, ModeEvent, RollbackEvent, DoneEvent)
-#: Exit codes, as the command line documents them.
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class FramePacer:
@@ -278,10 +271,8 @@ class ScuApp(App[int]):
         self.quitting = False  # the user confirmed quit: exit when the run is done
         self.signalled = False  # SIGHUP / SIGTERM / SIGINT: stop, checkpoint, exit 130
         self.setup_error_code: int | None = None
-        self._effects: dict[str, str] = {}  # key effects the run has not confirmed yet
-        self._pause_target: bool | None = None
-        self._mode_target: str | None = None
-        self._answering: dict[str, str] = {}  # proposal id -> "accepting…" / "vetoing…"
+        self.in_flight = InFlight()  # keys pressed that the run has not confirmed yet
+        self.notices = Notices(self)
         self._drawn = (-1, -1)
         self._waiters: list[tuple[str, Matcher | None, asyncio.Future[Event]]] = []
         self._drain_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -293,7 +284,7 @@ class ScuApp(App[int]):
         self._hangup_fd: int | None = None  # the SIGHUP handler writes here
         self._training_thread: threading.Thread | None = None
         self._codes: list[int] = []  # the training thread's exit code, once it has one
-        self._history_until = 0.0  # attached: events before this are replayed history
+        self.history_until = 0.0  # attached: events before this are replayed history
         self._charts_stale = False  # events arrived that the charts do not show yet
         self._quiet_ticks = 0  # drains in a row that found no events
         self.pacer = FramePacer()
@@ -356,7 +347,7 @@ class ScuApp(App[int]):
         )
         run = self.run_factory(settings, output_dir=self.output_dir, resume=self.resume)
         if run.attached:
-            self._history_until = time.time()
+            self.history_until = time.time()
             older = getattr(run, "older_history", None)
             if older is not None:  # the whole surviving history in the plots, not a tail
                 self.state.load_history(older(), resumed=False)
@@ -381,7 +372,7 @@ class ScuApp(App[int]):
         self._training_thread = thread
         thread.start()
         thread.join()
-        return codes[0] if codes else EXIT_FAILED
+        return codes[0] if codes else ExitCode.FAILED
 
     def _execute(self, codes: list[int]) -> None:
         """The training thread: all MLX work happens inside ``execute``, here."""
@@ -390,9 +381,9 @@ class ScuApp(App[int]):
         try:
             codes.append(run.execute())
         except UserError as exc:  # bad model or data path, output dir in use, ...
-            codes.append(self._setup_failed(str(exc), EXIT_BAD_INPUT))
+            codes.append(self._setup_failed(str(exc), ExitCode.BAD_INPUT))
         except Exception as exc:  # the run reports training failures itself; this is setup
-            codes.append(self._setup_failed(f"{type(exc).__name__}: {exc}", EXIT_FAILED))
+            codes.append(self._setup_failed(f"{type(exc).__name__}: {exc}", ExitCode.FAILED))
         finally:
             release_mlx_thread()
 
@@ -400,7 +391,7 @@ class ScuApp(App[int]):
         """The run never started: tell the dashboard the way the run would have (one done
         event with the reason: one notice, not two)."""
         self.setup_error_code = code
-        self.feed.emit(DoneEvent(0, status="failed", message=message))
+        self.feed.emit(DoneEvent(0, status=RunStatus.FAILED, message=message))
         return code
 
     @property
@@ -414,7 +405,7 @@ class ScuApp(App[int]):
                 return result
         code = self.state.exit_code
         if code is None:
-            return EXIT_INTERRUPTED if self.signalled else EXIT_OK
+            return ExitCode.INTERRUPTED if self.signalled else ExitCode.OK
         return code
 
     async def finish(self) -> None:
@@ -516,7 +507,7 @@ class ScuApp(App[int]):
         if self.is_headless:  # tests: the loop is fine, and the process is pytest's
             return
         time.sleep(HANGUP_GRACE_SECONDS)
-        os._exit(self._codes[0] if self._codes else EXIT_INTERRUPTED)
+        os._exit(self._codes[0] if self._codes else ExitCode.INTERRUPTED)
 
     def on_signal(self, sig: signal.Signals) -> None:
         """Stop after this step with a checkpoint, then exit 130; a second signal hurries."""
@@ -524,14 +515,14 @@ class ScuApp(App[int]):
         self.signalled = True
         run = self.training_run
         if run is None or self.feed.done.is_set():
-            self.exit(EXIT_INTERRUPTED, return_code=EXIT_INTERRUPTED)
+            self.exit(ExitCode.INTERRUPTED, return_code=ExitCode.INTERRUPTED)
             return
         if already:
             self.notify("Still saving the checkpoint…", severity="warning")
             return
         run.request_stop("signal")
         self.quitting = True
-        self._effect("stop", "stopping…")
+        self._effect(CommandKind.STOP, "stopping…")
 
     # --- the drain ------------------------------------------------------------------------
 
@@ -546,7 +537,7 @@ class ScuApp(App[int]):
         events = self.feed.drain()
         for event in events:
             self.state.fold(event)
-            self._react(event)
+            self.notices.react(event)
         self._quiet_ticks = 0 if events else self._quiet_ticks + 1
         if events:
             self._charts_stale = True
@@ -571,8 +562,8 @@ class ScuApp(App[int]):
             return
         dash = self.dashboard
         state = self.state
-        dash.query_one(StatusPanel).show(state, self._effect_text())
-        key = (state.decisions_version, len(self._answering))
+        dash.query_one(StatusPanel).show(state, self.in_flight.text)
+        key = (state.decisions_version, len(self.in_flight.answering))
         if key != self._drawn:
             self._drawn = key
             dash.query_one(DecisionLog).show(list(state.decisions))
@@ -594,12 +585,12 @@ class ScuApp(App[int]):
         chosen = self.dashboard.query_one(DecisionLog).selected_id
         if chosen in pending:
             return pending[chosen]
-        waiting = [p for pid, p in pending.items() if pid not in self._answering]
+        waiting = [p for pid, p in pending.items() if pid not in self.in_flight.answering]
         return waiting[0] if waiting else next(iter(pending.values()), None)
 
     def _show_banner(self) -> None:
         target = self.answer_target()
-        answering = self._answering.get(target.id, "") if target else ""
+        answering = self.in_flight.answering.get(target.id, "") if target else ""
         self.dashboard.query_one(ProposalBanner).show(self.state, target, answering)
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
@@ -628,92 +619,6 @@ class ScuApp(App[int]):
             return
         clean = "".join(c for c in text if c.isprintable())[:200]
         self._driver.write(f"\x1b]9;scu-tui: {clean}\x07\x07")
-
-    def _react(self, event: Event) -> None:
-        """What an event means for the person watching, beyond the panels' numbers."""
-        if event.time < self._history_until and not isinstance(event, DoneEvent):
-            return  # replayed on attach: the panels show it, a pop-up would be old news
-        asking = self.state.mode == Mode.ASK
-        if isinstance(event, ProposalEvent) and asking and event.rule != "rollback":
-            self.alert(f"{event.id} waits for an answer: {event.reason}")  # (rollback: at once)
-        elif isinstance(event, DoneEvent) and not self.quitting:
-            self.alert(f"training {event.status} at step {event.step}")
-        if isinstance(event, StartEvent) and self._mode_target == event.mode:
-            self._mode_target = None  # pressed while loading, for the mode it starts in
-            self._effects.pop("mode", None)
-        if isinstance(event, PauseEvent | ResumeEvent):
-            self._pause_target = None
-            self._effects.pop("pause", None)
-            if event.by == "guard":
-                self.notify("Training paused by the divergence guard", severity="warning")
-        elif isinstance(event, ModeEvent):
-            if event.mode == self._mode_target or self._mode_target is None:
-                self._mode_target = None
-                self._effects.pop("mode", None)
-            self.notify(f"S-SCU mode: {event.mode}")
-        elif isinstance(event, DecisionEvent):
-            self._answering.pop(event.id, None)
-        elif isinstance(event, CheckpointEvent) and event.reason in ("user", "signal"):
-            self._effects.pop("save", None)
-            self.notify(event.path, title=f"Checkpoint at step {event.step}")
-        elif isinstance(event, EvalEvent) and "eval" in self._effects:
-            self._effects.pop("eval", None)
-            self.notify(f"val loss {event.val_loss:.4f}", title=f"Evaluation at step {event.step}")
-        elif isinstance(event, MessageEvent):
-            if event.level == "error" and event.text.startswith(COMMAND_FAILED):
-                self._forget_effects()  # the key's effect will never be confirmed
-            if "is no longer pending" in event.text:  # the run refused an answer
-                pid = event.text.split()[1]
-                self._answering.pop(pid, None)
-                self._drawn = (-1, -1)
-            severity = SEVERITY.get(event.level, "information")
-            timeout = 30.0 if event.level == "error" else 5.0
-            self.notify(event.text, severity=severity, timeout=timeout)
-        elif isinstance(event, ComparisonEvent):
-            self.notify(
-                f"loss {event.base_loss:.3f} → {event.tuned_loss:.3f}; of {len(event.examples)} "
-                f"sampled prompts {event.fixed} fixed, {event.broke} broke. Press c.",
-                title="Base model vs adapters",
-                timeout=30,
-            )
-        elif isinstance(event, RollbackEvent):
-            self.notify(
-                event.reason, title=f"Rolled back to step {event.to_step}", severity="warning"
-            )
-        elif isinstance(event, DoneEvent):
-            self._forget_effects()
-            if self.state.lost:
-                self.notify(
-                    f"{event.message}\nPress q to leave.",
-                    title=NOT_RUNNING.capitalize(),
-                    severity="error",
-                    timeout=60,
-                )
-            elif event.status == "failed" and self.setup_error_code is not None:
-                back = "Escape: back to the presets · " if self.picked else ""
-                self.notify(
-                    f"{event.message}\n{back}q: quit",
-                    title="Could not start",
-                    severity="error",
-                    timeout=60,
-                )
-            elif event.status == "failed":
-                kept = "The last checkpoint is kept. " if self.state.last_checkpoint else ""
-                self.notify(
-                    f"{event.message}\n{kept}Press q to quit.",
-                    title="Training failed",
-                    severity="error",
-                    timeout=60,
-                )
-            elif not self.quitting:
-                self.notify(f"Training {event.status} at step {event.step}. Press q to quit.")
-
-    def _forget_effects(self) -> None:
-        """Drop every key effect still waiting for the run ("pausing…", "accepting…")."""
-        self._effects.clear()
-        self._answering.clear()
-        self._pause_target = None
-        self._mode_target = None
 
     # --- waiting on events (tests, scripted use) ---------------------------------------------
 
@@ -761,21 +666,26 @@ class ScuApp(App[int]):
         run.submit(command)
         return True
 
-    def _effect(self, kind: str, text: str) -> None:
+    def _effect(self, kind: CommandKind, text: str) -> None:
         """Show a key's effect now; the matching event clears it."""
-        self._effects[kind] = text
-        if self.settings is not None:
-            self.dashboard.query_one(StatusPanel).show_word(self.state, self._effect_text())
+        self.in_flight.show(kind, text)
+        self._show_word()
 
-    def _effect_text(self) -> str:
-        return " ".join(self._effects.values())
+    def _show_word(self) -> None:
+        if self.settings is not None:
+            self.dashboard.query_one(StatusPanel).show_word(self.state, self.in_flight.text)
+
+    def show_decisions(self) -> None:
+        """Redraw the log and the banner at the next tick (an answer in flight went)."""
+        self._drawn = (-1, -1)
 
     def action_toggle_pause(self) -> None:
-        paused = self._pause_target if self._pause_target is not None else self.state.paused
+        flight = self.in_flight
+        paused = flight.pause_target if flight.pause_target is not None else self.state.paused
         target = not paused
         if self._submit(Command(CommandKind.PAUSE if target else CommandKind.RESUME)):
-            self._pause_target = target
-            self._effect("pause", "pausing…" if target else "resuming…")
+            flight.pause_target = target
+            self._effect(CommandKind.PAUSE, "pausing…" if target else "resuming…")
 
     def action_accept(self) -> None:
         self._answer(CommandKind.ACCEPT, "accepting…")
@@ -790,34 +700,33 @@ class ScuApp(App[int]):
         if target is None:
             self.notify("No pending proposal", severity="warning")
             return
-        if target.id in self._answering:
+        if target.id in self.in_flight.answering:
             self.notify(f"{target.id} is being answered already", severity="warning")
             return
         if self._submit(Command(kind, value=target.id)):
-            self._answering[target.id] = f"{text} {target.id}"
+            self.in_flight.answering[target.id] = f"{text} {target.id}"
             self._show_banner()
 
     def action_save(self) -> None:
         if self._submit(Command(CommandKind.SAVE)):
-            self._effect("save", "saving…")
+            self._effect(CommandKind.SAVE, "saving…")
 
     def action_evaluate(self) -> None:
         if self._submit(Command(CommandKind.EVAL)):
-            self._effect("eval", "evaluating…")
+            self._effect(CommandKind.EVAL, "evaluating…")
 
     def action_cycle_mode(self) -> None:
-        current = self._mode_target or self.state.mode
+        current = self.in_flight.mode_target or self.state.mode
         index = MODE_CYCLE.index(current) if current in MODE_CYCLE else -1
         target = MODE_CYCLE[(index + 1) % len(MODE_CYCLE)]
         if not self._submit(Command(CommandKind.MODE, value=target)):
             return
         if target == self.state.mode:  # back where the run is: it will say nothing
-            self._mode_target = None
-            self._effects.pop("mode", None)
-            self.dashboard.query_one(StatusPanel).show_word(self.state, self._effect_text())
+            self.in_flight.confirmed(CommandKind.MODE)
+            self._show_word()
         else:
-            self._mode_target = target
-            self._effect("mode", f"mode→{target}…")
+            self.in_flight.mode_target = target
+            self._effect(CommandKind.MODE, f"mode→{target}…")
 
     def action_samples(self) -> None:
         self.push_screen(TextScreen("Samples", lambda: samples_text(self.state)))
@@ -832,7 +741,7 @@ class ScuApp(App[int]):
         self.training_run, self.worker, self.setup_error_code = None, None, None
         self.feed = EventFeed()
         self.state = RunState()
-        self._effects.clear()
+        self.in_flight.forget()
         self.push_screen(PresetPicker(self.load), self._picked)
 
     def action_plots(self) -> None:
@@ -890,7 +799,7 @@ class ScuApp(App[int]):
 
     def _confirmed_stop(self, yes: bool | None) -> None:
         if yes and self._submit(Command(CommandKind.STOP)):
-            self._effect("stop", "stopping…")
+            self._effect(CommandKind.STOP, "stopping…")
 
     async def action_quit(self) -> None:
         """Textual's own quit keys (ctrl+q) go through the same confirmation."""
@@ -921,7 +830,7 @@ class ScuApp(App[int]):
             return
         self.quitting = True
         self.training_run.request_stop("user")
-        self._effect("stop", "stopping…")
+        self._effect(CommandKind.STOP, "stopping…")
 
 
 def past_events(path: Path) -> Iterator[Event]:

@@ -24,21 +24,28 @@ from scu_tui.control.policy import HIGH_VARIABILITY
 from scu_tui.protocol import (
     AnalysisEvent,
     CheckpointEvent,
+    CheckpointReason,
     ComparisonEvent,
+    Decider,
     DecisionEvent,
     DoneEvent,
     EvalEvent,
     Event,
+    EventHandlers,
     KnobEvent,
     MessageEvent,
+    MessageLevel,
     ModeEvent,
+    Outcome,
     PauseEvent,
     ProposalEvent,
     ResumeEvent,
     RollbackEvent,
+    RunStatus,
     SamplesEvent,
     StartEvent,
     StepEvent,
+    handles,
 )
 
 #: Points shown by a sparkline: it rescans its whole data on every render.
@@ -57,16 +64,9 @@ MARKERS = 1000
 #: Evaluations whose sample answers are kept.
 SAMPLE_EVALS = 20
 
-#: The done status an attached follower gives a run that vanished without a done event
-#: (``kill -9``, a crash); the run itself never writes it. See scu_tui.remote.attach.
-LOST_STATUS = "lost"
-DONE_EXIT_CODES = {
-    "completed": 0,
-    "stopped": 0,
-    "interrupted": 130,
-    "failed": 1,
-    LOST_STATUS: 1,
-}
+#: What a proposal in the log is before the run decides it, and after a run ended without
+#: deciding it (neither is an :class:`~scu_tui.protocol.Outcome`: the run never says them).
+PENDING, UNANSWERED = "pending", "unanswered"
 
 
 class EventFeed:
@@ -162,8 +162,8 @@ class DecisionRecord:
     reason: str
     action: str
     knob: str
-    outcome: str = "pending"
-    by: str = ""
+    outcome: str = PENDING  # an Outcome once decided
+    by: str = ""  # a Decider once decided
     decided_step: int | None = None
     rule: str = ""
     diagnosis: str = ""
@@ -176,7 +176,7 @@ class DecisionRecord:
 
 
 @dataclass
-class RunState:
+class RunState(EventHandlers):
     """The run as plain numbers, folded from events; the widgets draw from this only."""
 
     window: int = 256
@@ -251,14 +251,14 @@ class RunState:
     @property
     def lost(self) -> bool:
         """The run vanished without a done event (seen from an attached follower)."""
-        return self.done is not None and self.done.status == LOST_STATUS
+        return self.done is not None and self.done.status == RunStatus.LOST
 
     @property
     def exit_code(self) -> int | None:
         """The exit code the run ended with (None while it runs)."""
         if self.done is None:
             return None
-        return DONE_EXIT_CODES.get(self.done.status, 1)
+        return int(self.done.status.exit_code)
 
     @property
     def eta(self) -> float:
@@ -296,9 +296,7 @@ class RunState:
     def fold(self, event: Event) -> None:
         """Take one event into the state."""
         self.version += 1
-        handler = getattr(self, f"_on_{event.type}", None)
-        if handler is not None:
-            handler(event)
+        self.handle(event)
 
     def load_history(self, events: Iterable[Event], resumed: bool = True) -> None:
         """Fold a run's past into the state: the plots then show its whole surviving
@@ -312,12 +310,13 @@ class RunState:
             return
         for pid in list(self.pending):
             record = self.record(pid)
-            if record is not None and record.outcome == "pending":
-                record.outcome, record.by = "expired", "resume"
+            if record is not None and record.outcome == PENDING:
+                record.outcome, record.by = Outcome.EXPIRED, Decider.RESUME
         self.pending.clear()
         self.paused = False
         self._step_times.clear()
 
+    @handles
     def _on_start(self, e: StartEvent) -> None:
         if e.resumed:  # the steps a killed process trained past its checkpoint are gone
             self._cut_after(e.step)
@@ -329,8 +328,9 @@ class RunState:
         self.knobs.update(e.knobs)
         self.lr = float(e.knobs.get("lr", math.nan))
         self.mode = e.mode
-        self.status = "running"
+        self.status = RunStatus.RUNNING
 
+    @handles
     def _on_step(self, e: StepEvent) -> None:
         if self.losses and e.step <= self.losses[-1][0]:  # a rewind the file did not name
             self._cut_after(e.step - 1)
@@ -364,30 +364,37 @@ class RunState:
             self.tokens_per_second = sum(t for t, _ in self._throughput) / seconds
         self.skipped_steps += int(e.skipped)
 
+    @handles
     def _on_eval(self, e: EvalEvent) -> None:
         self.val_loss, self.best_val_loss = e.val_loss, e.best_val_loss
         self.val_losses.append((e.step, e.val_loss))
         if math.isfinite(e.val_loss):
             self.val_history.append(e.step, e.val_loss)
 
+    @handles
     def _on_checkpoint(self, e: CheckpointEvent) -> None:
-        if e.reason != "best":
+        if e.reason != CheckpointReason.BEST:
             self.last_checkpoint = e.path
 
+    @handles
     def _on_knob(self, e: KnobEvent) -> None:
         self.knobs[e.knob] = e.after
         self.markers.append((e.step, "decision"))
 
+    @handles
     def _on_pause(self, e: PauseEvent) -> None:
         self.paused, self.status = True, "paused"
 
+    @handles
     def _on_resume(self, e: ResumeEvent) -> None:
-        self.paused, self.status = False, "running"
+        self.paused, self.status = False, RunStatus.RUNNING
         self._step_times.clear()  # the pause is no part of the pace
 
+    @handles
     def _on_mode(self, e: ModeEvent) -> None:
         self.mode = e.mode
 
+    @handles
     def _on_analysis(self, e: AnalysisEvent) -> None:
         self.analysis = e
         if e.effects:
@@ -397,6 +404,7 @@ class RunState:
             if record is not None:
                 record.effect = effect
 
+    @handles
     def _on_proposal(self, e: ProposalEvent) -> None:
         self.decisions_version += 1
         self.pending[e.id] = e
@@ -418,6 +426,7 @@ class RunState:
             )
         )
 
+    @handles
     def _on_decision(self, e: DecisionEvent) -> None:
         self.decisions_version += 1
         self.pending.pop(e.id, None)
@@ -427,6 +436,7 @@ class RunState:
             self.decisions.append(record)
         record.outcome, record.by, record.decided_step = e.outcome, e.by, e.step
 
+    @handles
     def _on_rollback(self, e: RollbackEvent) -> None:
         """One timeline: what the abandoned branch trained is gone from every view (its
         proposals stay in the log, where the run marks them cancelled)."""
@@ -467,18 +477,22 @@ class RunState:
         self.samples.clear()
         self.samples.extend(kept_samples)
 
+    @handles
     def _on_samples(self, e: SamplesEvent) -> None:
         self.samples.append(e)
 
+    @handles
     def _on_comparison(self, e: ComparisonEvent) -> None:
         self.comparison = e
 
+    @handles
     def _on_message(self, e: MessageEvent) -> None:
         # once the run has ended, its message says why (a failure, a lost process); a later
         # error (a key pressed at a dead run) is a notification, not the run's story
-        if e.level == "error" and self.done is None:
+        if e.level == MessageLevel.ERROR and self.done is None:
             self.message = e.text
 
+    @handles
     def _on_done(self, e: DoneEvent) -> None:
         self.done = e
         self.status = e.status
@@ -488,8 +502,8 @@ class RunState:
         self.decisions_version += 1
         self.pending.clear()  # nobody can answer them any more
         for record in self.decisions:
-            if record.outcome == "pending":
-                record.outcome = "unanswered"
+            if record.outcome == PENDING:
+                record.outcome = UNANSWERED
 
 
 def gradient_status(analysis: AnalysisEvent | None) -> str:

@@ -30,12 +30,19 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, Static
 
-from scu_tui.app.feed import DecisionRecord, History, RunState, trend_change, trend_word
+from scu_tui.app.feed import (
+    PENDING,
+    DecisionRecord,
+    History,
+    RunState,
+    trend_change,
+    trend_word,
+)
 from scu_tui.app.widgets import change_text
 from scu_tui.config import Settings, save_toml
 from scu_tui.errors import UserError
 from scu_tui.presets import PresetInfo, list_presets, save_user_preset
-from scu_tui.protocol import RunFile, event_from_dict, read_events
+from scu_tui.protocol import TAKEN, Rollback, RunFile, event_from_dict, read_events
 from scu_tui.runs import RunInfo, list_runs
 
 if TYPE_CHECKING:
@@ -242,9 +249,9 @@ def effect_text(record: DecisionRecord) -> str:
     """The effect check's verdict in words, or where it stands."""
     effect = record.effect
     if effect is None:
-        if record.outcome in ("applied", "accepted") and record.knob != "rollback":
+        if record.outcome in TAKEN and record.knob != Rollback.ROLLBACK:
             return "not judged yet (it needs the steps or the evaluation that follow)"
-        return "none (the change was not made)" if record.outcome != "pending" else "--"
+        return "none (the change was not made)" if record.outcome != PENDING else "--"
     what = "validation loss" if effect.get("metric") == "val_loss" else "training loss"
     change = effect.get("change")
     pct = f" ({100 * change:+.1f} %)" if isinstance(change, int | float) else ""

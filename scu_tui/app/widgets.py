@@ -25,12 +25,20 @@ from textual.widgets import Label, OptionList, ProgressBar, Sparkline, Static
 from textual.widgets.option_list import Option, OptionDoesNotExist
 
 from scu_tui.app.feed import (
+    PENDING,
     DecisionRecord,
     RunState,
     gradient_status,
     trend_words,
 )
-from scu_tui.protocol import AnalysisEvent, ProposalEvent
+from scu_tui.protocol import (
+    AnalysisEvent,
+    Decider,
+    Knob,
+    ProposalEvent,
+    Rollback,
+    RunStatus,
+)
 from scu_tui.sinks import format_duration
 
 SWAP_SHOWN_GB = 0.01  # swap the status line shows as SWAPPING
@@ -243,7 +251,7 @@ class StatusPanel(Vertical):
             self.query_one("#progress", ProgressBar).update(
                 total=state.max_steps, progress=state.step
             )
-        failed = state.done is not None and state.done.status == "failed"
+        failed = state.done is not None and state.done.status == RunStatus.FAILED
         self.set_class(failed or state.lost, "-failed")
         numbers = status_numbers(state)
         knobs = status_knobs(state)
@@ -275,7 +283,7 @@ def status_knobs(state: RunState) -> str:
 
 def status_numbers(state: RunState) -> str:
     """The status panel's line of numbers: progress, ETA (or why there is none), speed."""
-    if state.done is not None and state.done.status == "failed":
+    if state.done is not None and state.done.status == RunStatus.FAILED:
         return f"failed at step {state.step}: {state.message or 'see the notification'}"
     if state.lost:  # no ETA: nothing is running any more
         return f"lost at step {state.step}: {state.message or 'the run is gone'}"
@@ -307,7 +315,7 @@ def swap_note(state: RunState) -> str:
 def state_word(state: RunState, transient: str) -> tuple[str, str]:
     """``(text, css class)`` for the state word: a pending key effect wins until confirmed."""
     if state.done is not None:
-        if state.done.status == "failed":
+        if state.done.status == RunStatus.FAILED:
             return "FAILED", "failed"
         if state.lost:
             return "LOST", "failed"
@@ -349,14 +357,14 @@ def change_text(p: ProposalEvent | DecisionRecord, lr: float = math.nan) -> str:
     ``lr`` is the effective learning rate when it was proposed; the LR is steered through
     a multiplier on the base schedule, so its absolute values come from that.
     """
-    if p.knob in ("lr_multiplier", "rollback") and math.isfinite(lr) and p.before > 0:
+    if p.knob in (Knob.LR_MULTIPLIER, Rollback.ROLLBACK) and math.isfinite(lr) and p.before > 0:
         base = lr / p.before
         factor = p.after / p.before
-        what = "rollback, LR" if p.knob == "rollback" else "LR"
+        what = "rollback, LR" if p.knob == Rollback.ROLLBACK else "LR"
         return f"{what} {base * p.before:.2e} → {base * p.after:.2e} (x{factor:.3g})"
-    if p.knob == "accumulation":
+    if p.knob == Knob.ACCUMULATION:
         return f"accumulation {p.before:.0f} → {p.after:.0f}"
-    if p.knob in ("weight_decay", "dropout"):
+    if p.knob in (Knob.WEIGHT_DECAY, Knob.DROPOUT):
         return f"{p.knob.replace('_', ' ')} {p.before:.3g} → {p.after:.3g}"
     return p.action
 
@@ -500,9 +508,10 @@ class DecisionLog(OptionList):
     @staticmethod
     def line(record: DecisionRecord) -> str:
         """``step id outcome action · reason``; who decided shows only when it is news."""
-        by = record.by if record.by in ("guard", "resume", "rollback") else ""
-        outcome = record.outcome.upper() if record.outcome == "pending" else record.outcome
-        outcome += f"/{by}" if by and by != "rollback" else ""
+        news = (Decider.GUARD, Decider.RESUME, Decider.ROLLBACK)
+        by = record.by if record.by in news else ""
+        outcome = record.outcome.upper() if record.outcome == PENDING else record.outcome
+        outcome += f"/{by}" if by and by != Decider.ROLLBACK else ""
         reason = f" · {record.reason}" if record.reason else ""
         return f"{record.step:>6} {record.id} {outcome:<10} {record.action}{reason}"
 

@@ -8,8 +8,8 @@ closes only this side; the run never notices.
 A run killed without a chance to say so (``kill -9``, a crash, a power cut) leaves no
 ``done`` event. The follower checks about once a second whether the run is still there
 (its process, its socket) and, when it is gone, emits a ``done`` event of its own with
-status :data:`LOST` (never written to the run's files), so the dashboard stops showing
-it as running.
+status ``RunStatus.LOST`` (never written to the run's files), so the dashboard stops
+showing it as running.
 """
 
 from __future__ import annotations
@@ -28,8 +28,13 @@ from scu_tui.protocol import (
     DoneEvent,
     Event,
     MessageEvent,
+    MessageLevel,
     ModeEvent,
+    PauseEvent,
+    RefusedEvent,
+    ResumeEvent,
     RunFile,
+    RunStatus,
     event_from_dict,
     parse_event_line,
 )
@@ -51,9 +56,6 @@ LIVENESS_SECONDS = 1.0
 #: A run that stopped listening has this long for its done event to show up in the file
 #: (a finished run writes it just before it removes ``control.json``).
 ENDED_GRACE_SECONDS = 2.0
-#: The status of the follower's own done event for a run that ended without one (the
-#: dashboard's ``RunState`` knows it as ``LOST_STATUS``).
-LOST = "lost"
 
 
 def lines_from(path: Path, start: int) -> tuple[list[str], int]:
@@ -116,18 +118,13 @@ class RemoteRun:
     def submit(self, command: Command) -> None:
         """Queue a command for the run; never blocks the caller."""
         if self.lost:
-            self.emit(MessageEvent(self.last_step, level="warning", text=NOT_RUNNING))
+            self._refuse(command, NOT_RUNNING, sent=False)
             return
         if command.kind not in COMMANDS:
-            text = f"command refused: '{command.kind}' is not available to an attached app"
-            self.emit(MessageEvent(self.last_step, level="error", text=text))
+            self._refuse(command, f"'{command.kind}' is not available to an attached app")
             return
         if not self.live:
-            self.emit(
-                MessageEvent(
-                    self.last_step, level="warning", text="read-only: this run is not live"
-                )
-            )
+            self._refuse(command, "read-only: this run is not live", sent=False)
             return
         self._outbox.put(command)
 
@@ -181,7 +178,7 @@ class RemoteRun:
                 if not self.live and not said_read_only:
                     said_read_only = True
                     text = "the run is not listening: shown read-only"
-                    self.emit(MessageEvent(self.last_step, level="info", text=text))
+                    self.emit(MessageEvent(self.last_step, level=MessageLevel.INFO, text=text))
                 continue
             quiet_since = now if quiet_since is None else quiet_since
             if verdict == "dead" or now - quiet_since >= ENDED_GRACE_SECONDS:
@@ -221,7 +218,8 @@ class RemoteRun:
             self.mode = event.mode
         if isinstance(event.step, int):
             self.last_step = event.step
-        self.paused = {"pause": True, "resume": False}.get(event.type, self.paused)
+        if isinstance(event, PauseEvent | ResumeEvent):
+            self.paused = isinstance(event, PauseEvent)
         self.emit(event)
         return isinstance(event, DoneEvent)
 
@@ -235,7 +233,7 @@ class RemoteRun:
             self.lost = "it ended without a done event"
         self.live = False
         self.paused = False
-        self.emit(DoneEvent(self.last_step, status=LOST, message=self.lost))
+        self.emit(DoneEvent(self.last_step, status=RunStatus.LOST, message=self.lost))
 
     def _start_sender(self) -> None:
         if self._sender is None:
@@ -248,11 +246,7 @@ class RemoteRun:
         while True:
             command = self._outbox.get()
             if self.lost:
-                self.emit(
-                    MessageEvent(
-                        self.last_step, level="error", text=f"command not sent: {NOT_RUNNING}"
-                    )
-                )
+                self._refuse(command, NOT_RUNNING, sent=False)
                 continue
             try:
                 if self._client is None:
@@ -264,12 +258,16 @@ class RemoteRun:
                 self._client = None
                 self._look_now.set()  # the follower checks on the run at once
                 gone = run_liveness(self.output_dir) in ("dead", "ended")
-                text = f"command not sent: {NOT_RUNNING if gone else exc}"
-                self.emit(MessageEvent(self.last_step, level="error", text=text))
+                self._refuse(command, NOT_RUNNING if gone else str(exc), sent=False)
                 continue
             if not reply.get("ok"):
-                text = f"command refused: {reply.get('error')}"
-                self.emit(MessageEvent(self.last_step, level="error", text=text))
+                self._refuse(command, str(reply.get("error")))
+
+    def _refuse(self, command: Command, reason: str, sent: bool = True) -> None:
+        """Say that a command did not take effect: never sent (``sent=False``: the run is
+        gone, read-only, or the socket failed) or refused at the socket. Without a proposal
+        id even for an answer: whether that proposal still waits, only the run can say."""
+        self.emit(RefusedEvent(self.last_step, command=command.kind, reason=reason, sent=sent))
 
 
 def live_runs(parent: Path) -> list[Path]:
