@@ -14,9 +14,10 @@ from helpers import start_event as start
 from helpers import step_event as step
 
 from scu_tui.app import make_app
-from scu_tui.app.feed import RunState, trend_change, trend_words
+from scu_tui.app.feed import RunState, trend_words
 from scu_tui.app.screens import render_plots, step_ticks
 from scu_tui.app.widgets import status_numbers
+from scu_tui.control.signals import trend_change
 from scu_tui.presets import load_preset
 from scu_tui.protocol import (
     AnalysisEvent,
@@ -112,6 +113,31 @@ def test_a_trend_rate_reads_against_a_period_ago() -> None:
         validation={},
     )
     assert trend_words(analysis) == "falling -86%/20 steps"
+
+
+def test_a_fit_that_overshoots_below_zero_never_reads_past_minus_100_percent() -> None:
+    """The 60-step demo's third analysis: the fitted level went below zero, and the panel
+    read "falling -115%/20 steps"."""
+    overshot = {"level": -0.4, "slope": -0.15, "improving": True}  # 2.6 a period ago
+    change = trend_change(overshot, 20)
+    assert change is not None and -1.0 < change <= -0.98
+    for level in (5.0, 1.0, 0.1, 0.0, -0.1, -3.0, -100.0):
+        for slope in (-0.5, -0.01, 0.0, 0.01):
+            change = trend_change({"level": level, "slope": slope}, 20)
+            assert change is None or change > -1.0, (level, slope, change)
+    analysis = AnalysisEvent(
+        20,
+        diagnosis="improving",
+        why="",
+        period=20,
+        window=20,
+        nonfinite=0,
+        trend=overshot,
+        gradients={},
+        wavelet={},
+        validation={},
+    )
+    assert trend_words(analysis) == "falling -99%/20 steps"
 
 
 def test_step_ticks_are_whole_round_numbers() -> None:

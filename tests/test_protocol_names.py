@@ -27,7 +27,6 @@ NAMES = {
 }
 
 
-
 def is_named(hint: Any) -> bool:
     """A field typed with a protocol enum (or a union of them: a proposal's Target)."""
     options = get_args(hint) or (hint,)

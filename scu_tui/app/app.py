@@ -91,6 +91,8 @@ from scu_tui.run import Run, load_run_settings
 from scu_tui.sinks import Sink
 from scu_tui.themes import DEFAULT_THEME, find_theme, textual_themes, theme_names
 
+#: The keys' actions that steer a running run: a run that has ended no longer offers them.
+STEERING = ("toggle_pause", "accept", "veto", "save", "evaluate", "cycle_mode", "stop_run")
 #: ``m`` cycles the S-SCU through these modes.
 MODE_CYCLE = (Mode.ASK, Mode.AUTO, Mode.OBSERVE)
 #: Terminals at least this tall get taller panels.
@@ -566,7 +568,7 @@ class ScuApp(App[int]):
         key = (state.decisions_version, len(self.in_flight.answering))
         if key != self._drawn:
             self._drawn = key
-            dash.query_one(DecisionLog).show(list(state.decisions))
+            dash.query_one(DecisionLog).show(list(state.log))
             self._show_banner()
 
     def redraw_charts(self) -> None:
@@ -770,7 +772,10 @@ class ScuApp(App[int]):
         return self.training_run is not None and self.training_run.attached
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Attached, ``q`` detaches and ``x`` stops the run; in-process, ``q`` quits."""
+        """Attached, ``q`` detaches and ``x`` stops the run; in-process, ``q`` quits. A run
+        that has ended (done, failed or lost) offers no key that steers it."""
+        if action in STEERING and self.state.done is not None:
+            return False
         if action in ("detach", "stop_run", "cycle_theme_unlisted"):
             return self.attached
         if action in ("request_quit", "cycle_theme"):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scu_tui.control.policy import HIGH_VARIABILITY
+from scu_tui.control.signals import trend_change
 from scu_tui.protocol import (
     AnalysisEvent,
     CheckpointEvent,
@@ -176,6 +177,21 @@ class DecisionRecord:
 
 
 @dataclass
+class HoldRecord:
+    """One line of the S-SCU log for a control step that changed nothing, and why (so a
+    person watching sees the S-SCU at work while it holds)."""
+
+    id: str
+    step: int
+    diagnosis: str
+    why: str
+
+
+#: A line of the S-SCU log: a proposal and its outcome, or a period that changed nothing.
+LogRecord = DecisionRecord | HoldRecord
+
+
+@dataclass
 class RunState(EventHandlers):
     """The run as plain numbers, folded from events; the widgets draw from this only."""
 
@@ -234,6 +250,9 @@ class RunState(EventHandlers):
     _step_times: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=ETA_STEPS))
     pending: dict[str, ProposalEvent] = field(default_factory=dict)
     decisions: deque[DecisionRecord] = field(default_factory=lambda: deque(maxlen=DECISION_LINES))
+    #: the S-SCU log in order: the decisions, and each analysis that proposed nothing
+    log: deque[LogRecord] = field(default_factory=lambda: deque(maxlen=DECISION_LINES))
+    holds: int = 0  # analyses that proposed nothing (numbers their log lines)
     _throughput: deque[tuple[int, float]] = field(
         default_factory=lambda: deque(maxlen=THROUGHPUT_STEPS)
     )
@@ -397,7 +416,10 @@ class RunState(EventHandlers):
     @handles
     def _on_analysis(self, e: AnalysisEvent) -> None:
         self.analysis = e
-        if e.effects:
+        if not e.proposal:
+            self.holds += 1
+            self.log.append(HoldRecord(f"hold{self.holds}", e.step, e.diagnosis, e.why))
+        if e.effects or not e.proposal:
             self.decisions_version += 1
         for effect in e.effects:
             record = self.record(str(effect.get("id", "")))
@@ -409,7 +431,7 @@ class RunState(EventHandlers):
         self.decisions_version += 1
         self.pending[e.id] = e
         seen = self.analysis if self.analysis and self.analysis.step == e.analysis else None
-        self.decisions.append(
+        self._log(
             DecisionRecord(
                 e.id,
                 e.step,
@@ -433,8 +455,12 @@ class RunState(EventHandlers):
         record = self.record(e.id)
         if record is None:  # proposed before we were watching
             record = DecisionRecord(e.id, e.step, "", "", "")
-            self.decisions.append(record)
+            self._log(record)
         record.outcome, record.by, record.decided_step = e.outcome, e.by, e.step
+
+    def _log(self, record: DecisionRecord) -> None:
+        self.decisions.append(record)
+        self.log.append(record)
 
     @handles
     def _on_rollback(self, e: RollbackEvent) -> None:
@@ -520,19 +546,6 @@ def gradient_status(analysis: AnalysisEvent | None) -> str:
     if isinstance(variability, int | float) and variability > HIGH_VARIABILITY:
         return "noisy"
     return "stable"
-
-
-def trend_change(trend: dict[str, Any], period: int) -> float | None:
-    """How much the fitted loss moved over the last control period, as a fraction of where
-    it stood a period ago: -0.031 is a 3.1 % fall. Bounded below by -100 %, so an early,
-    steep fall reads -85 %, never -596 % (the same slope taken against today's level)."""
-    level, slope = trend.get("level"), trend.get("slope")
-    if not isinstance(level, int | float) or not isinstance(slope, int | float):
-        return None
-    then = level - slope * period
-    if not math.isfinite(then) or then <= 0 or not math.isfinite(level):
-        return None
-    return (level - then) / then
 
 
 def trend_word(trend: dict[str, Any]) -> str:

@@ -142,6 +142,7 @@ class Notices(EventHandlers):
     def _done(self, event: DoneEvent) -> None:
         app = self.app
         app.in_flight.forget()
+        app.refresh_bindings()  # the keys that steer the run leave the footer
         if not app.quitting:
             app.alert(f"training {event.status} at step {event.step}")
         if app.state.lost:

@@ -35,11 +35,11 @@ from scu_tui.app.feed import (
     DecisionRecord,
     History,
     RunState,
-    trend_change,
     trend_word,
 )
 from scu_tui.app.widgets import change_text
 from scu_tui.config import Settings, save_toml
+from scu_tui.control.signals import trend_change
 from scu_tui.errors import UserError
 from scu_tui.presets import PresetInfo, list_presets, save_user_preset
 from scu_tui.protocol import TAKEN, Rollback, RunFile, event_from_dict, read_events

@@ -27,6 +27,8 @@ from textual.widgets.option_list import Option, OptionDoesNotExist
 from scu_tui.app.feed import (
     PENDING,
     DecisionRecord,
+    HoldRecord,
+    LogRecord,
     RunState,
     gradient_status,
     trend_words,
@@ -506,8 +508,14 @@ class DecisionLog(OptionList):
         self.border_subtitle = "↑↓ choose · Enter inspect"
 
     @staticmethod
-    def line(record: DecisionRecord) -> str:
-        """``step id outcome action · reason``; who decided shows only when it is news."""
+    def line(record: LogRecord) -> str:
+        """``step id outcome action · reason``; who decided shows only when it is news. A
+        period that changed nothing: ``step no change · why``."""
+        if isinstance(record, HoldRecord):
+            why = record.why or "nothing to change"
+            if record.diagnosis and not why.startswith(record.diagnosis):
+                why = f"{record.diagnosis}: {why}"
+            return f"{record.step:>6} no change · {why}"
         news = (Decider.GUARD, Decider.RESUME, Decider.ROLLBACK)
         by = record.by if record.by in news else ""
         outcome = record.outcome.upper() if record.outcome == PENDING else record.outcome
@@ -521,29 +529,50 @@ class DecisionLog(OptionList):
         index = self.highlighted
         if index is None or not 0 <= index < self.option_count:
             return None
-        return self.get_option_at_index(index).id
+        option = self.get_option_at_index(index)
+        return None if option.disabled else option.id
 
-    def show(self, records: list[DecisionRecord]) -> None:
-        """Add new records and rewrite the lines whose outcome changed."""
-        following = self.highlighted is None or self.highlighted >= self.option_count - 1
+    def _last_decision(self) -> int | None:
+        """The index of the newest decision (hold lines are not choosable)."""
+        for index in range(self.option_count - 1, -1, -1):
+            if not self.get_option_at_index(index).disabled:
+                return index
+        return None
+
+    def show(self, records: list[LogRecord]) -> None:
+        """Add new lines and rewrite the decisions whose outcome changed; a period that
+        changed nothing is a dimmed line that the highlight skips."""
+        newest = self._last_decision()
+        following = self.highlighted is None or newest is None or self.highlighted >= newest
         added = False
         for record in records:
             text = self.line(record)
             if self._shown.get(record.id) == text:
                 continue
-            prompt = Text(text, no_wrap=True, overflow="ellipsis")
+            hold = isinstance(record, HoldRecord)
+            prompt = Text(text, style="dim" if hold else "", no_wrap=True, overflow="ellipsis")
             try:
                 self.replace_option_prompt(record.id, prompt)
             except OptionDoesNotExist:
-                self.add_option(Option(prompt, id=record.id))
+                self.add_option(Option(prompt, id=record.id, disabled=hold))
                 added = True
             self._shown[record.id] = text
         while self.option_count > self.max_lines:
             oldest = self.get_option_at_index(0).id
             self.remove_option_at_index(0)
             self._shown.pop(oldest or "", None)
-        if added and following and self.option_count:
-            self.highlighted = self.option_count - 1
+        if added and following:
+            newest = self._last_decision()
+            if newest is not None:
+                self.highlighted = newest
+            self.call_after_refresh(self._show_newest)
+
+    def _show_newest(self) -> None:
+        """The newest lines, as they come, but never at the cost of the chosen decision
+        (a pending proposal stays on screen above the periods that held after it)."""
+        self.scroll_end(animate=False, immediate=True)
+        if self.highlighted is not None:
+            self.scroll_to_highlight()
 
     @property
     def lines(self) -> list[str]:

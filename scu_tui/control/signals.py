@@ -267,6 +267,27 @@ def loss_trend(losses: FloatArray, period: int, target: float) -> LossTrend:
     )
 
 
+#: The fitted level a period's change is measured to is at least this share of where the
+#: fit stood a period before: a straight line through a steep early fall overshoots below
+#: zero, and a loss never does.
+LEVEL_FLOOR_FRACTION = 0.01
+
+
+def trend_change(trend: dict[str, Any], period: int) -> float | None:
+    """How much the fitted loss moved over the last control period, as a fraction of where
+    it stood a period ago: -0.031 is a 3.1 % fall. Never below -99 %: an early, steep fall
+    reads -85 %, never -596 % (the same slope taken against today's level), and a fitted
+    level that went below zero counts as 1 % of the level a period ago. None without a
+    positive level a period ago to measure against."""
+    level, slope = trend.get("level"), trend.get("slope")
+    if not isinstance(level, int | float) or not isinstance(slope, int | float):
+        return None
+    then = level - slope * period
+    if not math.isfinite(then) or then <= 0 or not math.isfinite(level):
+        return None
+    return (max(level, LEVEL_FLOOR_FRACTION * then) - then) / then
+
+
 # --- gradient stability ---------------------------------------------------------------------
 
 

@@ -1,0 +1,107 @@
+"""The app says why the S-SCU holds, and a run that has ended offers no key to steer it."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import StandInRun, start_event, step_event, until
+
+from scu_tui.app import ScuApp, make_app
+from scu_tui.app.widgets import DecisionLog
+from scu_tui.presets import load_preset
+from scu_tui.protocol import AnalysisEvent, DoneEvent, Event, RunStatus
+
+#: The keys that steer a live run (the footer's names for them).
+STEERING_KEYS = {"p", "a", "v", "s", "e", "m"}
+
+
+def analysis(step: int, why: str, diagnosis: str = "improving") -> AnalysisEvent:
+    return AnalysisEvent(
+        step,
+        diagnosis=diagnosis,
+        why=why,
+        period=20,
+        window=20,
+        nonfinite=0,
+        trend={"level": 2.0, "slope": -0.01},
+        gradients={},
+        wavelet={},
+        validation={},
+    )
+
+
+HOLDS = [
+    analysis(20, "improving: loss 9.1% per 20 steps against a target of 1.0%; nothing to change"),
+    analysis(40, "Noisy gradients while improving; not yet: seen on 1 check in a row", "noisy"),
+    analysis(60, "improving: loss 4.0% per 20 steps against a target of 1.0%; nothing to change"),
+]
+
+
+class Holding(StandInRun):
+    """A 60-step run whose three analyses changed nothing."""
+
+    def events(self) -> list[Event]:
+        events: list[Event] = [start_event(mode="ask", max_steps=60)]
+        for n in range(1, 61):
+            events.append(step_event(n))
+            events.extend(a for a in HOLDS if a.step == n)
+        return events
+
+
+class Ended(Holding):
+    """The same run, ended: it emits its done event and returns, as a run does."""
+
+    status = RunStatus.COMPLETED
+
+    def events(self) -> list[Event]:
+        return [*super().events(), DoneEvent(60, status=self.status, message="")]
+
+    def execute(self) -> int:
+        for event in self.events():
+            for sink in self.sinks:
+                sink.emit(event)
+        return 0
+
+
+def app(run: type[StandInRun]) -> ScuApp:
+    settings = load_preset("demo").replace({"scu.mode": "ask", "ui.refresh_hz": 20.0})
+    return make_app(settings, run_factory=run)
+
+
+async def test_each_period_that_changed_nothing_is_a_dim_line_in_the_log() -> None:
+    the_app = app(Holding)
+    async with the_app.run_test(size=(80, 24)):
+        await until(the_app, lambda: the_app.state.holds == 3)
+        await the_app.drains(2)
+        log = the_app.query_one(DecisionLog)
+        assert log.lines == [
+            "    20 no change · improving: loss 9.1% per 20 steps against a target of 1.0%; "
+            "nothing to change",
+            "    40 no change · noisy: Noisy gradients while improving; not yet: seen on 1 "
+            "check in a row",
+            "    60 no change · improving: loss 4.0% per 20 steps against a target of 1.0%; "
+            "nothing to change",
+        ]
+        options = [log.get_option_at_index(i) for i in range(log.option_count)]
+        assert all(option.disabled for option in options)  # dimmed, and a/v never pick one
+        assert log.selected_id is None and the_app.answer_target() is None
+
+
+@pytest.mark.parametrize("status", [RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.LOST])
+async def test_a_run_that_has_ended_offers_no_steering_key(status: RunStatus) -> None:
+    class This(Ended):
+        pass
+
+    This.status = status
+    live = app(Holding)
+    async with live.run_test(size=(80, 24)):
+        await until(live, lambda: live.state.step == 60)
+        assert set(live.screen.active_bindings) >= STEERING_KEYS  # a live run offers them
+    the_app = app(This)
+    async with the_app.run_test(size=(80, 24)) as pilot:
+        await until(the_app, lambda: the_app.state.done is not None)
+        await pilot.pause()
+        keys = set(the_app.screen.active_bindings)
+        assert not STEERING_KEYS & keys, keys
+        assert {"q", "g", "question_mark"} <= keys  # quitting and looking still work
+        await pilot.press("p")
+        assert the_app.in_flight.text == ""  # the key does nothing
