@@ -83,7 +83,7 @@ async def test_each_period_that_changed_nothing_is_a_dim_line_in_the_log() -> No
         ]
         options = [log.get_option_at_index(i) for i in range(log.option_count)]
         assert all(option.disabled for option in options)  # dimmed, and a/v never pick one
-        assert log.selected_id is None and the_app.answer_target() is None
+        assert log.selected_id is None and the_app.dashboard.answer_target() is None
 
 
 @pytest.mark.parametrize("status", [RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.LOST])

@@ -48,7 +48,7 @@ async def test_a_refused_answer_drops_that_answer_only_and_says_why() -> None:
         await pilot.press("a")  # the proposal the banner names
         (first,) = the_app.in_flight.answering
         for _ in range(3):  # the other one, highlighted in the log
-            target = the_app.answer_target()
+            target = the_app.dashboard.answer_target()
             if target is not None and target.id != first:
                 break
             await pilot.press("up")

@@ -26,58 +26,44 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 from textual import work
-from textual.app import App, ComposeResult
-from textual.binding import Binding, BindingType
-from textual.containers import Horizontal
-from textual.events import Resize
+from textual.app import App
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Footer, OptionList
 from textual.worker import Worker, WorkerState
 
 from scu_tui.app.effects import InFlight
 from scu_tui.app.feed import (
-    DECISION_LINES,
     EventFeed,
     RunState,
 )
 from scu_tui.app.notices import Notices
 from scu_tui.app.screens import (
     ConfirmScreen,
-    HelpScreen,
-    InspectorScreen,
-    PlotsScreen,
     PresetPicker,
     RunChoice,
-    TextScreen,
-    comparison_text,
-    samples_text,
 )
+from scu_tui.app.screens.dashboard import Dashboard
 from scu_tui.app.widgets import (
     DecisionLog,
     EntropyPanel,
     GradientPanel,
     LossPanel,
-    ProposalBanner,
     StatusPanel,
 )
 from scu_tui.config import Settings
 from scu_tui.errors import UserError
 from scu_tui.presets import load_preset
 from scu_tui.protocol import (
-    NOT_RUNNING,
     Command,
     CommandKind,
     DoneEvent,
     Event,
     ExitCode,
-    Mode,
     ModeEvent,
     PauseEvent,
-    ProposalEvent,
     ResumeEvent,
     RollbackEvent,
     RunFile,
@@ -91,12 +77,6 @@ from scu_tui.run import Run, load_run_settings
 from scu_tui.sinks import Sink
 from scu_tui.themes import DEFAULT_THEME, find_theme, textual_themes, theme_names
 
-#: The keys' actions that steer a running run: a run that has ended no longer offers them.
-STEERING = ("toggle_pause", "accept", "veto", "save", "evaluate", "cycle_mode", "stop_run")
-#: ``m`` cycles the S-SCU through these modes.
-MODE_CYCLE = (Mode.ASK, Mode.AUTO, Mode.OBSERVE)
-#: Terminals at least this tall get taller panels.
-TALL_HEIGHT = 34
 #: After a hang-up and the run's end, how long the app may take to exit on its own.
 HANGUP_GRACE_SECONDS = 3.0
 #: The charts (sparklines, wavelet bars) and the analysis behind them redraw at most this
@@ -166,82 +146,6 @@ class TrainingRun(Protocol):
 RunFactory = Callable[..., TrainingRun]
 Matcher = Callable[[Event], bool]
 
-HELP_NOTES = (
-    "Proposals wait in [b]ask[/b] mode until you answer them (or they expire); "
-    "[b]auto[/b] applies them; [b]observe[/b] only logs them.\n"
-    "Quitting stops after the current step and saves a checkpoint; "
-    "continue later with --resume DIR."
-)
-ATTACHED_NOTES = (
-    "Attached: [b]q[/b] only leaves, the run goes on; [b]x[/b] stops the run itself "
-    "with a checkpoint. Proposals wait in [b]ask[/b] mode for an answer."
-)
-
-
-class Dashboard(Screen[None]):
-    """The training view: status, pending proposal, three panels and the S-SCU log."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("p", "app.toggle_pause", "Pause", id="pause", tooltip="Pause or resume training"),
-        Binding("a", "app.accept", "Accept", id="accept", tooltip="Accept the pending proposal"),
-        Binding("v", "app.veto", "Veto", id="veto", tooltip="Veto the pending proposal"),
-        Binding("s", "app.save", "Save", id="save", tooltip="Save a checkpoint now"),
-        Binding("e", "app.evaluate", "Eval", id="eval", tooltip="Evaluate on validation now"),
-        Binding("m", "app.cycle_mode", "Mode", id="mode", tooltip="S-SCU mode: ask→auto→observe"),
-        Binding("g", "app.plots", "Plots", id="plots", tooltip="Full-size loss, lr, grad curves"),
-        Binding("t", "app.cycle_theme", "Theme", id="theme", tooltip="Next colour theme"),
-        Binding(
-            "o",
-            "app.samples",
-            "Samples",
-            id="samples",
-            tooltip="What the adapters answer at each evaluation",
-            show=False,
-        ),
-        Binding(
-            "c",
-            "app.comparison",
-            "Compare",
-            id="comparison",
-            tooltip="Base model vs adapters on the test split (at the end)",
-            show=False,
-        ),
-        Binding("question_mark", "app.help", "Help", key_display="?", id="help", tooltip="Keys"),
-        Binding("q", "app.request_quit", "Quit", id="quit", tooltip="Save a checkpoint and quit"),
-        Binding(
-            "escape",
-            "app.back_to_picker",
-            "Presets",
-            id="back",
-            tooltip="Back to the presets (a run that could not start)",
-            show=False,
-        ),
-        # attached to a run in another process: q leaves it running, x stops it
-        Binding("q", "app.detach", "Detach", id="detach", tooltip="Leave; the run goes on"),
-        Binding("x", "app.stop_run", "Stop", id="stop", tooltip="Stop the run (checkpoint)"),
-        # attached, the footer needs room for q and x at 80 columns: t works but is not shown
-        Binding(
-            "t",
-            "app.cycle_theme_unlisted",
-            "Theme",
-            id="theme.unlisted",
-            tooltip="Next colour theme",
-            show=False,
-        ),
-    ]
-
-    def compose(self) -> ComposeResult:
-        yield StatusPanel(id="status")
-        yield ProposalBanner("", id="banner")
-        with Horizontal(id="panels"):
-            yield LossPanel(id="loss", classes="panel")
-            yield GradientPanel(id="gradients", classes="panel")
-            yield EntropyPanel("", id="entropy", classes="panel")
-        yield DecisionLog(DECISION_LINES, id="decisions")
-        yield Footer(compact=True, show_command_palette=False)
-
-    def on_resize(self, event: Resize) -> None:
-        self.set_class(event.size.height >= TALL_HEIGHT, "-tall")
 
 
 class ScuApp(App[int]):
@@ -524,7 +428,7 @@ class ScuApp(App[int]):
             return
         run.request_stop("signal")
         self.quitting = True
-        self._effect(CommandKind.STOP, "stopping…")
+        self.effect(CommandKind.STOP, "stopping…")
 
     # --- the drain ------------------------------------------------------------------------
 
@@ -569,7 +473,7 @@ class ScuApp(App[int]):
         if key != self._drawn:
             self._drawn = key
             dash.query_one(DecisionLog).show(list(state.log))
-            self._show_banner()
+            self.dashboard.show_banner()
 
     def redraw_charts(self) -> None:
         """The loss, gradient and wavelet panels, from the state and the S-SCU's analysis."""
@@ -579,36 +483,6 @@ class ScuApp(App[int]):
         dash.query_one(LossPanel).show(self.state)
         dash.query_one(GradientPanel).show(self.state)
         dash.query_one(EntropyPanel).show(self.state.analysis)
-
-    def answer_target(self) -> ProposalEvent | None:
-        """The proposal ``a``/``v`` answer: the one highlighted in the log when it waits,
-        else the oldest that waits and is not being answered already."""
-        pending = self.state.pending
-        chosen = self.dashboard.query_one(DecisionLog).selected_id
-        if chosen in pending:
-            return pending[chosen]
-        waiting = [p for pid, p in pending.items() if pid not in self.in_flight.answering]
-        return waiting[0] if waiting else next(iter(pending.values()), None)
-
-    def _show_banner(self) -> None:
-        target = self.answer_target()
-        answering = self.in_flight.answering.get(target.id, "") if target else ""
-        self.dashboard.query_one(ProposalBanner).show(self.state, target, answering)
-
-    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
-        """Moving in the decision log chooses which pending proposal a/v answer."""
-        if isinstance(event.option_list, DecisionLog):
-            self._show_banner()
-
-    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
-        """Enter on a decision: the inspector, with everything known about it."""
-        if isinstance(event.option_list, DecisionLog) and event.option.id:
-            self.action_inspect(event.option.id)
-
-    def action_inspect(self, proposal_id: str) -> None:
-        record = self.state.record(proposal_id)
-        if record is not None:
-            self.push_screen(InspectorScreen(lambda: self.state.record(proposal_id)))
 
     def alert(self, text: str) -> None:
         """Call the person back to the terminal: the bell, and a desktop notification
@@ -656,85 +530,18 @@ class ScuApp(App[int]):
 
     # --- keys -----------------------------------------------------------------------------
 
-    def _submit(self, command: Command) -> bool:
-        """Queue a command if a run is going; say so when it is not."""
-        run = self.training_run
-        if self.state.lost:
-            self.notify(NOT_RUNNING.capitalize(), severity="warning")
-            return False
-        if run is None or self.state.done is not None:
-            self.notify("No training is running", severity="warning")
-            return False
-        run.submit(command)
-        return True
-
-    def _effect(self, kind: CommandKind, text: str) -> None:
+    def effect(self, kind: CommandKind, text: str) -> None:
         """Show a key's effect now; the matching event clears it."""
         self.in_flight.show(kind, text)
-        self._show_word()
+        self.show_word()
 
-    def _show_word(self) -> None:
+    def show_word(self) -> None:
         if self.settings is not None:
             self.dashboard.query_one(StatusPanel).show_word(self.state, self.in_flight.text)
 
     def show_decisions(self) -> None:
         """Redraw the log and the banner at the next tick (an answer in flight went)."""
         self._drawn = (-1, -1)
-
-    def action_toggle_pause(self) -> None:
-        flight = self.in_flight
-        paused = flight.pause_target if flight.pause_target is not None else self.state.paused
-        target = not paused
-        if self._submit(Command(CommandKind.PAUSE if target else CommandKind.RESUME)):
-            flight.pause_target = target
-            self._effect(CommandKind.PAUSE, "pausing…" if target else "resuming…")
-
-    def action_accept(self) -> None:
-        self._answer(CommandKind.ACCEPT, "accepting…")
-
-    def action_veto(self) -> None:
-        self._answer(CommandKind.VETO, "vetoing…")
-
-    def _answer(self, kind: CommandKind, text: str) -> None:
-        """Answer the proposal the banner names, by its id; the run refuses an id that is
-        no longer pending (expired a moment ago, say) instead of answering another."""
-        target = self.answer_target()
-        if target is None:
-            self.notify("No pending proposal", severity="warning")
-            return
-        if target.id in self.in_flight.answering:
-            self.notify(f"{target.id} is being answered already", severity="warning")
-            return
-        if self._submit(Command(kind, value=target.id)):
-            self.in_flight.answering[target.id] = f"{text} {target.id}"
-            self._show_banner()
-
-    def action_save(self) -> None:
-        if self._submit(Command(CommandKind.SAVE)):
-            self._effect(CommandKind.SAVE, "saving…")
-
-    def action_evaluate(self) -> None:
-        if self._submit(Command(CommandKind.EVAL)):
-            self._effect(CommandKind.EVAL, "evaluating…")
-
-    def action_cycle_mode(self) -> None:
-        current = self.in_flight.mode_target or self.state.mode
-        index = MODE_CYCLE.index(current) if current in MODE_CYCLE else -1
-        target = MODE_CYCLE[(index + 1) % len(MODE_CYCLE)]
-        if not self._submit(Command(CommandKind.MODE, value=target)):
-            return
-        if target == self.state.mode:  # back where the run is: it will say nothing
-            self.in_flight.confirmed(CommandKind.MODE)
-            self._show_word()
-        else:
-            self.in_flight.mode_target = target
-            self._effect(CommandKind.MODE, f"mode→{target}…")
-
-    def action_samples(self) -> None:
-        self.push_screen(TextScreen("Samples", lambda: samples_text(self.state)))
-
-    def action_comparison(self) -> None:
-        self.push_screen(TextScreen("Did the fine-tune help?", lambda: comparison_text(self.state)))
 
     def action_back_to_picker(self) -> None:
         """A run picked from the presets that could not start: back to the presets."""
@@ -746,9 +553,6 @@ class ScuApp(App[int]):
         self.in_flight.forget()
         self.push_screen(PresetPicker(self.load), self._picked)
 
-    def action_plots(self) -> None:
-        self.push_screen(PlotsScreen(lambda: self.state))
-
     def action_cycle_theme(self) -> None:
         names = theme_names()
         index = names.index(self.theme) if self.theme in names else -1
@@ -758,25 +562,15 @@ class ScuApp(App[int]):
     def action_cycle_theme_unlisted(self) -> None:
         self.action_cycle_theme()
 
-    def action_help(self) -> None:
-        bindings = [
-            b
-            for b in Dashboard.BINDINGS
-            if isinstance(b, Binding) and self.check_action(b.action.removeprefix("app."), ())
-        ]
-        self.push_screen(HelpScreen(bindings, ATTACHED_NOTES if self.attached else HELP_NOTES))
-
     @property
     def attached(self) -> bool:
         """Following a run that lives in another process (``scu-tui attach``)."""
         return self.training_run is not None and self.training_run.attached
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Attached, ``q`` detaches and ``x`` stops the run; in-process, ``q`` quits. A run
-        that has ended (done, failed or lost) offers no key that steers it."""
-        if action in STEERING and self.state.done is not None:
-            return False
-        if action in ("detach", "stop_run", "cycle_theme_unlisted"):
+        """Attached, ``q`` detaches (the dashboard's ``x`` stops the run); in-process, ``q``
+        quits."""
+        if action in ("detach", "cycle_theme_unlisted"):
             return self.attached
         if action in ("request_quit", "cycle_theme"):
             return not self.attached
@@ -787,24 +581,6 @@ class ScuApp(App[int]):
         if self.training_run is not None:
             self.training_run.request_stop("user")
         self.call_later(self.finish)
-
-    def action_stop_run(self) -> None:
-        if self.state.done is not None or self.training_run is None:
-            self.notify("The run has already ended", severity="warning")
-            return
-        self.push_screen(
-            ConfirmScreen(
-                "Stop the run itself?\nIt saves a checkpoint and ends; resume it later with "
-                "--resume.",
-                yes="Stop",
-                no="Keep",
-            ),
-            self._confirmed_stop,
-        )
-
-    def _confirmed_stop(self, yes: bool | None) -> None:
-        if yes and self._submit(Command(CommandKind.STOP)):
-            self._effect(CommandKind.STOP, "stopping…")
 
     async def action_quit(self) -> None:
         """Textual's own quit keys (ctrl+q) go through the same confirmation."""
@@ -835,7 +611,7 @@ class ScuApp(App[int]):
             return
         self.quitting = True
         self.training_run.request_stop("user")
-        self._effect(CommandKind.STOP, "stopping…")
+        self.effect(CommandKind.STOP, "stopping…")
 
 
 def past_events(path: Path) -> Iterator[Event]:
