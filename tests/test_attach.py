@@ -12,7 +12,7 @@ from helpers import Inbox, read_events, scu, scu_popen, start_headless, until, w
 from scu_tui.app import attach_app
 from scu_tui.app.screens import ConfirmScreen
 from scu_tui.errors import UserError
-from scu_tui.protocol import Command
+from scu_tui.protocol import Command, RefusedEvent
 from scu_tui.remote.attach import RemoteRun, find_live_run
 
 
@@ -78,7 +78,9 @@ def test_finished_run_attaches_read_only(tmp_path: Path) -> None:
     assert inbox.wait_for("done").to_dict()["status"] == "completed"
     thread.join(timeout=30)
     remote.submit(Command("pause"))
-    assert "read-only" in inbox.wait_for("message").to_dict()["text"]
+    refused = inbox.wait_for("refused")
+    assert isinstance(refused, RefusedEvent) and not refused.sent
+    assert "read-only" in refused.sentence
 
 
 def test_folder_that_is_not_a_run_is_refused(tmp_path: Path) -> None:
