@@ -33,18 +33,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 from scu_tui import blas
 from scu_tui.config import Settings, merge
 from scu_tui.control.controller import Controller
-from scu_tui.control.policy import ROLLBACK, Proposal
-from scu_tui.control.proposals import ProposalBook
+from scu_tui.control.steering import Steering, TrainingFailed
 from scu_tui.errors import UserError
 from scu_tui.memory_readings import OsMemory, read_os_memory
 from scu_tui.protocol import (
-    AnalysisEvent,
     CheckpointEvent,
     Command,
     CommandKind,
     ComparisonEvent,
     Decider,
-    DecisionEvent,
     DoneEvent,
     EvalEvent,
     Event,
@@ -54,12 +51,9 @@ from scu_tui.protocol import (
     KnobSetting,
     MessageEvent,
     Mode,
-    ModeEvent,
     Outcome,
     PauseEvent,
-    ProposalEvent,
     ResumeEvent,
-    RollbackEvent,
     RunFile,
     RunStatus,
     SamplesEvent,
@@ -83,13 +77,10 @@ from scu_tui.training.loader import Loaded, Loader, LoraInfo, MlxLmLoader
 if TYPE_CHECKING:  # the trainer imports MLX: only the types, here
     from scu_tui.check.watchdog import MemoryWatchdog
     from scu_tui.training.data import DataBundle
-    from scu_tui.training.trainer import StepResult, Trainer
+    from scu_tui.training.trainer import Trainer
 
 #: Training losses kept for the summary's final loss.
 RECENT_LOSSES = 100
-#: A run that needs more than this many rollbacks with no progress in between has failed.
-#: Progress: a new best validation loss, or training past the step of the last rollback.
-MAX_ROLLBACKS = 5
 
 
 def default_output_dir(settings: Settings) -> Path:
@@ -122,9 +113,6 @@ class RunProgress:
     first_val_loss: float = math.nan
     status: RunStatus = RunStatus.RUNNING
     message: str = ""
-    #: wall seconds in the S-SCU's own code (observing, the guard, the analysis) since this
-    #: process started the run; applying what it proposes is not counted
-    scu_seconds: float = 0.0
 
 
 class Closeable(Protocol):
@@ -190,7 +178,6 @@ class Run:
         self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self.sinks: list[Sink] = []
         self.status = RunProgress()
-        self.mode = Mode(settings.scu.mode)
         self.paused = False
         self._notes: list[str] = []  # warnings from setup, emitted once the run has started
         self._stop: Decider | None = None  # who asked to stop: a person or a signal
@@ -207,11 +194,10 @@ class Run:
                 settings.scu, settings.training, dropout=settings.lora.type != "full"
             )
         self.controller = controller
-        # every proposal's life, in one place (the controller's; empty without the S-SCU)
-        self.book = controller.book if controller is not None else ProposalBook()
-        self.rollbacks = 0  # in the whole run
-        self.rollbacks_since_progress = 0
-        self._rolled_back_from = -1  # the step the newest rollback left
+        # every proposal's life, from the controller's proposal to its outcome
+        self.steering = Steering(
+            controller, self, Mode(settings.scu.mode), settings.scu.proposal_ttl
+        )
         self.listen = listen
         self.control: Closeable | None = None
         self.lock = RunLock(self.output_dir)
@@ -254,13 +240,13 @@ class Run:
             "paused": self.paused,
             "mode": self.mode,
             "status": self.status.status,
-            "pending": [
-                {"id": r.id, "reason": r.proposal.reason, "action": r.proposal.action}
-                for r in self.book.pending()
-            ]
-            if t is not None
-            else [],
+            "pending": self.steering.pending_summary() if t is not None else [],
         }
+
+    @property
+    def mode(self) -> Mode:
+        """The S-SCU mode of the moment (steering's)."""
+        return self.steering.mode
 
     @property
     def step(self) -> int:
@@ -327,15 +313,9 @@ class Run:
         if self.resume_dir is not None:
             self._load_newest_intact_checkpoint()
             self._last_saved_step = t.step
-            if self.controller is not None and "controller" in t.extra_state:
-                try:
-                    self.controller.load_state(t.extra_state["controller"])
-                except (ValueError, KeyError, TypeError):
-                    self._notes.append(
-                        "the S-SCU's saved state is from another version: it starts afresh"
-                    )
-                # proposals still waiting at the checkpoint lapse: nobody can answer them now
-                self.book.expire_open(t.step, Decider.RESUME)
+            note = self.steering.resume(t.extra_state.get("controller"), t.step)
+            if note is not None:
+                self._notes.append(note)
             self.status.first_val_loss = float(t.extra_state.get("first_val_loss", math.nan))
             if t.step >= s.training.max_steps:
                 raise UserError(
@@ -349,7 +329,7 @@ class Run:
             {"settings": s.to_dict(), "resolved": dict(loaded.resolved)},
         )
         if self.resume_dir is None:
-            atomic_write_json(self.output_dir / RunFile.METRICS, self.book.metrics())
+            self.write_metrics(self.steering.book.metrics())
         self._start_listening()
 
     def _start_listening(self) -> None:
@@ -431,7 +411,7 @@ class Run:
                 valid_examples=len(data.valid),
                 truncated=data.train.truncated,
                 resumed=self.resume_dir is not None,
-                knobs=self._knob_values(),
+                knobs=self.knob_values(),
                 mode=self.mode,
                 world_size=self.peers.world_size if self.peers is not None else 1,
             )
@@ -480,9 +460,6 @@ class Run:
             result = t.train_step()
         if math.isfinite(result.loss):
             self.status.losses.append(result.loss)
-        if result.step > self._rolled_back_from >= 0 and not result.skipped:
-            self.rollbacks_since_progress = 0  # further than before the last rollback
-            self._rolled_back_from = -1
         reading = read_os_memory()
         self.emit(
             StepEvent(
@@ -519,8 +496,9 @@ class Run:
         last = result.step == s.training.max_steps
         if result.step % s.training.eval_every == 0 or last:
             self._evaluate()
-        if self.controller is not None:
-            self._control(result)
+        self.steering.step(
+            result.step, result.loss, result.grad_norm, result.lr, result.skipped, result.alignment
+        )
         if result.step % s.training.save_every == 0 and not last:
             self.save_checkpoint("schedule")
 
@@ -566,11 +544,9 @@ class Run:
                 seconds=time.perf_counter() - tic,
             )
         )
+        self.steering.evaluated(t.step, val_loss, is_best)
         if is_best and t.step > 0:
-            self.rollbacks_since_progress = 0
             self._save_best()
-        if self.controller is not None and t.step > 0:
-            self.controller.observe_eval(t.step, val_loss)
         if self.settings.training.samples and self._real_model_and_data:
             self._answer_samples()
 
@@ -670,124 +646,12 @@ class Run:
             "command": command,
         }
 
-    # --- the S-SCU ------------------------------------------------------------------------
+    # --- what steering needs of the run (scu_tui.control.steering.SteeredRun) -----------
 
-    def _control(self, result: StepResult) -> None:
-        """Feed the controller; act on the divergence guard, expire answers, analyse."""
-        assert self.controller is not None
-        step = result.step
-        tic = time.perf_counter()
-        self.controller.observe(
-            step, result.loss, result.grad_norm, result.lr, result.skipped, result.alignment
-        )
-        knobs = self._knob_values()
-        guard = self.controller.check_divergence(step, knobs)
-        self.status.scu_seconds += time.perf_counter() - tic
-        if guard is not None:
-            self._propose(guard, analysed=False)
-            return
-        for record in self.book.pending():
-            if record.expires_at is not None and step >= record.expires_at:
-                self._decide(record.id, Outcome.EXPIRED, Decider.TTL)
-        tic = time.perf_counter()
-        proposal = self.controller.decide(step, knobs)
-        self.status.scu_seconds += time.perf_counter() - tic
-        analysis = self.controller.last_analysis
-        if analysis is not None and analysis.step == step:
-            self.emit(AnalysisEvent(**_analysis_fields(analysis.to_dict())))
-        if proposal is not None:
-            self._propose(proposal)
-
-    def _propose(self, proposal: Proposal, analysed: bool = True) -> None:
-        """Apply, queue or log a proposal by the mode. A blow-up or non-finite rollback
-        (rule ``rollback``, the guard's or a control check's) acts at once in auto and ask
-        modes and pauses the run in observe mode; every other proposal, an erratic-gradient
-        rollback included, follows the mode."""
-        assert self.controller is not None
-        urgent = proposal.rule == ROLLBACK
-        asking = not urgent and self.mode == Mode.ASK
-        expires = proposal.step + self.settings.scu.proposal_ttl if asking else None
-        # pending before anyone hears of it, so an instant answer finds it
-        self.controller.opened(proposal, self.mode, expires)
-        self.emit(ProposalEvent(**proposal.to_dict(), analysis=proposal.step if analysed else -1))
-        if urgent:
-            if self.mode == Mode.OBSERVE:
-                self._decide(proposal.id, Outcome.OBSERVED, Decider.GUARD)
-                self._apply(Command(CommandKind.PAUSE, by=Decider.GUARD))
-                self.emit(MessageEvent(self.step, level="warning", text=self._paused_hint()))
-            else:
-                self._decide(proposal.id, Outcome.APPLIED, Decider.GUARD)
-                self._rollback(proposal, by=Decider.GUARD)
-        elif self.mode == Mode.AUTO:
-            self._apply_proposal(proposal, Outcome.APPLIED, Decider.CONTROLLER)
-        elif asking:
-            atomic_write_json(self.output_dir / RunFile.METRICS, self.book.metrics())
-        else:
-            self._decide(proposal.id, Outcome.OBSERVED, Decider.CONTROLLER)
-
-    def _apply_proposal(self, proposal: Proposal, outcome: Outcome, by: Decider) -> None:
-        knob = proposal.knob
-        if knob is ROLLBACK:  # the controller's own, in auto or once accepted
-            self._decide(proposal.id, outcome, by)
-            self._rollback(proposal, by=by)
-            return
-        self.set_knob(knob, proposal.after, by=by)
-        self._decide(proposal.id, outcome, by)
-
-    def _answer(self, proposal_id: str, accept: bool, by: Decider) -> None:
-        """Accept or veto a pending proposal by its id (the oldest when none is given). An
-        id that is no longer pending is refused, never redirected to another proposal."""
-        pending = self.book.pending()
-        if not proposal_id and not pending:
-            self.emit(MessageEvent(self.step, level="info", text="no pending proposal"))
-            return
-        record = self.book.get(proposal_id) if proposal_id else pending[0]
-        if record is None or not record.pending:
-            state = f"it was {record.outcome}" if record and record.outcome else "unknown id"
-            self.emit(
-                MessageEvent(
-                    self.step,
-                    level="warning",
-                    text=f"proposal {proposal_id} is no longer pending ({state}); nothing done",
-                )
-            )
-            return
-        if accept:
-            self._apply_proposal(record.proposal, Outcome.ACCEPTED, by)
-        else:
-            self._decide(record.id, Outcome.VETOED, by)
-
-    def _decide(self, proposal_id: str, outcome: Outcome, by: Decider) -> None:
-        """Record what became of a proposal (and of one it closes): book, event, metrics."""
-        assert self.controller is not None
-        closed = self.controller.record_outcome(proposal_id, outcome, by, self.step)
-        self.emit(DecisionEvent(self.step, id=proposal_id, outcome=outcome, by=by))
-        for record in closed:
-            assert record.outcome is not None and record.by is not None
-            self.emit(DecisionEvent(self.step, id=record.id, outcome=record.outcome, by=record.by))
-        atomic_write_json(self.output_dir / RunFile.METRICS, self.book.metrics())
-
-    def _paused_hint(self) -> str:
-        """How to go on after the guard paused an observe-mode run (nobody may be watching)."""
-        return (
-            f"training paused at step {self.step}: the loss diverged and the S-SCU is in "
-            f"observe mode. To continue, run 'scu-tui attach {self.output_dir}' and press p "
-            "(m switches the mode), or send {\"cmd\": \"resume\"} to the socket named in "
-            f"{self.output_dir / RunFile.CONTROL}"
-        )
-
-    def _rollback(self, proposal: Proposal, by: Decider) -> None:
-        """Back to the last checkpoint, past the offending batches, with a lower LR."""
+    def go_back(self) -> int:
+        """Restore the newest intact checkpoint, past the batches that led here (a
+        rollback); the tokens, time and skipped steps so far still count."""
         t = self._trainer
-        self.rollbacks += 1
-        self.rollbacks_since_progress += 1
-        if self.rollbacks_since_progress > MAX_ROLLBACKS:
-            raise TrainingFailed(
-                f"training diverged {self.rollbacks_since_progress} times without progress "
-                "in between; giving up (lower training.learning_rate)"
-            )
-        from_step = t.step
-        self._rolled_back_from = max(self._rolled_back_from, from_step)
         data_position = t.stream.state()
         kept = (t.tokens_seen, t.train_seconds, t.skipped_steps)
         self._notes.clear()
@@ -798,18 +662,22 @@ class Run:
         if self.peers is not None:
             self.peers.resync()  # every rank goes back with it
         t.tokens_seen, t.train_seconds, t.skipped_steps = kept
-        self.set_knob(Knob.LR_MULTIPLIER, proposal.after, by=by)
-        assert self.controller is not None
-        cancelled = self.controller.notify_rollback(t.step, keep=proposal.id)
-        self.emit(RollbackEvent(from_step, to_step=t.step, reason=proposal.reason))
-        for record in cancelled:  # their branch is gone, and with it what they changed
-            self.emit(
-                DecisionEvent(
-                    t.step, id=record.id, outcome=Outcome.CANCELLED, by=Decider.ROLLBACK
-                )
-            )
-        if cancelled:
-            atomic_write_json(self.output_dir / RunFile.METRICS, self.book.metrics())
+        return t.step
+
+    def pause(self, by: Decider) -> None:
+        self._apply(Command(CommandKind.PAUSE, by=by))
+
+    def write_metrics(self, records: list[dict[str, Any]]) -> None:
+        atomic_write_json(self.output_dir / RunFile.METRICS, records)
+
+    def paused_hint(self) -> str:
+        """How to go on after the guard paused an observe-mode run (nobody may be watching)."""
+        return (
+            f"training paused at step {self.step}: the loss diverged and the S-SCU is in "
+            f"observe mode. To continue, run 'scu-tui attach {self.output_dir}' and press p "
+            '(m switches the mode), or send {"cmd": "resume"} to the socket named in '
+            f"{self.output_dir / RunFile.CONTROL}"
+        )
 
     # --- commands -------------------------------------------------------------------------
 
@@ -831,6 +699,8 @@ class Run:
     def _apply(self, command: Command) -> None:
         t = self._trainer
         kind, value = command.kind, command.value
+        if self.steering.command(command):  # mode, accept, veto
+            return
         if kind == CommandKind.PAUSE and not self.paused:
             self.paused = True
             self.emit(PauseEvent(t.step, by=command.by))
@@ -844,13 +714,6 @@ class Run:
             self.paused = False
         elif kind == CommandKind.EVAL:
             self._evaluate()
-        elif kind == CommandKind.MODE:
-            if isinstance(value, str) and value in tuple(Mode) and value != self.mode:
-                self.mode = Mode(value)
-                self.emit(ModeEvent(t.step, mode=self.mode, by=command.by))
-        elif kind in (CommandKind.ACCEPT, CommandKind.VETO):
-            proposal_id = value if isinstance(value, str) else ""
-            self._answer(proposal_id, kind == CommandKind.ACCEPT, command.by)
         elif kind == CommandKind.SET and isinstance(value, KnobSetting):
             self.set_knob(value.knob, value.value, by=command.by)
 
@@ -865,7 +728,7 @@ class Run:
             self.peers.share(["set", knob, after])
         self.emit(KnobEvent(self.step, knob=knob, before=before, after=after, by=by))
 
-    def _knob_values(self) -> dict[str, float]:
+    def knob_values(self) -> dict[str, float]:
         """The effective lr and every knob, by name (what the controller and events see)."""
         t = self._trainer
         return {"lr": t.current_lr(), **t.knobs.values()}
@@ -881,8 +744,9 @@ class Run:
     def save_checkpoint(self, reason: str) -> Path:
         """Write ``checkpoints/step-NNNNNN`` atomically, then refresh the top-level adapters."""
         t = self._trainer
-        if self.controller is not None:
-            t.extra_state["controller"] = self.controller.state()
+        steering = self.steering.state()
+        if steering is not None:
+            t.extra_state["controller"] = steering
         t.extra_state["first_val_loss"] = self.status.first_val_loss
         final = self.output_dir / RunFile.CHECKPOINTS / checkpoint_name(t.step)
         tmp = staging_folder(final)
@@ -943,7 +807,8 @@ class Run:
     def _write_summary(self) -> None:
         t = self._trainer
         losses = list(self.status.losses)
-        by_kind = Counter(str(r.proposal.knob) for r in self.book.taken())
+        book = self.steering.book
+        by_kind = Counter(str(r.proposal.knob) for r in book.taken())
         summary = {
             "status": self.status.status,
             "message": self.status.message,
@@ -957,10 +822,10 @@ class Run:
             "last_val_loss": _finite_or_none(t.last_val_loss),
             "best_val_loss": _finite_or_none(t.best_val_loss),
             "skipped_steps": t.skipped_steps,
-            "scu_seconds": round(self.status.scu_seconds, 4),
-            "proposals": sum(1 for r in self.book if r.outcome != Outcome.CANCELLED),
+            "scu_seconds": round(self.steering.seconds, 4),
+            "proposals": sum(1 for r in book if r.outcome != Outcome.CANCELLED),
             "actions_by_kind": dict(by_kind),
-            "knobs": self._knob_values(),
+            "knobs": self.knob_values(),
             "world_size": self.peers.world_size if self.peers is not None else 1,
             "blas": blas.active or f"bundled ({blas.reason})",
             "model": self.settings.model.path,
@@ -968,7 +833,7 @@ class Run:
             "memory": self._memory_summary(),
         }
         atomic_write_json(self.output_dir / RunFile.SUMMARY, summary)
-        atomic_write_json(self.output_dir / RunFile.METRICS, self.book.metrics())
+        self.write_metrics(book.metrics())
 
     def _memory_summary(self) -> dict[str, Any]:
         """MLX's figures beside the system's (what the watchdog saw), in GB."""
@@ -1015,17 +880,8 @@ def memory_watchdog(limit_gb: float) -> MemoryWatchdog:
     return MemoryWatchdog(limit, os_figure=backend() in ("CPU", "Metal"))
 
 
-def _analysis_fields(data: dict[str, Any]) -> dict[str, Any]:
-    """An analysis as the event's fields (an empty string where nothing fired)."""
-    return {**data, "rule": data["rule"] or "", "proposal": data["proposal"] or ""}
-
-
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-class TrainingFailed(RuntimeError):
-    """Training cannot go on (it keeps diverging); the message says what to change."""
 
 
 def write_failure_text(exc: OSError) -> str:
@@ -1121,4 +977,3 @@ STOPPING_NOTE = (
     b"once without one)\n"
 )
 STILL_STOPPING_NOTE = b"scu-tui: still stopping: the checkpoint is being saved\n"
-

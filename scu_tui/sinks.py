@@ -21,6 +21,7 @@ from scu_tui.protocol import (
     ModeEvent,
     PauseEvent,
     ProposalEvent,
+    RefusedEvent,
     ResumeEvent,
     RollbackEvent,
     SamplesEvent,
@@ -121,6 +122,8 @@ def format_event(event: Event, report_every: int = 1) -> str | None:
         return f"S-SCU mode -> {event.mode} (by {event.by})"
     if isinstance(event, MessageEvent):
         return f"{event.level}: {event.text}"
+    if isinstance(event, RefusedEvent):
+        return f"warning: {event.sentence}"
     if isinstance(event, StartEvent):
         verb = "resuming" if event.resumed else "training"
         return (

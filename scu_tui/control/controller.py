@@ -8,7 +8,7 @@ How a run drives it (all plain numbers, on the training thread)::
         if a validation pass ran:
             controller.observe_eval(step, val_loss)
         proposal = controller.decide(step, knobs)  # None except on some control steps
-        if proposal:
+        if proposal:  (scu_tui.control.steering does this part for a run)
             emit ProposalEvent(**proposal.to_dict())
             auto: apply it        -> controller.record_outcome(proposal.id, Outcome.APPLIED)
             ask:  queue it        -> later ACCEPTED (then applied), VETOED or EXPIRED
@@ -19,8 +19,9 @@ How a run drives it (all plain numbers, on the training thread)::
             then cancelled = controller.notify_rollback(checkpoint_step)
     checkpoint: save controller.state() (JSON); resume: controller.load_state(saved)
 
-Every proposal's life is kept in ``controller.book`` (:class:`ProposalBook`): the run
-records answers there through :meth:`record_outcome`, and writes the metrics file from it.
+Every proposal's life is kept in ``controller.book`` (:class:`ProposalBook`):
+:class:`~scu_tui.control.steering.Steering` opens proposals there, answers them and
+records outcomes through :meth:`record_outcome`, and writes the metrics file from it.
 
 ``knobs`` is ``{"lr": effective lr, "lr_multiplier", "weight_decay", "dropout",
 "accumulation"}``; the LR is steered through ``lr_multiplier``, a factor on top of the base
@@ -545,15 +546,6 @@ class Controller(Memory):
         return math.nan, math.nan
 
     # --- outcomes, back-off and the effect check ----------------------------------------
-
-    def opened(self, proposal: Proposal, mode: str, expires_at: int | None) -> None:
-        """The run says which mode met a proposal (and, asking, when it lapses); a proposal
-        from elsewhere (a person's, a test's) enters the book here."""
-        record = self.book.get(proposal.id)
-        if record is None:
-            record = ProposalRecord(proposal)
-            self.book.add(record)
-        record.mode, record.expires_at = mode, expires_at
 
     def record_outcome(
         self,
