@@ -1,7 +1,10 @@
 """A run: drives the trainer over what its loader built, takes commands, emits events.
 
-The run owns every file in the output directory. Commands arrive on a thread-safe
-queue and are carried out between two steps; events go to every attached sink.
+The run owns every file in the output directory and writes them through its
+:class:`~scu_tui.runfolder.RunFolder` (lock, checkpoints, adapters, summary, metrics);
+what becomes of the S-SCU's proposals is :class:`~scu_tui.control.steering.Steering`'s.
+Commands arrive on a thread-safe queue and are carried out between two steps; events go
+to every attached sink.
 
 Its collaborators come in from outside: the :class:`~scu_tui.training.loader.Loader`
 that builds the model and data (mlx-lm's by default), the S-SCU controller, and, from the
@@ -13,25 +16,17 @@ and this module never imports :mod:`scu_tui.remote`.
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import math
-import os
 import queue
-import shutil
-import signal
-import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from scu_tui import blas
-from scu_tui.config import Settings, merge
+from scu_tui.config import Settings
 from scu_tui.control.controller import Controller
 from scu_tui.control.steering import Steering, TrainingFailed
 from scu_tui.errors import UserError
@@ -60,18 +55,10 @@ from scu_tui.protocol import (
     StartEvent,
     StepEvent,
 )
-from scu_tui.runlock import RunLock
+from scu_tui.runfolder import RunFolder, default_output_dir, write_failure_text
+from scu_tui.runfolder import load_run_settings as load_run_settings  # the app's import
 from scu_tui.sinks import ConsoleSink, JsonlSink, Sink
-from scu_tui.training.checkpoint import (
-    atomic_write,
-    atomic_write_json,
-    checkpoint_name,
-    list_checkpoints,
-    prune_checkpoints,
-    publish_folder,
-    remove_stale_temporaries,
-    staging_folder,
-)
+from scu_tui.training.checkpoint import atomic_write_json
 from scu_tui.training.loader import Loaded, Loader, LoraInfo, MlxLmLoader
 
 if TYPE_CHECKING:  # the trainer imports MLX: only the types, here
@@ -81,27 +68,6 @@ if TYPE_CHECKING:  # the trainer imports MLX: only the types, here
 
 #: Training losses kept for the summary's final loss.
 RECENT_LOSSES = 100
-
-
-def default_output_dir(settings: Settings) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{settings.name}-{stamp}"
-
-
-def load_run_settings(run_dir: Path) -> Settings:
-    """The settings a run was started with (its ``simple_training_config.json``)."""
-    path = run_dir / RunFile.CONFIG
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such directory")
-    if not path.is_file():
-        raise UserError(f"{run_dir}: not a scu-tui run (no {RunFile.CONFIG})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise UserError(f"{path}: cannot be read: {exc}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return merge(Settings(), data.get("settings", data), source=str(path))
 
 
 @dataclass
@@ -200,9 +166,7 @@ class Run:
         )
         self.listen = listen
         self.control: Closeable | None = None
-        self.lock = RunLock(self.output_dir)
-        self.saving = False  # inside a checkpoint write: a second signal must not cut it
-        self._created_output_dir = False
+        self.folder = RunFolder(self.output_dir, resuming=resume is not None)
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -267,39 +231,12 @@ class Run:
 
     # --- setup ----------------------------------------------------------------------------
 
-    def _claim_output_dir(self) -> None:
-        """Make sure the folder can be written, lock it, then refuse to mix two runs in it.
-
-        All before the model loads: a bad ``--output-dir`` answers at once, and a live
-        run's folder is never joined by a second writer.
-        """
-        flag = "--resume" if self.resume_dir is not None else "--output-dir"
-        self._created_output_dir = ensure_writable_dir(self.output_dir, flag)
-        self.lock.acquire(flag)
-        if self.resume_dir is None and (
-            (self.output_dir / RunFile.EVENTS).exists()
-            or (self.output_dir / RunFile.CONFIG).exists()
-        ):
-            raise UserError(
-                f"--output-dir {self.output_dir}: already holds a run; continue it with "
-                f"--resume {self.output_dir} or choose another directory"
-            )
-        remove_stale_temporaries(self.output_dir)  # a killed writer's; the lock says it is gone
-
-    def _release_output_dir(self) -> None:
-        """After a refusal: unlock, and leave no empty folder behind that we made."""
-        self.lock.release()
-        if self._created_output_dir:
-            with contextlib.suppress(OSError):
-                (self.output_dir / RunFile.LOCK).unlink()
-                self.output_dir.rmdir()
-
     def _setup(self) -> None:
         from scu_tui.training.trainer import Trainer
 
         s = self.settings
-        self._claim_output_dir()
-        if self.resume_dir is not None and not list_checkpoints(self.resume_dir):
+        self.folder.claim()
+        if self.resume_dir is not None and not self.folder.has_checkpoint():
             raise UserError(f"--resume {self.resume_dir}: no complete checkpoint to resume")
         loaded: Loaded = self.loader.load(s)
         self.tokenizer = loaded.tokenizer
@@ -324,10 +261,7 @@ class Run:
                 )
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.add_sink(JsonlSink(self.output_dir / RunFile.EVENTS))
-        atomic_write_json(
-            self.output_dir / RunFile.CONFIG,
-            {"settings": s.to_dict(), "resolved": dict(loaded.resolved)},
-        )
+        self.folder.write_settings(s, loaded.resolved)
         if self.resume_dir is None:
             self.write_metrics(self.steering.book.metrics())
         self._start_listening()
@@ -340,8 +274,7 @@ class Run:
         watchers do not take this run for that dead one.
         """
         if self.listen is None:
-            with contextlib.suppress(FileNotFoundError):
-                (self.output_dir / RunFile.CONTROL).unlink()
+            self.folder.forget_dead_control()
             return
         try:
             self.control = self.listen(self)
@@ -357,21 +290,10 @@ class Run:
             control.close()
 
     def _load_newest_intact_checkpoint(self) -> Path:
-        """Restore the newest checkpoint that loads; a damaged newer one is passed over
-        with a warning (a disk fault or an outside edit must not strand a long run)."""
-        damaged: list[str] = []
-        for _, folder in reversed(list_checkpoints(self.output_dir)):
-            try:
-                self._trainer.load_state(folder)
-            except (UserError, KeyError, TypeError, ValueError) as exc:
-                damaged.append(f"{folder.name} ({exc})")
-                continue
-            for note in damaged:
-                self._notes.append(f"checkpoint {note} is damaged; using {folder.name}")
-            return folder
-        raise UserError(
-            f"{self.output_dir}: no intact checkpoint to go back to: " + "; ".join(damaged)
-        )
+        """Restore the newest checkpoint that loads; one passed over as damaged is a note."""
+        folder, notes = self.folder.load_newest_intact(self._trainer.load_state)
+        self._notes.extend(notes)
+        return folder
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -380,19 +302,19 @@ class Run:
         try:
             self._setup()
         except UserError:
-            self._release_output_dir()
+            self.folder.release_after_refusal()
             raise
         except OSError as exc:  # the folder cannot be written: the user's to fix, not a bug
-            self._release_output_dir()
+            self.folder.release_after_refusal()
             raise UserError(write_failure_text(exc)) from None
         except BaseException:
-            self._release_output_dir()
+            self.folder.release_after_refusal()
             raise
         try:
             return self._train()
         finally:
             self._stop_listening()  # after a failure too (a third Ctrl-C, say)
-            self.lock.release()
+            self.folder.unlock()
 
     def _train(self) -> int:
         s, t, data = self.settings, self._trainer, self.data
@@ -668,7 +590,7 @@ class Run:
         self._apply(Command(CommandKind.PAUSE, by=by))
 
     def write_metrics(self, records: list[dict[str, Any]]) -> None:
-        atomic_write_json(self.output_dir / RunFile.METRICS, records)
+        self.folder.write_metrics(records)
 
     def paused_hint(self) -> str:
         """How to go on after the guard paused an observe-mode run (nobody may be watching)."""
@@ -748,20 +670,10 @@ class Run:
         if steering is not None:
             t.extra_state["controller"] = steering
         t.extra_state["first_val_loss"] = self.status.first_val_loss
-        final = self.output_dir / RunFile.CHECKPOINTS / checkpoint_name(t.step)
-        tmp = staging_folder(final)
-        self.saving = True
-        try:
-            save_or_raise_oserror(lambda: t.save_state(tmp), tmp)
-            self._write_adapter_config(tmp)
-            publish_folder(tmp, final)
-        finally:
-            self.saving = False
-            if tmp.exists():  # a failed write leaves no half checkpoint behind
-                shutil.rmtree(tmp, ignore_errors=True)
+        final = self.folder.save_checkpoint(t.step, t.save_state, self._lora.adapter_config)
         self._last_saved_step = t.step
         self._write_top_level_adapters()
-        prune_checkpoints(self.output_dir, self.settings.training.keep_checkpoints)
+        self.folder.prune(self.settings.training.keep_checkpoints)
         self._write_summary()
         self.emit(CheckpointEvent(t.step, path=str(final), reason=reason))
         return final
@@ -772,36 +684,14 @@ class Run:
         else:
             self._write_top_level_adapters()
 
-    def _write_adapter_config(self, folder: Path) -> None:
-        atomic_write_json(folder / RunFile.ADAPTER_CONFIG, self._lora.adapter_config)
-
     def _write_top_level_adapters(self) -> None:
-        atomic_write(self.output_dir / RunFile.ADAPTERS, self._save_adapters_to)
-        self._write_adapter_config(self.output_dir)
-
-    def _save_adapters_to(self, tmp: Path) -> None:
-        # mx.save_safetensors appends ".safetensors" unless the name already ends with it
-        target = tmp.with_name(tmp.name + ".safetensors")
-        try:
-            save_or_raise_oserror(lambda: self._trainer.save_adapters(target), target)
-            target.replace(tmp)
-        finally:
-            with contextlib.suppress(OSError):
-                target.unlink()
+        self.folder.write_adapters(self._trainer.save_adapters, self._lora.adapter_config)
 
     def _save_best(self) -> None:
-        final = self.output_dir / RunFile.BEST
-        tmp = staging_folder(final)
-        try:
-            self._save_adapters_to(tmp / RunFile.ADAPTERS)
-            self._write_adapter_config(tmp)
-            atomic_write_json(
-                tmp / "best.json", {"step": self.step, "val_loss": self._trainer.best_val_loss}
-            )
-            publish_folder(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        t = self._trainer
+        final = self.folder.save_best(
+            t.save_adapters, self._lora.adapter_config, t.step, t.best_val_loss
+        )
         self.emit(CheckpointEvent(self.step, path=str(final), reason="best"))
 
     def _write_summary(self) -> None:
@@ -832,7 +722,7 @@ class Run:
             "data": self.settings.data.path,
             "memory": self._memory_summary(),
         }
-        atomic_write_json(self.output_dir / RunFile.SUMMARY, summary)
+        self.folder.write_summary(summary)
         self.write_metrics(book.metrics())
 
     def _memory_summary(self) -> dict[str, Any]:
@@ -882,98 +772,3 @@ def memory_watchdog(limit_gb: float) -> MemoryWatchdog:
 
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-def write_failure_text(exc: OSError) -> str:
-    """One line for a failed write: which file, and the system's words (``No space left on
-    device``)."""
-    where = exc.filename or "the run folder"
-    return f"cannot write {where}: {exc.strerror or exc}"
-
-
-def save_or_raise_oserror(save: Any, path: Path) -> None:
-    """Call ``save()``; MLX reports a failed write as a bare RuntimeError ("[write] Unable
-    to write ..."): turn it into the OSError it is, naming the file and, when the disk
-    is full, saying so."""
-    try:
-        save()
-    except RuntimeError as exc:
-        if "write" not in str(exc).lower() and "open" not in str(exc).lower():
-            raise
-        code = errno.ENOSPC if _nearly_full(path) else errno.EIO
-        raise OSError(code, os.strerror(code), str(path)) from None
-
-
-def _nearly_full(path: Path) -> bool:
-    folder = path if path.is_dir() else path.parent
-    try:
-        return shutil.disk_usage(folder).free < FULL_DISK_BYTES
-    except OSError:
-        return False
-
-
-#: Free space below which a failed write is put down to a full disk.
-FULL_DISK_BYTES = 16 * 1024 * 1024
-
-
-def check_output_dir(path: Path, flag: str = "--output-dir") -> None:
-    """Refuse, without touching anything, a folder no run could be written to: one that is
-    a file, lies under a file, or sits where this user may not write."""
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path}: is a file, not a directory")
-    ancestor = path
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise UserError(f"{flag} {path}: {ancestor} is a file, not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        read_only = bool(os.statvfs(ancestor).f_flag & os.ST_RDONLY)
-        why = "a read-only file system" if read_only else "no permission"
-        raise UserError(f"{flag} {path}: cannot write in {ancestor}: {why}")
-
-
-def ensure_writable_dir(path: Path, flag: str) -> bool:
-    """Create ``path`` if needed and prove it writable; returns whether it was created.
-
-    A path that is a file, lies under a file or cannot be written is the user's mistake:
-    :class:`UserError`, before anything loads.
-    """
-    check_output_dir(path, flag)
-    created = not path.exists()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise UserError(f"{flag} {path}: cannot write there: {exc.strerror or exc}") from None
-    return created
-
-
-def install_signal_handlers(run: Run) -> None:
-    """SIGINT, SIGTERM and SIGHUP stop after this step with a checkpoint and exit 130.
-
-    A second signal only says so (a quick double Ctrl-C must not lose the save); a third
-    quits at once without a checkpoint, but never in the middle of writing one.
-    """
-    hits = {"n": 0}
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        hits["n"] += 1
-        if hits["n"] == 1:
-            run.request_stop(Decider.SIGNAL)
-        if hits["n"] <= 2 or run.saving:
-            with contextlib.suppress(OSError):  # os.write: safe inside a signal handler
-                os.write(2, STOPPING_NOTE if hits["n"] == 1 else STILL_STOPPING_NOTE)
-            return
-        raise KeyboardInterrupt
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, handler)
-
-
-STOPPING_NOTE = (
-    b"scu-tui: stopping after this step with a checkpoint (interrupt twice more to quit at "
-    b"once without one)\n"
-)
-STILL_STOPPING_NOTE = b"scu-tui: still stopping: the checkpoint is being saved\n"

@@ -41,7 +41,7 @@ from scu_tui.remote.control import (
     read_control,
     run_liveness,
 )
-from scu_tui.run import load_run_settings
+from scu_tui.runfolder import load_run_settings
 from scu_tui.sinks import Sink
 
 if TYPE_CHECKING:
