@@ -7,18 +7,26 @@ a bad flag or preset answers at once with exit code 2 and no traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import os
+import signal
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from scu_tui import __version__
 from scu_tui.config import MODES, Settings, apply_assignments, to_toml
 from scu_tui.errors import UserError
 from scu_tui.presets import list_presets, load_preset
-from scu_tui.protocol import ExitCode, Mode
-from scu_tui.run import Peers, check_output_dir, install_signal_handlers, load_run_settings
+from scu_tui.protocol import Decider, ExitCode, Mode
+from scu_tui.run import Peers
+from scu_tui.runfolder import check_output_dir, load_run_settings
+
+if TYPE_CHECKING:
+    from scu_tui.run import Run
 
 TEST_RUN_STEPS = 100
 
@@ -155,9 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="a run's metrics and decisions as CSV (and TensorBoard event files)"
     )
     export.add_argument("run_dir", metavar="DIR")
-    export.add_argument(
-        "--to", metavar="FOLDER", help="where the files go (default: DIR/export)"
-    )
+    export.add_argument("--to", metavar="FOLDER", help="where the files go (default: DIR/export)")
     export.add_argument(
         "--tensorboard", action="store_true", help="also TensorBoard files (the extra)"
     )
@@ -342,6 +348,35 @@ def _cmd_export(args: argparse.Namespace) -> int:
         folder = write_tensorboard(run_dir, out / "tensorboard")
         print(f"wrote {folder} (tensorboard --logdir {folder})")
     return ExitCode.OK
+
+
+def install_signal_handlers(run: Run) -> None:
+    """SIGINT, SIGTERM and SIGHUP stop after this step with a checkpoint and exit 130.
+
+    A second signal only says so (a quick double Ctrl-C must not lose the save); a third
+    quits at once without a checkpoint, but never in the middle of writing one.
+    """
+    hits = {"n": 0}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        hits["n"] += 1
+        if hits["n"] == 1:
+            run.request_stop(Decider.SIGNAL)
+        if hits["n"] <= 2 or run.folder.saving:
+            with contextlib.suppress(OSError):  # os.write: safe inside a signal handler
+                os.write(2, STOPPING_NOTE if hits["n"] == 1 else STILL_STOPPING_NOTE)
+            return
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
+STOPPING_NOTE = (
+    b"scu-tui: stopping after this step with a checkpoint (interrupt twice more to quit at "
+    b"once without one)\n"
+)
+STILL_STOPPING_NOTE = b"scu-tui: still stopping: the checkpoint is being saved\n"
 
 
 def run_headless(

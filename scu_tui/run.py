@@ -1,7 +1,10 @@
 """A run: drives the trainer over what its loader built, takes commands, emits events.
 
-The run owns every file in the output directory. Commands arrive on a thread-safe
-queue and are carried out between two steps; events go to every attached sink.
+The run owns every file in the output directory and writes them through its
+:class:`~scu_tui.runfolder.RunFolder` (lock, checkpoints, adapters, summary, metrics);
+what becomes of the S-SCU's proposals is :class:`~scu_tui.control.steering.Steering`'s.
+Commands arrive on a thread-safe queue and are carried out between two steps; events go
+to every attached sink.
 
 Its collaborators come in from outside: the :class:`~scu_tui.training.loader.Loader`
 that builds the model and data (mlx-lm's by default), the S-SCU controller, and, from the
@@ -13,39 +16,28 @@ and this module never imports :mod:`scu_tui.remote`.
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import math
-import os
 import queue
-import shutil
-import signal
-import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from scu_tui import blas
-from scu_tui.config import Settings, merge
+from scu_tui.config import Settings
 from scu_tui.control.controller import Controller
-from scu_tui.control.policy import ROLLBACK, Proposal
-from scu_tui.control.proposals import ProposalBook
+from scu_tui.control.steering import Steering, TrainingFailed
 from scu_tui.errors import UserError
 from scu_tui.memory_readings import OsMemory, read_os_memory
 from scu_tui.protocol import (
-    AnalysisEvent,
     CheckpointEvent,
     CheckpointReason,
     Command,
     CommandKind,
     ComparisonEvent,
     Decider,
-    DecisionEvent,
     DoneEvent,
     EvalEvent,
     Event,
@@ -56,64 +48,29 @@ from scu_tui.protocol import (
     MessageEvent,
     MessageLevel,
     Mode,
-    ModeEvent,
     Outcome,
     PauseEvent,
-    ProposalEvent,
     ResumeEvent,
-    RollbackEvent,
     RunFile,
     RunStatus,
     SamplesEvent,
     StartEvent,
     StepEvent,
 )
-from scu_tui.runlock import RunLock
+from scu_tui.runfolder import RunFolder, default_output_dir, write_failure_text
+from scu_tui.runfolder import load_run_settings as load_run_settings  # the app's import
 from scu_tui.sinks import ConsoleSink, JsonlSink, Sink
-from scu_tui.training.checkpoint import (
-    atomic_write,
-    atomic_write_json,
-    checkpoint_name,
-    list_checkpoints,
-    prune_checkpoints,
-    publish_folder,
-    remove_stale_temporaries,
-    staging_folder,
-)
+from scu_tui.training.checkpoint import atomic_write_json
 from scu_tui.training.loader import Loaded, Loader, LoraInfo, MlxLmLoader
 from scu_tui.training.snapshots import Snapshots
 
 if TYPE_CHECKING:  # the trainer imports MLX: only the types, here
     from scu_tui.check.watchdog import MemoryWatchdog
     from scu_tui.training.data import DataBundle
-    from scu_tui.training.trainer import StepResult, Trainer
+    from scu_tui.training.trainer import Trainer
 
 #: Training losses kept for the summary's final loss.
 RECENT_LOSSES = 100
-#: A run that needs more than this many rollbacks with no progress in between has failed.
-#: Progress: a new best validation loss, or training past the step of the last rollback.
-MAX_ROLLBACKS = 5
-
-
-def default_output_dir(settings: Settings) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{settings.name}-{stamp}"
-
-
-def load_run_settings(run_dir: Path) -> Settings:
-    """The settings a run was started with (its ``simple_training_config.json``)."""
-    path = run_dir / RunFile.CONFIG
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such directory")
-    if not path.is_file():
-        raise UserError(f"{run_dir}: not a scu-tui run (no {RunFile.CONFIG})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise UserError(f"{path}: cannot be read: {exc}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return merge(Settings(), data.get("settings", data), source=str(path))
 
 
 @dataclass
@@ -125,9 +82,6 @@ class RunProgress:
     first_val_loss: float = math.nan
     status: RunStatus = RunStatus.RUNNING
     message: str = ""
-    #: wall seconds in the S-SCU's own code (observing, the guard, the analysis) since this
-    #: process started the run; applying what it proposes is not counted
-    scu_seconds: float = 0.0
 
 
 class Closeable(Protocol):
@@ -193,7 +147,6 @@ class Run:
         self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self.sinks: list[Sink] = []
         self.status = RunProgress()
-        self.mode = Mode(settings.scu.mode)
         self.paused = False
         self._notes: list[str] = []  # warnings from setup, emitted once the run has started
         self._stop: Decider | None = None  # who asked to stop: a person or a signal
@@ -210,17 +163,14 @@ class Run:
                 settings.scu, settings.training, dropout=settings.lora.type != "full"
             )
         self.controller = controller
-        # every proposal's life, in one place (the controller's; empty without the S-SCU)
-        self.book = controller.book if controller is not None else ProposalBook()
+        # every proposal's life, from the controller's proposal to its outcome
+        self.steering = Steering(
+            controller, self, Mode(settings.scu.mode), settings.scu.proposal_ttl
+        )
         self.snapshots = Snapshots()  # recent good states, for a rollback (with the S-SCU)
-        self.rollbacks = 0  # in the whole run
-        self.rollbacks_since_progress = 0
-        self._rolled_back_from = -1  # the step the newest rollback left
         self.listen = listen
         self.control: Closeable | None = None
-        self.lock = RunLock(self.output_dir)
-        self.saving = False  # inside a checkpoint write: a second signal must not cut it
-        self._created_output_dir = False
+        self.folder = RunFolder(self.output_dir, resuming=resume is not None)
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -258,13 +208,13 @@ class Run:
             "paused": self.paused,
             "mode": self.mode,
             "status": self.status.status,
-            "pending": [
-                {"id": r.id, "reason": r.proposal.reason, "action": r.proposal.action}
-                for r in self.book.pending()
-            ]
-            if t is not None
-            else [],
+            "pending": self.steering.pending_summary() if t is not None else [],
         }
+
+    @property
+    def mode(self) -> Mode:
+        """The S-SCU mode of the moment (steering's)."""
+        return self.steering.mode
 
     @property
     def step(self) -> int:
@@ -285,39 +235,12 @@ class Run:
 
     # --- setup ----------------------------------------------------------------------------
 
-    def _claim_output_dir(self) -> None:
-        """Make sure the folder can be written, lock it, then refuse to mix two runs in it.
-
-        All before the model loads: a bad ``--output-dir`` answers at once, and a live
-        run's folder is never joined by a second writer.
-        """
-        flag = "--resume" if self.resume_dir is not None else "--output-dir"
-        self._created_output_dir = ensure_writable_dir(self.output_dir, flag)
-        self.lock.acquire(flag)
-        if self.resume_dir is None and (
-            (self.output_dir / RunFile.EVENTS).exists()
-            or (self.output_dir / RunFile.CONFIG).exists()
-        ):
-            raise UserError(
-                f"--output-dir {self.output_dir}: already holds a run; continue it with "
-                f"--resume {self.output_dir} or choose another directory"
-            )
-        remove_stale_temporaries(self.output_dir)  # a killed writer's; the lock says it is gone
-
-    def _release_output_dir(self) -> None:
-        """After a refusal: unlock, and leave no empty folder behind that we made."""
-        self.lock.release()
-        if self._created_output_dir:
-            with contextlib.suppress(OSError):
-                (self.output_dir / RunFile.LOCK).unlink()
-                self.output_dir.rmdir()
-
     def _setup(self) -> None:
         from scu_tui.training.trainer import Trainer
 
         s = self.settings
-        self._claim_output_dir()
-        if self.resume_dir is not None and not list_checkpoints(self.resume_dir):
+        self.folder.claim()
+        if self.resume_dir is not None and not self.folder.has_checkpoint():
             raise UserError(f"--resume {self.resume_dir}: no complete checkpoint to resume")
         loaded: Loaded = self.loader.load(s)
         self.tokenizer = loaded.tokenizer
@@ -331,15 +254,9 @@ class Run:
         if self.resume_dir is not None:
             self.snapshots.load(self._load_newest_intact_checkpoint())
             self._last_saved_step = t.step
-            if self.controller is not None and "controller" in t.extra_state:
-                try:
-                    self.controller.load_state(t.extra_state["controller"])
-                except (ValueError, KeyError, TypeError):
-                    self._notes.append(
-                        "the S-SCU's saved state is from another version: it starts afresh"
-                    )
-                # proposals still waiting at the checkpoint lapse: nobody can answer them now
-                self.book.expire_open(t.step, Decider.RESUME)
+            note = self.steering.resume(t.extra_state.get("controller"), t.step)
+            if note is not None:
+                self._notes.append(note)
             self.status.first_val_loss = float(t.extra_state.get("first_val_loss", math.nan))
             if t.step >= s.training.max_steps:
                 raise UserError(
@@ -348,12 +265,9 @@ class Run:
                 )
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.add_sink(JsonlSink(self.output_dir / RunFile.EVENTS))
-        atomic_write_json(
-            self.output_dir / RunFile.CONFIG,
-            {"settings": s.to_dict(), "resolved": dict(loaded.resolved)},
-        )
+        self.folder.write_settings(s, loaded.resolved)
         if self.resume_dir is None:
-            atomic_write_json(self.output_dir / RunFile.METRICS, self.book.metrics())
+            self.write_metrics(self.steering.book.metrics())
         self._start_listening()
 
     def _start_listening(self) -> None:
@@ -364,8 +278,7 @@ class Run:
         watchers do not take this run for that dead one.
         """
         if self.listen is None:
-            with contextlib.suppress(FileNotFoundError):
-                (self.output_dir / RunFile.CONTROL).unlink()
+            self.folder.forget_dead_control()
             return
         try:
             self.control = self.listen(self)
@@ -383,21 +296,10 @@ class Run:
             control.close()
 
     def _load_newest_intact_checkpoint(self) -> Path:
-        """Restore the newest checkpoint that loads; a damaged newer one is passed over
-        with a warning (a disk fault or an outside edit must not strand a long run)."""
-        damaged: list[str] = []
-        for _, folder in reversed(list_checkpoints(self.output_dir)):
-            try:
-                self._trainer.load_state(folder)
-            except (UserError, KeyError, TypeError, ValueError) as exc:
-                damaged.append(f"{folder.name} ({exc})")
-                continue
-            for note in damaged:
-                self._notes.append(f"checkpoint {note} is damaged; using {folder.name}")
-            return folder
-        raise UserError(
-            f"{self.output_dir}: no intact checkpoint to go back to: " + "; ".join(damaged)
-        )
+        """Restore the newest checkpoint that loads; one passed over as damaged is a note."""
+        folder, notes = self.folder.load_newest_intact(self._trainer.load_state)
+        self._notes.extend(notes)
+        return folder
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -406,19 +308,19 @@ class Run:
         try:
             self._setup()
         except UserError:
-            self._release_output_dir()
+            self.folder.release_after_refusal()
             raise
         except OSError as exc:  # the folder cannot be written: the user's to fix, not a bug
-            self._release_output_dir()
+            self.folder.release_after_refusal()
             raise UserError(write_failure_text(exc)) from None
         except BaseException:
-            self._release_output_dir()
+            self.folder.release_after_refusal()
             raise
         try:
             return self._train()
         finally:
             self._stop_listening()  # after a failure too (a third Ctrl-C, say)
-            self.lock.release()
+            self.folder.unlock()
 
     def _train(self) -> int:
         s, t, data = self.settings, self._trainer, self.data
@@ -437,7 +339,7 @@ class Run:
                 valid_examples=len(data.valid),
                 truncated=data.train.truncated,
                 resumed=self.resume_dir is not None,
-                knobs=self._knob_values(),
+                knobs=self.knob_values(),
                 mode=self.mode,
                 world_size=self.peers.world_size if self.peers is not None else 1,
             )
@@ -487,9 +389,6 @@ class Run:
             result = t.train_step()
         if math.isfinite(result.loss):
             self.status.losses.append(result.loss)
-        if result.step > self._rolled_back_from >= 0 and not result.skipped:
-            self.rollbacks_since_progress = 0  # further than before the last rollback
-            self._rolled_back_from = -1
         reading = read_os_memory()
         self.emit(
             StepEvent(
@@ -526,8 +425,10 @@ class Run:
         last = result.step == s.training.max_steps
         if result.step % s.training.eval_every == 0 or last:
             self._evaluate()
+        self.steering.step(
+            result.step, result.loss, result.grad_norm, result.lr, result.skipped, result.alignment
+        )
         if self.controller is not None:
-            self._control(result)
             self._keep_state()
         if result.step % s.training.save_every == 0 and not last:
             self.save_checkpoint(CheckpointReason.SCHEDULE)
@@ -574,11 +475,9 @@ class Run:
                 seconds=time.perf_counter() - tic,
             )
         )
+        self.steering.evaluated(t.step, val_loss, is_best)
         if is_best and t.step > 0:
-            self.rollbacks_since_progress = 0
             self._save_best()
-        if self.controller is not None and t.step > 0:
-            self.controller.observe_eval(t.step, val_loss)
         if self.settings.training.samples and self._real_model_and_data:
             self._answer_samples()
 
@@ -680,139 +579,29 @@ class Run:
             "command": command,
         }
 
-    # --- the S-SCU ------------------------------------------------------------------------
+    # --- what steering needs of the run (scu_tui.control.steering.SteeredRun) -----------
 
-    def _control(self, result: StepResult) -> None:
-        """Feed the controller; act on the divergence guard, expire answers, analyse."""
-        assert self.controller is not None
-        step = result.step
-        tic = time.perf_counter()
-        self.controller.observe(
-            step, result.loss, result.grad_norm, result.lr, result.skipped, result.alignment
-        )
-        knobs = self._knob_values()
-        guard = self.controller.check_divergence(step, knobs)
-        self.status.scu_seconds += time.perf_counter() - tic
-        if guard is not None:
-            self._propose(guard, analysed=False)
-            return
-        for record in self.book.pending():
-            if record.expires_at is not None and step >= record.expires_at:
-                self._decide(record.id, Outcome.EXPIRED, Decider.TTL)
-        tic = time.perf_counter()
-        proposal = self.controller.decide(step, knobs)
-        self.status.scu_seconds += time.perf_counter() - tic
-        analysis = self.controller.last_analysis
-        if analysis is not None and analysis.step == step:
-            self.emit(AnalysisEvent(**_analysis_fields(analysis.to_dict())))
-        if proposal is not None:
-            self._propose(proposal)
-
-    def _propose(self, proposal: Proposal, analysed: bool = True) -> None:
-        """Apply, queue or log a proposal by the mode. A damage or non-finite rollback
-        (rule ``rollback``, the guard's or a control check's) acts at once in auto and ask
-        modes and pauses the run in observe mode; every other proposal follows the mode."""
-        assert self.controller is not None
-        urgent = proposal.rule == ROLLBACK
-        asking = not urgent and self.mode == Mode.ASK
-        expires = proposal.step + self.settings.scu.proposal_ttl if asking else None
-        # pending before anyone hears of it, so an instant answer finds it
-        self.controller.opened(proposal, self.mode, expires)
-        self.emit(ProposalEvent(**proposal.to_dict(), analysis=proposal.step if analysed else -1))
-        if urgent:
-            if self.mode == Mode.OBSERVE:
-                self._decide(proposal.id, Outcome.OBSERVED, Decider.GUARD)
-                self._apply(Command(CommandKind.PAUSE, by=Decider.GUARD))
-                hint = self._paused_hint()
-                self.emit(MessageEvent(self.step, level=MessageLevel.WARNING, text=hint))
-            else:
-                self._decide(proposal.id, Outcome.APPLIED, Decider.GUARD)
-                self._rollback(proposal, by=Decider.GUARD)
-        elif self.mode == Mode.AUTO:
-            self._apply_proposal(proposal, Outcome.APPLIED, Decider.CONTROLLER)
-        elif asking:
-            atomic_write_json(self.output_dir / RunFile.METRICS, self.book.metrics())
-        else:
-            self._decide(proposal.id, Outcome.OBSERVED, Decider.CONTROLLER)
-
-    def _apply_proposal(self, proposal: Proposal, outcome: Outcome, by: Decider) -> None:
-        knob = proposal.knob
-        if knob is ROLLBACK:  # the controller's own, in auto or once accepted
-            self._decide(proposal.id, outcome, by)
-            self._rollback(proposal, by=by)
-            return
-        self.set_knob(knob, proposal.after, by=by)
-        self._decide(proposal.id, outcome, by)
-
-    def _answer(self, proposal_id: str, accept: bool, by: Decider) -> None:
-        """Accept or veto a pending proposal by its id (the oldest when none is given). An
-        id that is no longer pending is refused, never redirected to another proposal."""
-        pending = self.book.pending()
-        if not proposal_id and not pending:
-            self.emit(MessageEvent(self.step, level=MessageLevel.INFO, text="no pending proposal"))
-            return
-        record = self.book.get(proposal_id) if proposal_id else pending[0]
-        if record is None or not record.pending:
-            state = f"it was {record.outcome}" if record and record.outcome else "unknown id"
-            self.emit(
-                MessageEvent(
-                    self.step,
-                    level=MessageLevel.WARNING,
-                    text=f"proposal {proposal_id} is no longer pending ({state}); nothing done",
-                )
-            )
-            return
-        if accept:
-            self._apply_proposal(record.proposal, Outcome.ACCEPTED, by)
-        else:
-            self._decide(record.id, Outcome.VETOED, by)
-
-    def _decide(self, proposal_id: str, outcome: Outcome, by: Decider) -> None:
-        """Record what became of a proposal (and of one it closes): book, event, metrics."""
-        assert self.controller is not None
-        closed = self.controller.record_outcome(proposal_id, outcome, by, self.step)
-        self.emit(DecisionEvent(self.step, id=proposal_id, outcome=outcome, by=by))
-        for record in closed:
-            assert record.outcome is not None and record.by is not None
-            self.emit(DecisionEvent(self.step, id=record.id, outcome=record.outcome, by=record.by))
-        atomic_write_json(self.output_dir / RunFile.METRICS, self.book.metrics())
-
-    def _paused_hint(self) -> str:
-        """How to go on after the guard paused an observe-mode run (nobody may be watching)."""
-        return (
-            f"training paused at step {self.step}: the loss diverged and the S-SCU is in "
-            f"observe mode. To continue, run 'scu-tui attach {self.output_dir}' and press p "
-            "(m switches the mode), or send {\"cmd\": \"resume\"} to the socket named in "
-            f"{self.output_dir / RunFile.CONTROL}"
-        )
-
-    def _rollback(self, proposal: Proposal, by: Decider) -> None:
-        """Back to the last checkpoint, past the offending batches, with a lower LR."""
+    def go_back(self, to_step: int | None) -> int:
+        """Restore the kept good state of ``to_step`` or, without one, the newest intact
+        checkpoint, past the batches that led here (a rollback: the data position stays);
+        the tokens, time and skipped steps so far still count."""
         t = self._trainer
-        self.rollbacks += 1
-        self.rollbacks_since_progress += 1
-        if self.rollbacks_since_progress > MAX_ROLLBACKS:
-            raise TrainingFailed(
-                f"training diverged {self.rollbacks_since_progress} times without progress "
-                "in between; giving up (lower training.learning_rate)"
-            )
-        from_step = t.step
-        self._rolled_back_from = max(self._rolled_back_from, from_step)
-        self._go_back(proposal)
+        if to_step is not None and self.snapshots.restore(t, to_step):
+            if self.peers is not None:
+                self.peers.resync()  # every rank goes back with it
+            return t.step
+        data_position = t.stream.state()
+        kept = (t.tokens_seen, t.train_seconds, t.skipped_steps)
+        self._notes.clear()
+        self._load_newest_intact_checkpoint()
+        for note in self._notes:
+            self.emit(MessageEvent(t.step, level=MessageLevel.WARNING, text=note))
+        t.stream.load_state(data_position)  # skip the batches that led here
         if self.peers is not None:
             self.peers.resync()  # every rank goes back with it
-        self.set_knob(Knob.LR_MULTIPLIER, proposal.after, by=by)
-        assert self.controller is not None
-        cancelled = self.controller.notify_rollback(t.step, keep=proposal.id)
-        self.emit(RollbackEvent(from_step, to_step=t.step, reason=proposal.reason))
-        for record in cancelled:  # their branch is gone, and with it what they changed
-            self.emit(
-                DecisionEvent(
-                    t.step, id=record.id, outcome=Outcome.CANCELLED, by=Decider.ROLLBACK
-                )
-            )
-        if cancelled:
-            atomic_write_json(self.output_dir / RunFile.METRICS, self.book.metrics())
+        t.tokens_seen, t.train_seconds, t.skipped_steps = kept
+        self.snapshots.drop_after(t.step)
+        return t.step
 
     def _keep_state(self) -> None:
         """Keep the trainer's state in memory when the S-SCU's cadence says so."""
@@ -822,22 +611,20 @@ class Run:
             self.snapshots.take(self._trainer)
             self.snapshots.retain(self.controller.snapshot_taken(step))
 
-    def _go_back(self, proposal: Proposal) -> None:
-        """To the kept state the proposal names (or, without one, the newest intact
-        checkpoint), past the offending batches: the data position stays."""
-        t = self._trainer
-        to_step = proposal.evidence.get("to_step")
-        if isinstance(to_step, int) and self.snapshots.restore(t, to_step):
-            return
-        data_position = t.stream.state()
-        kept = (t.tokens_seen, t.train_seconds, t.skipped_steps)
-        self._notes.clear()
-        self._load_newest_intact_checkpoint()
-        for note in self._notes:
-            self.emit(MessageEvent(t.step, level=MessageLevel.WARNING, text=note))
-        t.stream.load_state(data_position)  # skip the batches that led here
-        t.tokens_seen, t.train_seconds, t.skipped_steps = kept
-        self.snapshots.drop_after(t.step)
+    def pause(self, by: Decider) -> None:
+        self._apply(Command(CommandKind.PAUSE, by=by))
+
+    def write_metrics(self, records: list[dict[str, Any]]) -> None:
+        self.folder.write_metrics(records)
+
+    def paused_hint(self) -> str:
+        """How to go on after the guard paused an observe-mode run (nobody may be watching)."""
+        return (
+            f"training paused at step {self.step}: the loss diverged and the S-SCU is in "
+            f"observe mode. To continue, run 'scu-tui attach {self.output_dir}' and press p "
+            '(m switches the mode), or send {"cmd": "resume"} to the socket named in '
+            f"{self.output_dir / RunFile.CONTROL}"
+        )
 
     # --- commands -------------------------------------------------------------------------
 
@@ -859,6 +646,8 @@ class Run:
     def _apply(self, command: Command) -> None:
         t = self._trainer
         kind, value = command.kind, command.value
+        if self.steering.command(command):  # mode, accept, veto
+            return
         if kind == CommandKind.PAUSE and not self.paused:
             self.paused = True
             self.emit(PauseEvent(t.step, by=command.by))
@@ -872,13 +661,6 @@ class Run:
             self.paused = False
         elif kind == CommandKind.EVAL:
             self._evaluate()
-        elif kind == CommandKind.MODE:
-            if isinstance(value, str) and value in tuple(Mode) and value != self.mode:
-                self.mode = Mode(value)
-                self.emit(ModeEvent(t.step, mode=self.mode, by=command.by))
-        elif kind in (CommandKind.ACCEPT, CommandKind.VETO):
-            proposal_id = value if isinstance(value, str) else ""
-            self._answer(proposal_id, kind == CommandKind.ACCEPT, command.by)
         elif kind == CommandKind.SET and isinstance(value, KnobSetting):
             self.set_knob(value.knob, value.value, by=command.by)
 
@@ -894,7 +676,7 @@ class Run:
             self.peers.share(["set", knob, after])
         self.emit(KnobEvent(self.step, knob=knob, before=before, after=after, by=by))
 
-    def _knob_values(self) -> dict[str, float]:
+    def knob_values(self) -> dict[str, float]:
         """The effective lr and every knob, by name (what the controller and events see)."""
         t = self._trainer
         return {"lr": t.current_lr(), **t.knobs.values()}
@@ -910,23 +692,14 @@ class Run:
     def save_checkpoint(self, reason: CheckpointReason) -> Path:
         """Write ``checkpoints/step-NNNNNN`` atomically, then refresh the top-level adapters."""
         t = self._trainer
-        if self.controller is not None:
-            t.extra_state["controller"] = self.controller.state()
+        steering = self.steering.state()
+        if steering is not None:
+            t.extra_state["controller"] = steering
         t.extra_state["first_val_loss"] = self.status.first_val_loss
-        final = self.output_dir / RunFile.CHECKPOINTS / checkpoint_name(t.step)
-        tmp = staging_folder(final)
-        self.saving = True
-        try:
-            save_or_raise_oserror(lambda: self._save_state(tmp), tmp)
-            self._write_adapter_config(tmp)
-            publish_folder(tmp, final)
-        finally:
-            self.saving = False
-            if tmp.exists():  # a failed write leaves no half checkpoint behind
-                shutil.rmtree(tmp, ignore_errors=True)
+        final = self.folder.save_checkpoint(t.step, self._save_state, self._lora.adapter_config)
         self._last_saved_step = t.step
         self._write_top_level_adapters()
-        prune_checkpoints(self.output_dir, self.settings.training.keep_checkpoints)
+        self.folder.prune(self.settings.training.keep_checkpoints)
         self._write_summary()
         self.emit(CheckpointEvent(t.step, path=str(final), reason=reason))
         return final
@@ -942,42 +715,21 @@ class Run:
         else:
             self._write_top_level_adapters()
 
-    def _write_adapter_config(self, folder: Path) -> None:
-        atomic_write_json(folder / RunFile.ADAPTER_CONFIG, self._lora.adapter_config)
-
     def _write_top_level_adapters(self) -> None:
-        atomic_write(self.output_dir / RunFile.ADAPTERS, self._save_adapters_to)
-        self._write_adapter_config(self.output_dir)
-
-    def _save_adapters_to(self, tmp: Path) -> None:
-        # mx.save_safetensors appends ".safetensors" unless the name already ends with it
-        target = tmp.with_name(tmp.name + ".safetensors")
-        try:
-            save_or_raise_oserror(lambda: self._trainer.save_adapters(target), target)
-            target.replace(tmp)
-        finally:
-            with contextlib.suppress(OSError):
-                target.unlink()
+        self.folder.write_adapters(self._trainer.save_adapters, self._lora.adapter_config)
 
     def _save_best(self) -> None:
-        final = self.output_dir / RunFile.BEST
-        tmp = staging_folder(final)
-        try:
-            self._save_adapters_to(tmp / RunFile.ADAPTERS)
-            self._write_adapter_config(tmp)
-            atomic_write_json(
-                tmp / "best.json", {"step": self.step, "val_loss": self._trainer.best_val_loss}
-            )
-            publish_folder(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        t = self._trainer
+        final = self.folder.save_best(
+            t.save_adapters, self._lora.adapter_config, t.step, t.best_val_loss
+        )
         self.emit(CheckpointEvent(self.step, path=str(final), reason=CheckpointReason.BEST))
 
     def _write_summary(self) -> None:
         t = self._trainer
         losses = list(self.status.losses)
-        by_kind = Counter(str(r.proposal.knob) for r in self.book.taken())
+        book = self.steering.book
+        by_kind = Counter(str(r.proposal.knob) for r in book.taken())
         summary = {
             "status": self.status.status,
             "message": self.status.message,
@@ -991,18 +743,18 @@ class Run:
             "last_val_loss": _finite_or_none(t.last_val_loss),
             "best_val_loss": _finite_or_none(t.best_val_loss),
             "skipped_steps": t.skipped_steps,
-            "scu_seconds": round(self.status.scu_seconds, 4),
-            "proposals": sum(1 for r in self.book if r.outcome != Outcome.CANCELLED),
+            "scu_seconds": round(self.steering.seconds, 4),
+            "proposals": sum(1 for r in book if r.outcome != Outcome.CANCELLED),
             "actions_by_kind": dict(by_kind),
-            "knobs": self._knob_values(),
+            "knobs": self.knob_values(),
             "world_size": self.peers.world_size if self.peers is not None else 1,
             "blas": blas.active or f"bundled ({blas.reason})",
             "model": self.settings.model.path,
             "data": self.settings.data.path,
             "memory": self._memory_summary(),
         }
-        atomic_write_json(self.output_dir / RunFile.SUMMARY, summary)
-        atomic_write_json(self.output_dir / RunFile.METRICS, self.book.metrics())
+        self.folder.write_summary(summary)
+        self.write_metrics(book.metrics())
 
     def _memory_summary(self) -> dict[str, Any]:
         """MLX's figures beside the system's (what the watchdog saw), in GB."""
@@ -1049,109 +801,5 @@ def memory_watchdog(limit_gb: float) -> MemoryWatchdog:
     return MemoryWatchdog(limit, os_figure=backend() in ("CPU", "Metal"))
 
 
-def _analysis_fields(data: dict[str, Any]) -> dict[str, Any]:
-    """An analysis as the event's fields (an empty string where nothing fired)."""
-    return {**data, "rule": data["rule"] or "", "proposal": data["proposal"] or ""}
-
-
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-class TrainingFailed(RuntimeError):
-    """Training cannot go on (it keeps diverging); the message says what to change."""
-
-
-def write_failure_text(exc: OSError) -> str:
-    """One line for a failed write: which file, and the system's words (``No space left on
-    device``)."""
-    where = exc.filename or "the run folder"
-    return f"cannot write {where}: {exc.strerror or exc}"
-
-
-def save_or_raise_oserror(save: Any, path: Path) -> None:
-    """Call ``save()``; MLX reports a failed write as a bare RuntimeError ("[write] Unable
-    to write ..."): turn it into the OSError it is, naming the file and, when the disk
-    is full, saying so."""
-    try:
-        save()
-    except RuntimeError as exc:
-        if "write" not in str(exc).lower() and "open" not in str(exc).lower():
-            raise
-        code = errno.ENOSPC if _nearly_full(path) else errno.EIO
-        raise OSError(code, os.strerror(code), str(path)) from None
-
-
-def _nearly_full(path: Path) -> bool:
-    folder = path if path.is_dir() else path.parent
-    try:
-        return shutil.disk_usage(folder).free < FULL_DISK_BYTES
-    except OSError:
-        return False
-
-
-#: Free space below which a failed write is put down to a full disk.
-FULL_DISK_BYTES = 16 * 1024 * 1024
-
-
-def check_output_dir(path: Path, flag: str = "--output-dir") -> None:
-    """Refuse, without touching anything, a folder no run could be written to: one that is
-    a file, lies under a file, or sits where this user may not write."""
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path}: is a file, not a directory")
-    ancestor = path
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise UserError(f"{flag} {path}: {ancestor} is a file, not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        read_only = bool(os.statvfs(ancestor).f_flag & os.ST_RDONLY)
-        why = "a read-only file system" if read_only else "no permission"
-        raise UserError(f"{flag} {path}: cannot write in {ancestor}: {why}")
-
-
-def ensure_writable_dir(path: Path, flag: str) -> bool:
-    """Create ``path`` if needed and prove it writable; returns whether it was created.
-
-    A path that is a file, lies under a file or cannot be written is the user's mistake:
-    :class:`UserError`, before anything loads.
-    """
-    check_output_dir(path, flag)
-    created = not path.exists()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise UserError(f"{flag} {path}: cannot write there: {exc.strerror or exc}") from None
-    return created
-
-
-def install_signal_handlers(run: Run) -> None:
-    """SIGINT, SIGTERM and SIGHUP stop after this step with a checkpoint and exit 130.
-
-    A second signal only says so (a quick double Ctrl-C must not lose the save); a third
-    quits at once without a checkpoint, but never in the middle of writing one.
-    """
-    hits = {"n": 0}
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        hits["n"] += 1
-        if hits["n"] == 1:
-            run.request_stop(Decider.SIGNAL)
-        if hits["n"] <= 2 or run.saving:
-            with contextlib.suppress(OSError):  # os.write: safe inside a signal handler
-                os.write(2, STOPPING_NOTE if hits["n"] == 1 else STILL_STOPPING_NOTE)
-            return
-        raise KeyboardInterrupt
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, handler)
-
-
-STOPPING_NOTE = (
-    b"scu-tui: stopping after this step with a checkpoint (interrupt twice more to quit at "
-    b"once without one)\n"
-)
-STILL_STOPPING_NOTE = b"scu-tui: still stopping: the checkpoint is being saved\n"

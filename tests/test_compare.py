@@ -10,7 +10,7 @@ import pytest
 from helpers import TrainedDemo, scu
 
 from scu_tui.compare import COMPARISON_FILE, compare_run, is_right, normalised
-from scu_tui.run import load_run_settings
+from scu_tui.runfolder import load_run_settings
 
 
 @pytest.fixture(scope="module")

@@ -493,10 +493,13 @@ HEAVY = ("mlx", "mlx_lm", "textual", "datasets", "transformers")
         # the decision path is pure: numbers in, proposals out
         ("scu_tui.control", HEAVY),
         ("scu_tui.control.controller", HEAVY),
+        ("scu_tui.control.steering", HEAVY),
         # the protocol is the bottom layer: nothing of the product above it
         ("scu_tui.protocol", (*HEAVY, "scu_tui.config", "scu_tui.control", "scu_tui.run")),
         # the run imports no MLX until it trains, and never the control socket above it
         ("scu_tui.run", (*HEAVY, "scu_tui.remote", "scu_tui.app")),
+        # a run's folder and settings are read (attach, replay) without the engine or the run
+        ("scu_tui.runfolder", (*HEAVY, "scu_tui.run", "scu_tui.control", "scu_tui.remote")),
     ],
 )
 @pytest.mark.slow

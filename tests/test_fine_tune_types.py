@@ -94,7 +94,7 @@ def base_loss(settings: Settings, run: Path, adapters: bool) -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(TYPES))
 def test_a_run_of_each_type_writes_adapters_mlx_lm_loads(kind: str, tmp_path: Path) -> None:
-    from scu_tui.run import load_run_settings
+    from scu_tui.runfolder import load_run_settings
 
     out = tmp_path / "run"
     sets = [f"--set={k}={json.dumps(v)}" for k, v in TYPES[kind].items()]

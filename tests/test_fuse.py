@@ -18,7 +18,7 @@ from rich.text import Text
 from scu_tui.compare import _prompt_text, _split_loss, load_test_set, prompt_and_reference
 from scu_tui.fuse import MARKER, TOLERANCE
 from scu_tui.generate import generate_with_run
-from scu_tui.run import load_run_settings
+from scu_tui.runfolder import load_run_settings
 
 TRAIN = ("--headless", "--preset", "demo", "--set", "scu.enabled=false",
          "--set", "training.eval_every=20", "--set", "training.compare_at_end=false")  # fmt: skip

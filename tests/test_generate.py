@@ -11,7 +11,7 @@ import pytest
 from helpers import TrainedDemo, scu
 
 from scu_tui.generate import example_prompt, generate_with_run, mlx_lm_command
-from scu_tui.run import load_run_settings
+from scu_tui.runfolder import load_run_settings
 
 pytestmark = pytest.mark.slow
 

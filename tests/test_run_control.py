@@ -25,7 +25,7 @@ from scu_tui.config import Settings
 from scu_tui.control.controller import Controller
 from scu_tui.control.policy import Proposal, action_text
 from scu_tui.presets import load_preset
-from scu_tui.protocol import Command, Event
+from scu_tui.protocol import Command, Event, RefusedEvent, event_from_dict
 from scu_tui.remote.control import ControlClient, serve
 from scu_tui.run import Run
 
@@ -96,6 +96,13 @@ class Recorder:
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == kind]
+
+
+def refused_sentence(data: dict[str, Any]) -> str:
+    """What the console and the socket print for a recorded refusal."""
+    event = event_from_dict(data)
+    assert isinstance(event, RefusedEvent)
+    return event.sentence
 
 
 def start(
@@ -246,7 +253,7 @@ def poison(run: Run) -> None:
 
 def test_divergence_guard_rolls_back_with_a_lower_lr(tmp_path: Path) -> None:
     def nan_at_25(event: Event, run: Run) -> None:
-        if event.type == "step" and event.step == 25 and not run.rollbacks:
+        if event.type == "step" and event.step == 25 and not run.steering.rollbacks:
             poison(run)
 
     run, rec, code = start(
@@ -271,7 +278,7 @@ def test_divergence_in_observe_mode_pauses_and_says_how_to_go_on(tmp_path: Path)
     what it says (over the control socket, as attach does) continues the run."""
 
     def react(event: Event, run: Run) -> None:
-        if event.type == "step" and event.step == 25 and not run.rollbacks:
+        if event.type == "step" and event.step == 25 and not run.steering.rollbacks:
             poison(run)
         if event.type == "message" and "observe mode" in event.to_dict()["text"]:
             client = ControlClient(run.output_dir)
@@ -392,8 +399,9 @@ def test_a_rollback_cancels_what_its_abandoned_branch_proposed(tmp_path: Path) -
     outcomes = {d["id"]: d["outcome"] for d in rec.of("decision")}
     assert outcomes["s0025"] == "accepted" and outcomes["s0022"] == "cancelled"
     assert outcomes.get("s0012") in (None, "expired")  # its branch survives: still open
-    refusal = [m["text"] for m in rec.of("message") if "s0022" in m["text"]]
+    refusal = [refused_sentence(r) for r in rec.of("refused") if r["id"] == "s0022"]
     assert refusal == ["proposal s0022 is no longer pending (it was cancelled); nothing done"]
+    assert not [m for m in rec.of("message") if "s0022" in m["text"]]  # typed, not prose
     assert run.trainer.knobs.lr_multiplier == 0.25
     by_id = {m["id"]: m for m in metrics(tmp_path)}
     assert by_id["s0022"]["outcome"] == "cancelled" and by_id["s0022"]["by"] == "rollback"
@@ -416,8 +424,12 @@ def test_answering_an_id_that_is_no_longer_pending_changes_nothing(tmp_path: Pat
         ("s0010", "expired"),
         ("s0015", "expired"),
     ]
-    (refusal,) = [m["text"] for m in rec.of("message") if "s0010" in m["text"]]
-    assert refusal == "proposal s0010 is no longer pending (it was expired); nothing done"
+    (refused,) = rec.of("refused")
+    assert refused["id"] == "s0010" and refused["command"] == "veto"
+    assert refused["reason"] == "it was expired"
+    assert refused_sentence(refused) == (
+        "proposal s0010 is no longer pending (it was expired); nothing done"
+    )
     assert not rec.of("knob") and run.trainer.knobs.weight_decay == 0.0
 
 

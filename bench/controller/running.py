@@ -74,7 +74,7 @@ def run_one(
     run.execute()
     seconds = time.perf_counter() - tic
     cpu_seconds = time.process_time() - cpu
-    scu_seconds = run.status.scu_seconds
+    scu_seconds = run.steering.seconds
     train_seconds = run.trainer.train_seconds if run.trainer is not None else math.nan
     shutil.rmtree(out, ignore_errors=True)
 

@@ -8,7 +8,7 @@ How a run drives it (all plain numbers, on the training thread)::
         if a validation pass ran:
             controller.observe_eval(step, val_loss)
         proposal = controller.decide(step, knobs)  # None except on some control steps
-        if proposal:
+        if proposal:  (scu_tui.control.steering does this part for a run)
             emit ProposalEvent(**proposal.to_dict())
             auto: apply it        -> controller.record_outcome(proposal.id, Outcome.APPLIED)
             ask:  queue it        -> later ACCEPTED (then applied), VETOED or EXPIRED
@@ -21,8 +21,9 @@ How a run drives it (all plain numbers, on the training thread)::
             then cancelled = controller.notify_rollback(restored_step)
     checkpoint: save controller.state() (JSON); resume: controller.load_state(saved)
 
-Every proposal's life is kept in ``controller.book`` (:class:`ProposalBook`): the run
-records answers there through :meth:`record_outcome`, and writes the metrics file from it.
+Every proposal's life is kept in ``controller.book`` (:class:`ProposalBook`):
+:class:`~scu_tui.control.steering.Steering` opens proposals there, answers them and
+records outcomes through :meth:`record_outcome`, and writes the metrics file from it.
 
 ``knobs`` is ``{"lr": effective lr, "lr_multiplier", "weight_decay", "dropout",
 "accumulation"}``; the LR is steered through ``lr_multiplier``, a factor on top of the base
@@ -56,8 +57,8 @@ import dataclasses
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, get_args, get_origin, get_type_hints
 
 import numpy as np
 
@@ -204,7 +205,44 @@ def _pct(x: float) -> str:
     return f"{100 * x:+.1f} %"
 
 
-class Controller:
+#: A :class:`Memory` field's metadata flag: an older checkpoint may lack it (it starts afresh).
+OPTIONAL = "optional"
+
+
+@dataclass(eq=False, repr=False)  # a controller compares and hashes by identity
+class Memory:
+    """What the controller carries from step to step, and so what a checkpoint keeps.
+
+    Every field is saved under its name without the underscore and restored by its
+    declared type (see :meth:`Controller.state`): a new field costs one line here.
+    """
+
+    #: (step, loss, grad norm, lr, alignment): alignment is nan when not reported; the
+    #: length limit (``scu.window``) is set by the controller
+    _history: deque[tuple[int, float, float, float, float]] = field(default_factory=deque)
+    #: (step, validation loss, training-loss level at that time)
+    _evals: deque[tuple[int, float, float]] = field(
+        default_factory=lambda: deque(maxlen=VAL_HISTORY)
+    )
+    _last_step: int = -1
+    _last_check: int = -1
+    _counter: int = 0  # proposals issued, for their ids
+    #: the diagnosis of the newest checks and on how many in a row (the hysteresis)
+    _streak: tuple[str, int] = ("", 0)
+    _knob_moved_at: dict[str, int] = field(default_factory=dict)
+    _blocked_until: dict[str, int] = field(default_factory=dict)
+    _strikes: dict[str, int] = field(default_factory=dict)
+    _last_proposed: dict[str, int] = field(default_factory=dict)
+    _no_raise_until: int = -1
+    #: knob -> (direction, step) of its newest taken move, for the reversal lock
+    _knob_direction: dict[str, tuple[int, int]] = field(
+        default_factory=dict, metadata={OPTIONAL: True}
+    )
+    #: rules in MUST_HELP whose move showed no effect told from the noise: off for good
+    _retired: set[str] = field(default_factory=set, metadata={OPTIONAL: True})
+
+
+class Controller(Memory):
     """Watches a run step by step and proposes at most one bounded change per control period."""
 
     def __init__(
@@ -215,24 +253,10 @@ class Controller:
         self.scu = scu
         self.training = training
         # (step, loss, grad norm, lr, alignment): alignment is nan when not reported
-        self._history: deque[tuple[int, float, float, float, float]] = deque(maxlen=scu.window)
-        self._evals: deque[tuple[int, float, float]] = deque(maxlen=VAL_HISTORY)
+        Memory.__init__(self)
+        self._history = deque(maxlen=scu.window)
         self._detector = DivergenceDetector(scu.snapshots_kept, scu.snapshot_every)
         self._divergence: Divergence | None = None
-        self._last_step = -1
-        self._last_check = -1
-        self._counter = 0
-        self._streak_diagnosis = ""
-        self._streak_count = 0
-        self._knob_moved_at: dict[str, int] = {}
-        self._blocked_until: dict[str, int] = {}
-        self._strikes: dict[str, int] = {}
-        self._last_proposed: dict[str, int] = {}
-        self._no_raise_until = -1
-        #: knob -> (direction, step) of its newest taken move, for the reversal lock
-        self._knob_direction: dict[str, tuple[int, int]] = {}
-        #: rules in MUST_HELP whose move showed no effect told from the noise: off for good
-        self._retired: set[str] = set()
         self.book = ProposalBook()
         self._judged: list[dict[str, Any]] = []
         self.last_signals: Signals | None = None
@@ -284,7 +308,7 @@ class Controller:
         self._divergence = None
         self._last_step = step
         self._no_raise_until = step + self.scu.cooldown
-        self._streak_diagnosis, self._streak_count = "", 0
+        self._streak = ("", 0)
         for record in self.book:
             if record.check == "checking":
                 record.check = "done"
@@ -413,10 +437,8 @@ class Controller:
         return self._propose(step, signals, diagnosis, knobs)
 
     def _count(self, diagnosis: Diagnosis) -> None:
-        if diagnosis == self._streak_diagnosis:
-            self._streak_count += 1
-        else:
-            self._streak_diagnosis, self._streak_count = str(diagnosis), 1
+        seen, count = self._streak
+        self._streak = (seen, count + 1) if diagnosis == seen else (str(diagnosis), 1)
 
     # --- proposals ----------------------------------------------------------------------
 
@@ -465,8 +487,8 @@ class Controller:
 
     def _blocked(self, move: Move, step: int) -> str | None:
         """Why a rule may not act now, or None when it may."""
-        if self._streak_count < HYSTERESIS_CHECKS:
-            return f"seen on {self._streak_count} check in a row, acting from {HYSTERESIS_CHECKS}"
+        if self._streak[1] < HYSTERESIS_CHECKS:
+            return f"seen on {self._streak[1]} check in a row, acting from {HYSTERESIS_CHECKS}"
         blocked = self._rule_blocked(move.rule, step)
         if blocked:
             return blocked
@@ -568,15 +590,6 @@ class Controller:
         return math.nan, math.nan
 
     # --- outcomes, back-off and the effect check ----------------------------------------
-
-    def opened(self, proposal: Proposal, mode: str, expires_at: int | None) -> None:
-        """The run says which mode met a proposal (and, asking, when it lapses); a proposal
-        from elsewhere (a person's, a test's) enters the book here."""
-        record = self.book.get(proposal.id)
-        if record is None:
-            record = ProposalRecord(proposal)
-            self.book.add(record)
-        record.mode, record.expires_at = mode, expires_at
 
     def record_outcome(
         self,
@@ -726,20 +739,8 @@ class Controller:
         """Everything needed to resume exactly, as JSON data (non-finite floats as strings)."""
         data = {
             "version": STATE_VERSION,
-            "history": [list(h) for h in self._history],
-            "evals": [list(e) for e in self._evals],
+            **{key: _encode(getattr(self, name)) for key, name in _memory_keys()},
             "detector": self._detector.state(),
-            "last_step": self._last_step,
-            "last_check": self._last_check,
-            "counter": self._counter,
-            "streak": [self._streak_diagnosis, self._streak_count],
-            "knob_moved_at": dict(self._knob_moved_at),
-            "blocked_until": dict(self._blocked_until),
-            "strikes": dict(self._strikes),
-            "last_proposed": dict(self._last_proposed),
-            "no_raise_until": self._no_raise_until,
-            "knob_direction": {k: list(v) for k, v in self._knob_direction.items()},
-            "retired": sorted(self._retired),
             "book": self.book.state(),
         }
         return dict(json_safe(data))
@@ -748,31 +749,60 @@ class Controller:
         """Restore what :meth:`state` returned (possibly through JSON)."""
         if data.get("version") != STATE_VERSION:
             raise ValueError(f"controller state version {data.get('version')!r} is not supported")
-        self._history = deque(
-            (
-                (int(h[0]), float(h[1]), float(h[2]), float(h[3]), float(h[4]))
-                if len(h) > 4
-                else (int(h[0]), float(h[1]), float(h[2]), float(h[3]), math.nan)
-                for h in data["history"]
-            ),
-            maxlen=self.scu.window,
-        )
-        self._evals = deque(
-            ((int(s), float(v), float(t)) for s, v, t in data["evals"]), maxlen=VAL_HISTORY
-        )
+        data = _upgrade(data)
+        hints = get_type_hints(Memory)
+        fresh = Memory()
+        for f in fields(Memory):
+            key = f.name.lstrip("_")
+            if key not in data and f.metadata.get(OPTIONAL):
+                setattr(self, f.name, getattr(fresh, f.name))
+                continue
+            setattr(self, f.name, _decode(hints[f.name], data[key], getattr(self, f.name)))
         self._detector.load_state(data["detector"])
-        self._last_step = int(data["last_step"])
-        self._last_check = int(data["last_check"])
-        self._counter = int(data["counter"])
-        self._streak_diagnosis, self._streak_count = str(data["streak"][0]), int(data["streak"][1])
-        self._knob_moved_at = {str(k): int(v) for k, v in data["knob_moved_at"].items()}
-        self._blocked_until = {str(k): int(v) for k, v in data["blocked_until"].items()}
-        self._strikes = {str(k): int(v) for k, v in data["strikes"].items()}
-        self._last_proposed = {str(k): int(v) for k, v in data["last_proposed"].items()}
-        self._no_raise_until = int(data["no_raise_until"])
-        self._knob_direction = {
-            str(k): (int(v[0]), int(v[1])) for k, v in data.get("knob_direction", {}).items()
-        }
-        self._retired = {str(r) for r in data.get("retired", [])}
         self.book.load_state(data["book"])
         self.last_signals, self.last_diagnosis, self.last_analysis = None, None, None
+
+
+def _memory_keys() -> list[tuple[str, str]]:
+    """(key in the saved state, attribute) for every field of :class:`Memory`."""
+    return [(f.name.lstrip("_"), f.name) for f in fields(Memory)]
+
+
+def _encode(value: Any) -> Any:
+    """A field's value as JSON data: deques and tuples as lists."""
+    if isinstance(value, set | frozenset):
+        return sorted(_encode(v) for v in value)
+    if isinstance(value, deque | tuple | list):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    return value
+
+
+def _decode(hint: Any, raw: Any, current: Any) -> Any:
+    """Saved JSON data back to the field's declared type; a deque keeps the length limit of
+    the one it replaces (``current``). Raises ValueError, TypeError or KeyError on a value
+    of another shape (a checkpoint of another version)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is deque:
+        return deque((_decode(args[0], v, None) for v in raw), maxlen=current.maxlen)
+    if origin is tuple:
+        if not isinstance(raw, list) or len(raw) != len(args):
+            raise ValueError(f"expected {len(args)} values, got {raw!r}")
+        return tuple(_decode(a, v, None) for a, v in zip(args, raw, strict=True))
+    if origin is set:
+        return {_decode(args[0], v, None) for v in raw}
+    if origin is dict:
+        return {_decode(args[0], k, None): _decode(args[1], v, None) for k, v in raw.items()}
+    if hint in (int, float, str):
+        return hint(raw)
+    raise TypeError(f"no rule to restore a {hint}")
+
+
+def _upgrade(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A state saved before the trainer reported the update alignment: its history rows
+    have four values; the fifth is unknown (nan)."""
+    history = data.get("history")
+    if not isinstance(history, list) or all(len(h) > 4 for h in history):
+        return data
+    return {**data, "history": [h if len(h) > 4 else [*h, math.nan] for h in history]}

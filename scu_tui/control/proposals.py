@@ -1,9 +1,10 @@
 """The one record of every proposal's life: issued, pending, answered, expired, cancelled,
 and the effect check's verdict once known.
 
-The controller writes it (it issues proposals and remembers their effect); the run tells
-it the mode a proposal met and what became of it; the metrics file, the checkpoints and
-the decision inspector all read it. Nothing else keeps a proposal's state.
+The controller writes it (it issues proposals, learns from their outcomes and judges their
+effect); :mod:`scu_tui.control.steering` opens each proposal in a mode and decides what
+becomes of it; the metrics file, the checkpoints and the decision inspector all read it.
+Nothing else keeps a proposal's state.
 """
 
 from __future__ import annotations
@@ -99,6 +100,16 @@ class ProposalBook:
 
     def add(self, record: ProposalRecord) -> None:
         self._records[record.id] = record
+
+    def open(self, proposal: Proposal, mode: str, expires_at: int | None) -> ProposalRecord:
+        """Which mode met a proposal (and, asking, when it lapses); a proposal from
+        elsewhere (a person's, a test's) enters the book here."""
+        record = self.get(proposal.id)
+        if record is None:
+            record = ProposalRecord(proposal)
+            self.add(record)
+        record.mode, record.expires_at = mode, expires_at
+        return record
 
     def pending(self) -> list[ProposalRecord]:
         """Proposals waiting for an answer, oldest first."""

@@ -46,7 +46,7 @@ from scu_tui.remote.control import (
     read_control,
     run_liveness,
 )
-from scu_tui.run import load_run_settings
+from scu_tui.runfolder import load_run_settings
 from scu_tui.sinks import Sink
 
 HISTORY_LINES = 5000  # events replayed on attach; older ones are skipped

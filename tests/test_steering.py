@@ -1,0 +1,146 @@
+"""A proposal's life without a model: steering over a stand-in run that only records.
+
+The real run drives the same code in test_run_control.py (with training); here each rule
+of the lifecycle is checked in milliseconds, through the interface the run implements.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from scu_tui.config import Settings
+from scu_tui.control.controller import Controller
+from scu_tui.control.policy import Proposal, action_text
+from scu_tui.control.steering import SteeredRun, Steering
+from scu_tui.protocol import (
+    Command,
+    CommandKind,
+    Decider,
+    DecisionEvent,
+    Event,
+    Knob,
+    Mode,
+    ModeEvent,
+    Outcome,
+    ProposalEvent,
+    RefusedEvent,
+)
+
+
+class StandInRun:
+    """What steering sees of a run: a step counter, knobs, and a record of what it did."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.knobs: dict[str, float] = {"lr": 1e-3, "lr_multiplier": 1.0, "weight_decay": 0.0}
+        self.events: list[Event] = []
+        self.metrics: list[dict[str, Any]] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def knob_values(self) -> dict[str, float]:
+        return dict(self.knobs)
+
+    def set_knob(self, knob: Knob, value: float, by: Decider) -> None:
+        self.knobs[knob] = value
+
+    def go_back(self) -> int:
+        raise AssertionError("no rollback in these tests")
+
+    def pause(self, by: Decider) -> None:
+        raise AssertionError("no pause in these tests")
+
+    def write_metrics(self, records: list[dict[str, Any]]) -> None:
+        self.metrics = records
+
+    def paused_hint(self) -> str:
+        return ""
+
+    def of(self, kind: type[Event]) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+class RaiseWeightDecayAt(Controller):
+    """Proposes weight decay 0.02 at the given steps, nothing else."""
+
+    def __init__(self, steps: set[int]) -> None:
+        settings = Settings()
+        super().__init__(settings.scu, settings.training)
+        self.steps = steps
+
+    def decide(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
+        if step not in self.steps:
+            return None
+        before = float(knobs["weight_decay"])
+        return Proposal(
+            id=f"s{step:04d}",
+            step=step,
+            rule="raise_weight_decay",
+            diagnosis="scripted",
+            knob=Knob.WEIGHT_DECAY,
+            before=before,
+            after=0.02,
+            reason="Scripted change of weight_decay",
+            action=action_text(Knob.WEIGHT_DECAY, before, 0.02),
+        )
+
+
+def steer(mode: Mode, steps: set[int], last: int, ttl: int = 3) -> tuple[Steering, StandInRun]:
+    run = StandInRun()
+    steering = Steering(RaiseWeightDecayAt(steps), run, mode, proposal_ttl=ttl)
+    _: SteeredRun = run  # the stand-in has the run's shape
+    for step in range(1, last + 1):
+        run.step = step
+        steering.step(step, loss=2.0, grad_norm=1.0, lr=1e-3, alignment=math.nan)
+    return steering, run
+
+
+def test_auto_applies_a_proposal_through_the_runs_knobs() -> None:
+    _, run = steer(Mode.AUTO, {5}, last=6)
+    assert run.knobs["weight_decay"] == 0.02
+    (decision,) = run.of(DecisionEvent)
+    assert (decision.id, decision.outcome, decision.by) == ("s0005", "applied", "controller")
+    assert [m["outcome"] for m in run.metrics] == ["applied"]
+
+
+def test_ask_waits_for_an_answer_by_id_then_applies_it() -> None:
+    steering, run = steer(Mode.ASK, {5}, last=6, ttl=10)
+    assert [r.id for r in steering.book.pending()] == ["s0005"]
+    assert run.knobs["weight_decay"] == 0.0
+    steering.command(Command(CommandKind.ACCEPT, "s0005", by=Decider.USER))
+    assert run.knobs["weight_decay"] == 0.02 and not steering.book.pending()
+    (decision,) = run.of(DecisionEvent)
+    assert (decision.outcome, decision.by) == ("accepted", "user")
+
+
+def test_an_unanswered_proposal_expires_and_a_late_answer_is_a_typed_refusal() -> None:
+    steering, run = steer(Mode.ASK, {5}, last=9, ttl=3)
+    (decision,) = run.of(DecisionEvent)
+    assert (decision.id, decision.outcome, decision.by, decision.step) == (
+        "s0005",
+        Outcome.EXPIRED,
+        Decider.TTL,
+        8,
+    )
+    steering.command(Command(CommandKind.VETO, "s0005", by=Decider.USER))
+    (refused,) = run.of(RefusedEvent)
+    assert (refused.id, refused.command, refused.reason) == (
+        "s0005",
+        CommandKind.VETO,
+        "it was expired",
+    )
+    assert refused.sentence == "proposal s0005 is no longer pending (it was expired); nothing done"
+    assert run.knobs["weight_decay"] == 0.0 and len(run.of(DecisionEvent)) == 1
+
+
+def test_observe_only_logs_and_a_mode_command_changes_what_follows() -> None:
+    steering, run = steer(Mode.OBSERVE, {5}, last=6)
+    assert run.knobs["weight_decay"] == 0.0
+    assert [d.outcome for d in run.of(DecisionEvent)] == ["observed"]
+    assert steering.command(Command(CommandKind.MODE, "auto", by=Decider.USER))
+    assert steering.mode == Mode.AUTO and len(run.of(ModeEvent)) == 1
+    assert not steering.command(Command(CommandKind.PAUSE))  # not steering's: the run's
+    assert len(run.of(ProposalEvent)) == 1
