@@ -123,8 +123,10 @@ async def test_charts_wait_for_a_frame_but_numbers_a_pause_and_the_end_do_not() 
     app = make_app(load_preset("demo").replace({"ui.refresh_hz": 20.0}), run_factory=StandInRun)
     async with app.run_test(size=(80, 24)):
 
-        async def tick() -> None:
-            await asyncio.wait_for(app.drains(1), 30)
+        def tick() -> None:
+            """One refresh tick, run here: the app's own timer is paused, so no tick of its
+            own lands between the test's (a loaded machine's scheduling decides nothing)."""
+            app.drain()
 
         def no_frame_allowed() -> None:
             app.pacer.drawn(time.monotonic(), time.thread_time())
@@ -132,30 +134,32 @@ async def test_charts_wait_for_a_frame_but_numbers_a_pause_and_the_end_do_not() 
 
         app.feed.emit(started())
         app.feed.emit(stepped(1))
-        await tick()  # the start changes the state: charts drawn at once
+        await asyncio.wait_for(app.drains(1), 30)  # the start: charts drawn at once
         assert charted(app) == 1 and shown(app, "#status-word") == "RUNNING"
+        assert app._drain_timer is not None
+        app._drain_timer.pause()
 
         no_frame_allowed()
         for n in range(2, 6):
             app.feed.emit(stepped(n))
-        await tick()  # steps: the numbers at once, the chart waits for a frame...
+        tick()  # steps: the numbers at once, the chart waits for a frame...
         assert shown(app, "#status-numbers").startswith("step 5/100") and charted(app) == 1
-        await tick()
+        tick()
         assert charted(app) == 1
-        await tick()  # ...or for the run to go quiet: a second tick in a row without news
+        tick()  # ...or for the run to go quiet: a second tick in a row without news
         assert charted(app) == 5
 
         no_frame_allowed()
         app.feed.emit(stepped(6))
         app.feed.emit(PauseEvent(6))
-        await tick()  # a pause shows at once, the chart included
+        tick()  # a pause shows at once, the chart included
         assert shown(app, "#status-word") == "PAUSED" and charted(app) == 6
         assert shown(app, "#status-numbers").startswith("step 6/100  ETA paused")
 
         no_frame_allowed()
         app.feed.emit(stepped(7))
         app.feed.emit(DoneEvent(7, status="stopped"))
-        await tick()
+        tick()
         assert shown(app, "#status-word") == "STOPPED" and charted(app) == 7
         assert app.training_run is not None
         app.training_run.request_stop()
