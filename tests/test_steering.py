@@ -6,14 +6,17 @@ of the lifecycle is checked in milliseconds, through the interface the run imple
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
 
+import pytest
+
 from scu_tui.config import Settings
 from scu_tui.control.controller import Controller
-from scu_tui.control.policy import Proposal, action_text
-from scu_tui.control.steering import SteeredRun, Steering
+from scu_tui.control.policy import ROLLBACK, Proposal, action_text
+from scu_tui.control.steering import MAX_ROLLBACKS, SteeredRun, Steering, TrainingFailed
 from scu_tui.protocol import (
     Command,
     CommandKind,
@@ -144,3 +147,82 @@ def test_observe_only_logs_and_a_mode_command_changes_what_follows() -> None:
     assert steering.mode == Mode.AUTO and len(run.of(ModeEvent)) == 1
     assert not steering.command(Command(CommandKind.PAUSE))  # not steering's: the run's
     assert len(run.of(ProposalEvent)) == 1
+
+
+class RollBackAt(Controller):
+    """Proposes a rollback one step back (the guard's rule: it acts at once) whenever the
+    run reaches one of the given steps."""
+
+    def __init__(self, steps: set[int]) -> None:
+        settings = Settings()
+        super().__init__(settings.scu, settings.training)
+        self.steps = steps
+        self.made = 0
+
+    def decide(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
+        if step not in self.steps:
+            return None
+        self.made += 1
+        return Proposal(
+            id=f"r{step:04d}-{self.made}",
+            step=step,
+            rule=ROLLBACK,
+            diagnosis="scripted",
+            knob=ROLLBACK,
+            before=1.0,
+            after=0.5,
+            reason="Scripted rollback",
+            action="roll back",
+            evidence={"to_step": step - 1},
+        )
+
+
+class RollingBackRun(StandInRun):
+    """A stand-in whose rollbacks go back to the step the proposal names."""
+
+    def go_back(self, to_step: int | None) -> int:  # type: ignore[override]
+        assert to_step is not None
+        self.step = to_step
+        return to_step
+
+
+def train_on(steering: Steering, run: StandInRun, steps: int) -> None:
+    """``steps`` optimizer steps, each from where the run is (a rollback sets it back)."""
+    for _ in range(steps):
+        run.step += 1
+        steering.step(run.step, loss=2.0, grad_norm=1.0, lr=1e-3, alignment=math.nan)
+
+
+def counters(steering: Steering) -> tuple[int, int, int]:
+    return steering.rollbacks, steering.rollbacks_since_progress, steering._rolled_back_from
+
+
+def test_the_rollback_counters_go_through_a_checkpoint_and_keep_the_give_up_rule() -> None:
+    run = RollingBackRun()
+    steering = Steering(RollBackAt({4}), run, Mode.AUTO, proposal_ttl=3)
+    train_on(steering, run, 6)  # 1, 2, 3, then step 4 goes back to 3 three times
+    assert counters(steering) == (3, 3, 4) and run.step == 3
+    saved = json.loads(json.dumps(steering.state()))  # as a checkpoint keeps it
+
+    resumed_run = RollingBackRun()
+    resumed_run.step = run.step
+    resumed = Steering(RollBackAt({4}), resumed_run, Mode.AUTO, proposal_ttl=3)
+    assert resumed.resume(saved, step=run.step) is None
+    assert counters(resumed) == (3, 3, 4)
+    # the give-up rule counts on from the saved count: the sixth rollback without progress
+    # in between fails the run, as it would have without the resume
+    train_on(resumed, resumed_run, 2)
+    assert counters(resumed) == (MAX_ROLLBACKS, MAX_ROLLBACKS, 4)
+    with pytest.raises(TrainingFailed, match="6 times"):
+        train_on(resumed, resumed_run, 1)
+
+
+def test_a_checkpoint_saved_before_the_rollback_counters_were_resumes_with_none() -> None:
+    run = RollingBackRun()
+    steering = Steering(RollBackAt({4}), run, Mode.AUTO, proposal_ttl=3)
+    train_on(steering, run, 4)
+    saved = {k: v for k, v in (steering.state() or {}).items() if k != "steering"}
+    resumed = Steering(RollBackAt(set()), RollingBackRun(), Mode.AUTO, proposal_ttl=3)
+    resumed.rollbacks = 7  # replaced by the checkpoint's (none there: a fresh count)
+    assert resumed.resume(saved, step=3) is None
+    assert counters(resumed) == (0, 0, -1)

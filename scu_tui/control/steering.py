@@ -43,6 +43,9 @@ from scu_tui.protocol import (
 #: A run that needs more than this many rollbacks with no progress in between has failed.
 #: Progress: a new best validation loss, or training past the step of the last rollback.
 MAX_ROLLBACKS = 5
+#: The key of the rollback counters in the state a checkpoint keeps (beside the
+#: controller's own keys, which never use it).
+STATE_KEY = "steering"
 
 
 class TrainingFailed(RuntimeError):
@@ -171,12 +174,22 @@ class Steering:
         return False
 
     def state(self) -> dict[str, Any] | None:
-        """What a checkpoint keeps (the controller's state), or None without the S-SCU."""
-        return self.controller.state() if self.controller is not None else None
+        """What a checkpoint keeps: the controller's state with the rollback counters under
+        ``"steering"`` (so the give-up rule counts on after a resume), or None without
+        the S-SCU."""
+        if self.controller is None:
+            return None
+        counters = {
+            "rollbacks": self.rollbacks,
+            "rollbacks_since_progress": self.rollbacks_since_progress,
+            "rolled_back_from": self._rolled_back_from,
+        }
+        return {**self.controller.state(), STATE_KEY: counters}
 
     def resume(self, saved: Mapping[str, Any] | None, step: int) -> str | None:
         """Restore a checkpoint's state; returns a warning when it could not be used.
-        Proposals still waiting at the checkpoint lapse: nobody can answer them now."""
+        Proposals still waiting at the checkpoint lapse: nobody can answer them now. A
+        checkpoint from before the rollback counters were saved starts them afresh."""
         if self.controller is None or saved is None:
             return None
         note = None
@@ -184,8 +197,23 @@ class Steering:
             self.controller.load_state(saved)
         except (ValueError, KeyError, TypeError):
             note = "the S-SCU's saved state is from another version: it starts afresh"
+        self._load_counters(saved.get(STATE_KEY))
         self.book.expire_open(step, Decider.RESUME)
         return note
+
+    def _load_counters(self, saved: Any) -> None:
+        """The rollback counters a checkpoint kept; fresh ones when it kept none (or a
+        value of another shape)."""
+        counters = saved if isinstance(saved, Mapping) else {}
+        try:
+            rollbacks = int(counters.get("rollbacks", 0))
+            since_progress = int(counters.get("rollbacks_since_progress", 0))
+            rolled_back_from = int(counters.get("rolled_back_from", -1))
+        except (TypeError, ValueError):
+            rollbacks, since_progress, rolled_back_from = 0, 0, -1
+        self.rollbacks = rollbacks
+        self.rollbacks_since_progress = since_progress
+        self._rolled_back_from = rolled_back_from
 
     def pending_summary(self) -> list[dict[str, str]]:
         """The pending proposals as plain values, for watchers on other threads."""
