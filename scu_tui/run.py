@@ -167,7 +167,7 @@ class Run:
         self.steering = Steering(
             controller, self, Mode(settings.scu.mode), settings.scu.proposal_ttl
         )
-        self.snapshots = Snapshots()  # recent good states, for a rollback (with the S-SCU)
+        self.snapshots = Snapshots()  # recent good states, for a rollback (S-SCU on only)
         self.listen = listen
         self.control: Closeable | None = None
         self.folder = RunFolder(self.output_dir, resuming=resume is not None)
@@ -252,7 +252,9 @@ class Run:
             self.peers.attach(t, self._lost_peers)
         self.memory = memory_watchdog(s.training.memory_limit_gb)
         if self.resume_dir is not None:
-            self.snapshots.load(self._load_newest_intact_checkpoint())
+            checkpoint = self._load_newest_intact_checkpoint()
+            if self.controller is not None:  # without the S-SCU, no rollback needs them
+                self.snapshots.load(checkpoint)
             self._last_saved_step = t.step
             note = self.steering.resume(t.extra_state.get("controller"), t.step)
             if note is not None:
@@ -705,9 +707,11 @@ class Run:
         return final
 
     def _save_state(self, folder: Path) -> None:
-        """The trainer's state and the kept good states (resume keeps the same ones)."""
+        """The trainer's state and, with the S-SCU, the kept good states (resume keeps the
+        same ones); a run without it keeps none, and writes no snapshot files."""
         self._trainer.save_state(folder)
-        self.snapshots.save(folder)
+        if self.controller is not None:
+            self.snapshots.save(folder)
 
     def _finish_checkpoint(self, reason: CheckpointReason) -> None:
         if self._last_saved_step != self._trainer.step:

@@ -12,6 +12,8 @@ import pytest
 from scu_tui.presets import load_preset
 from scu_tui.protocol import Event
 from scu_tui.run import Run
+from scu_tui.training.checkpoint import latest_checkpoint
+from scu_tui.training.snapshots import ARRAYS_FILE, INDEX_FILE
 
 #: demo-hot rolls back at step ~19 to the state kept at step 5 (its loss rises from step 8
 #: on); the stop comes at step 12, after state 5 was kept and before the rollback.
@@ -72,3 +74,23 @@ def test_a_run_resumed_before_its_rollback_takes_the_same_rollback_exactly(
     for (_, step, loss, _, _), (_, _, expected, _, _) in zip(got, want, strict=True):
         if loss is not None:
             assert loss == pytest.approx(expected, rel=1e-5), step
+
+
+@pytest.mark.slow
+def test_a_run_with_the_scu_off_neither_loads_nor_saves_kept_states(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    on = load_preset("demo-hot").replace(
+        {"training.max_steps": STOP_AT, "training.eval_every": 100, "training.save_every": 100}
+    )
+    train(on, out)
+    with_scu = latest_checkpoint(out)
+    assert with_scu is not None and (with_scu / ARRAYS_FILE).is_file()  # it kept states
+
+    off = on.replace({"scu.enabled": False, "training.max_steps": STOP_AT + 4})
+    run = Run(off, resume=out)
+    run.add_sink(Keep())
+    assert run.execute() == 0
+    assert len(run.snapshots) == 0  # the kept states of the checkpoint stayed on disk
+    newest = latest_checkpoint(out)
+    assert newest is not None and newest.name == f"step-{STOP_AT + 4:06d}"
+    assert not (newest / ARRAYS_FILE).exists() and not (newest / INDEX_FILE).exists()

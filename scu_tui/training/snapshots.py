@@ -13,9 +13,10 @@ to the damage. MLX arrays are values; a kept state holds its own array objects
 (``mx.array(x)``), whose buffers a later update cannot overwrite (MLX reuses a buffer in
 place only when nothing else holds it), so training on leaves the kept state as it was.
 
-The kept states are part of every checkpoint (``snapshots.safetensors`` and
-``snapshots.json``), so a run resumed after a kill keeps the same states, and takes the
-same rollbacks, as the uninterrupted one.
+The kept states are part of every checkpoint of a run with the S-SCU on
+(``snapshots.safetensors`` and ``snapshots.json``), so a run resumed after a kill keeps
+the same states, and takes the same rollbacks, as the uninterrupted one. A run with it
+off neither keeps states nor reads a checkpoint's: nothing of it could roll back.
 """
 
 from __future__ import annotations
