@@ -28,6 +28,7 @@ from scu_tui.training.checkpoint import (
     atomic_write,
     atomic_write_json,
     checkpoint_name,
+    discard_folders,
     list_checkpoints,
     prune_checkpoints,
     publish_folder,
@@ -138,7 +139,13 @@ class RunFolder:
     def save_checkpoint(
         self, step: int, save_state: Callable[[Path], None], adapter_config: Mapping[str, Any]
     ) -> Path:
-        """Write ``checkpoints/step-NNNNNN`` whole or not at all; returns its folder."""
+        """Write ``checkpoints/step-NNNNNN`` whole or not at all; returns its folder.
+
+        It is the run's newest state, so a checkpoint of a later step is from a branch a
+        rollback abandoned (the run went back to this step or before): those go, after
+        this one is in place and never before (see :meth:`drop_after`), so that
+        ``--resume``, which takes the newest by step, lands on the branch the run is on.
+        """
         final = self.path / RunFile.CHECKPOINTS / checkpoint_name(step)
         tmp = staging_folder(final)
         self.saving = True
@@ -146,11 +153,18 @@ class RunFolder:
             save_or_raise_oserror(lambda: save_state(tmp), tmp)
             self._write_adapter_config(tmp, adapter_config)
             publish_folder(tmp, final)
+            self.drop_after(step)
         finally:
             self.saving = False
             if tmp.exists():  # a failed write leaves no half checkpoint behind
                 shutil.rmtree(tmp, ignore_errors=True)
         return final
+
+    def drop_after(self, step: int) -> None:
+        """Remove the checkpoints of steps after ``step`` (an abandoned branch's), each
+        whole or not at all: all are renamed out of view before any is deleted, and a kill
+        in the middle leaves every checkpoint up to ``step`` as it was."""
+        discard_folders(folder for later, folder in list_checkpoints(self.path) if later > step)
 
     def prune(self, keep: int) -> None:
         prune_checkpoints(self.path, keep)

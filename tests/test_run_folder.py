@@ -26,7 +26,9 @@ from helpers import read_events, scu, scu_popen, step_losses, wait_for_line
 from scu_tui.presets import load_preset
 from scu_tui.protocol import CommandKind
 from scu_tui.run import Run
+from scu_tui.runfolder import RunFolder
 from scu_tui.runlock import RunLock, is_locked
+from scu_tui.training.checkpoint import STATE_FILE, list_checkpoints
 
 DEMO = ["--headless", "--preset", "demo", "--set", "scu.enabled=false"]
 
@@ -164,6 +166,75 @@ def test_a_full_disk_fails_in_one_line_and_the_run_resumes_once_there_is_room(
 
 
 # --- checkpoints ---------------------------------------------------------------------------
+
+
+class Killed(BaseException):
+    """The process dies here (as a kill -9 would: no handler runs after it)."""
+
+
+def checkpoint_at(folder: RunFolder, step: int) -> Path:
+    def save_state(tmp: Path) -> None:
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step}), encoding="utf-8")
+
+    return folder.save_checkpoint(step, save_state, {"fine_tune_type": "lora"})
+
+
+def checkpoint_steps(out: Path) -> list[int]:
+    return [step for step, _ in list_checkpoints(out)]
+
+
+def test_a_checkpoint_removes_those_of_later_steps_after_it_is_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rollback went back to step 5 while steps 10 and 20 (the damage) were on disk: once
+    step 5 is saved they go, and a kill while they go leaves step 5 and nothing later."""
+    out = tmp_path / "run"
+    folder = RunFolder(out, resuming=False)
+    for step in (0, 10, 20):
+        checkpoint_at(folder, step)
+
+    def killed(*_: Any, **__: Any) -> None:
+        raise Killed
+
+    monkeypatch.setattr(shutil, "rmtree", killed)  # dies at the first deletion
+    with pytest.raises(Killed):
+        checkpoint_at(folder, 5)
+    monkeypatch.undo()
+    assert checkpoint_steps(out) == [0, 5]  # what --resume sees: the branch the run is on
+    again = RunFolder(out, resuming=True)
+    again.claim()  # the next writer clears what the killed one left
+    try:
+        assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+            "step-000000",
+            "step-000005",
+        ]
+        checkpoint_at(again, 3)  # and a later rollback, without the kill
+        assert checkpoint_steps(out) == [0, 3]
+    finally:
+        again.unlock()
+
+
+def test_a_kill_between_the_renames_of_a_replaced_checkpoint_puts_the_old_one_back(
+    tmp_path: Path,
+) -> None:
+    """Rewriting step 5 moves the old step 5 aside before the new one moves in: killed in
+    between, the next writer puts the old one back, whole (it may be the only one)."""
+    out = tmp_path / "run"
+    root = out / "checkpoints"
+    checkpoint_at(RunFolder(out, resuming=False), 5)
+    os.replace(root / "step-000005", root / ".step-000005.old-4242")
+    (root / ".step-000005.tmp-4242").mkdir()  # the new one, maybe half written
+    checkpoint_at(RunFolder(out, resuming=False), 7)
+    (root / ".step-000007.old-4242").mkdir()  # aside, and its replacement moved in
+    assert checkpoint_steps(out) == [7]
+    folder = RunFolder(out, resuming=True)
+    folder.claim()
+    try:
+        assert sorted(p.name for p in root.iterdir()) == ["step-000005", "step-000007"]
+        saved = json.loads((root / "step-000005" / STATE_FILE).read_text(encoding="utf-8"))
+        assert saved == {"step": 5}
+    finally:
+        folder.unlock()
 
 
 @pytest.mark.slow

@@ -1,7 +1,11 @@
 """Atomic files and checkpoint folders: a crash or kill never leaves a half-written one.
 
 A checkpoint is written into a hidden temporary folder and renamed into place; the
-rename is atomic, so ``checkpoints/step-NNNNNN/`` either exists whole or not at all.
+rename is atomic, so ``checkpoints/step-NNNNNN/`` either exists whole or not at all. One
+that goes is first renamed out of view, then deleted, so it too is whole or gone. A
+folder replaced by a newer one of its name is moved aside before the new one moves in:
+a kill between the two renames leaves the old one aside, and the next writer puts it
+back (:func:`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 CHECKPOINT_RE = re.compile(r"^step-(\d{6,})$")
+#: A folder :func:`publish_folder` set aside while its replacement moves in.
+OLD_RE = re.compile(r"^\.(.+)\.old-\d+$")
 STATE_FILE = "trainer_state.json"
 
 
@@ -91,22 +97,63 @@ def staging_folder(final: Path) -> Path:
     return tmp
 
 
+def discard_folders(folders: Iterable[Path]) -> None:
+    """Delete ``folders`` so that a kill at any moment leaves each whole or out of view:
+    each is renamed to a hidden ``.NAME.gone-PID`` first (one atomic rename; a stale
+    temporary the next writer clears), all of them before any is deleted. Raises OSError
+    when one cannot be renamed."""
+    gone = []
+    for folder in folders:
+        hidden = folder.with_name(f".{folder.name}.gone-{os.getpid()}")
+        if hidden.exists():
+            shutil.rmtree(hidden, ignore_errors=True)
+        try:
+            os.replace(folder, hidden)
+        except FileNotFoundError:
+            continue
+        gone.append(hidden)
+    for parent in {hidden.parent for hidden in gone}:
+        _fsync_dir(parent)
+    for hidden in gone:
+        shutil.rmtree(hidden, ignore_errors=True)
+
+
 def is_stale_temporary(name: str) -> bool:
-    """A hidden ``.NAME.tmp-PID`` / ``.NAME.old-PID`` entry (or a write probe) that a
-    writer leaves only when it was killed mid-write."""
+    """A hidden ``.NAME.tmp-PID`` / ``.NAME.old-PID`` / ``.NAME.gone-PID`` entry (or a
+    write probe) that a writer leaves only when it was killed mid-write."""
     return name.startswith(".") and (
-        ".tmp-" in name or ".old-" in name or name.startswith(".write-probe-")
+        ".tmp-" in name or ".old-" in name or ".gone-" in name or name.startswith(".write-probe-")
     )
 
 
+def _set_aside(name: str) -> str | None:
+    """The name of the folder a ``.NAME.old-PID`` entry was (see :func:`publish_folder`)."""
+    match = OLD_RE.match(name)
+    return match.group(1) if match else None
+
+
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Remove what killed writers left in a run folder; call only while holding its lock."""
+    """Remove what killed writers left in a run folder; call only while holding its lock.
+
+    A folder set aside by :func:`publish_folder` whose replacement never moved in (a kill
+    between the two renames) is whole: it goes back to its name instead."""
     removed = []
     for folder in (run_dir, run_dir / "checkpoints"):
         if not folder.is_dir():
             continue
-        for child in folder.iterdir():
+        for child in list(folder.iterdir()):
             if not is_stale_temporary(child.name):
+                continue
+            original = _set_aside(child.name)
+            if (
+                original is not None
+                and child.is_dir()
+                and not child.is_symlink()
+                and not (folder / original).exists()
+            ):
+                with contextlib.suppress(OSError):  # else a later writer puts it back
+                    os.replace(child, folder / original)
+                    _fsync_dir(folder)
                 continue
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child, ignore_errors=True)
@@ -144,5 +191,5 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
                 if pid != str(os.getpid()):
                     shutil.rmtree(child, ignore_errors=True)
     if keep > 0:
-        for _, path in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            discard_folders(path for _, path in list_checkpoints(run_dir)[:-keep])
