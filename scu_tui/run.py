@@ -151,6 +151,7 @@ class Run:
         self._notes: list[str] = []  # warnings from setup, emitted once the run has started
         self._stop: Decider | None = None  # who asked to stop: a person or a signal
         self._last_saved_step = -1
+        self._rolled_back = False  # a rollback's state is not in a checkpoint yet
         self.loader: Loader = loader or MlxLmLoader()
         self.tokenizer: Any = None
         self._sample_prompts: list[tuple[str, str]] = []  # chosen at the first evaluation
@@ -432,7 +433,9 @@ class Run:
         )
         if self.controller is not None:
             self._keep_state()
-        if result.step % s.training.save_every == 0 and not last:
+        if self._rolled_back:  # the state it went back to, as the step ends
+            self.save_checkpoint(CheckpointReason.ROLLBACK)
+        elif result.step % s.training.save_every == 0 and not last:
             self.save_checkpoint(CheckpointReason.SCHEDULE)
 
     @contextlib.contextmanager
@@ -586,8 +589,23 @@ class Run:
     def go_back(self, to_step: int | None) -> int:
         """Restore the kept good state of ``to_step`` or, without one, the newest intact
         checkpoint, past the batches that led here (a rollback: the data position stays);
-        the tokens, time and skipped steps so far still count."""
+        the tokens, time and skipped steps so far still count.
+
+        The run then checkpoints the state it went back to, once the rollback is complete
+        (its lower LR, the controller's and steering's records) and the step or command
+        that made it is over: exactly what the run goes on from. That checkpoint replaces
+        any of the same step and, being the newest state, removes those of later steps
+        (the abandoned branch's, taken during the damage) after it is in place
+        (:meth:`RunFolder.save_checkpoint`). So ``--resume``, which takes the newest
+        checkpoint by step, continues the branch the run is on, exactly as if it had not
+        stopped, even with no checkpoint at or before the step it went back to; and a
+        kill at any point of it leaves every checkpoint up to that step intact. Removing
+        the later ones alone would resume from an older checkpoint, replaying the damage
+        without what a person did since; the top-level adapters follow the checkpoint, and
+        ``best/`` keeps the best adapters seen, from whichever branch.
+        """
         t = self._trainer
+        self._rolled_back = True
         if to_step is not None and self.snapshots.restore(t, to_step):
             if self.peers is not None:
                 self.peers.resync()  # every rank goes back with it
@@ -642,6 +660,8 @@ class Run:
                     continue
                 return
             self._apply(command)
+            if self._rolled_back:  # an accepted rollback
+                self.save_checkpoint(CheckpointReason.ROLLBACK)
             if self._stop:
                 return
 
@@ -692,7 +712,8 @@ class Run:
     # --- files ----------------------------------------------------------------------------
 
     def save_checkpoint(self, reason: CheckpointReason) -> Path:
-        """Write ``checkpoints/step-NNNNNN`` atomically, then refresh the top-level adapters."""
+        """Write ``checkpoints/step-NNNNNN`` atomically (and remove those of later steps: a
+        branch a rollback abandoned), then refresh the top-level adapters."""
         t = self._trainer
         steering = self.steering.state()
         if steering is not None:
@@ -700,6 +721,7 @@ class Run:
         t.extra_state["first_val_loss"] = self.status.first_val_loss
         final = self.folder.save_checkpoint(t.step, self._save_state, self._lora.adapter_config)
         self._last_saved_step = t.step
+        self._rolled_back = False
         self._write_top_level_adapters()
         self.folder.prune(self.settings.training.keep_checkpoints)
         self._write_summary()
@@ -714,7 +736,7 @@ class Run:
             self.snapshots.save(folder)
 
     def _finish_checkpoint(self, reason: CheckpointReason) -> None:
-        if self._last_saved_step != self._trainer.step:
+        if self._last_saved_step != self._trainer.step or self._rolled_back:
             self.save_checkpoint(reason)
         else:
             self._write_top_level_adapters()
