@@ -171,6 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--find-lr", action="store_true", help="LR range test: a starting learning rate"
     )
+    probing = check.add_mutually_exclusive_group()
+    probing.add_argument(
+        "--probe",
+        action="store_const",
+        const="always",
+        dest="probe",
+        help="run the probe's steps however long they take (by default, when they would "
+        "take over 10 minutes on this machine, the estimate is from config.json)",
+    )
+    probing.add_argument(
+        "--config-only",
+        action="store_const",
+        const="never",
+        dest="probe",
+        help="run no step: the estimate from config.json alone",
+    )
     check.add_argument(
         "--ranks",
         type=int,
@@ -290,7 +306,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     from scu_tui.check.runner import run_check
 
-    return run_check(settings, as_json=args.json, find_lr=args.find_lr, ranks=args.ranks)
+    return run_check(
+        settings,
+        as_json=args.json,
+        find_lr=args.find_lr,
+        ranks=args.ranks,
+        probe=getattr(args, "probe", None) or "auto",
+    )
 
 
 def _run_dir(text: str) -> tuple[Path, Settings]:

@@ -77,6 +77,13 @@ def _uniform_split(data: DataBundle, rows: int, width: int, max_seq_length: int)
     return Split("probe", "probe", [(list(pool), 0) for _ in range(rows)])
 
 
+def calibration_widths(max_seq_length: int) -> list[int]:
+    """Widths the run's batching can produce, up to 257 tokens: 33, 65, 129, 257 and
+    ``max_seq_length`` (a batch is padded to one plus a multiple of 32, or the cap)."""
+    top = min(max_seq_length, 8 * PAD_TO + 1)
+    return [w for w in (PAD_TO + 1, 2 * PAD_TO + 1, 4 * PAD_TO + 1) if w < top] + [top]
+
+
 class Probe:
     """Runs the measurements on one loaded model with its adapters."""
 
@@ -124,10 +131,7 @@ class Probe:
     # --- memory ---------------------------------------------------------------------------
 
     def calibration_widths(self) -> list[int]:
-        """Widths the run's batching can produce, up to 257 tokens: 33, 65, 129, 257 and
-        ``max_seq_length`` (a batch is padded to one plus a multiple of 32, or the cap)."""
-        top = min(self.settings.data.max_seq_length, 8 * PAD_TO + 1)
-        return [w for w in (PAD_TO + 1, 2 * PAD_TO + 1, 4 * PAD_TO + 1) if w < top] + [top]
+        return calibration_widths(self.settings.data.max_seq_length)
 
     def _peak(self, trainer: Trainer, rows: int, width: int) -> float:
         """The peak bytes of one step on ``rows`` rows padded to ``width`` (after a first

@@ -388,4 +388,3 @@ def probe_ranks(
         return compare(
             flags, ranks, gradient_bytes=gradient_bytes, timeout=timeout, progress=progress
         )
-

@@ -12,6 +12,7 @@ from scu_tui.check.find_lr import LrCurve, plot
 from scu_tui.check.memory import MAX_BATCH, Estimate
 from scu_tui.check.model_facts import ModelFacts
 from scu_tui.check.probe import Timing
+from scu_tui.check.probe_cost import ProbeCost
 from scu_tui.check.ranks import RankReport
 from scu_tui.check.units import duration, gb
 from scu_tui.config import Settings
@@ -45,6 +46,7 @@ class CheckResult:
     curve: LrCurve | None = None
     notes: list[str] = field(default_factory=list)
     ranks: RankReport | None = None  # --ranks N: one rank against N over loopback
+    probe_cost: ProbeCost | None = None  # the probe's projected duration (with weights)
 
     # --- derived numbers -------------------------------------------------------------------
 
@@ -207,6 +209,7 @@ class CheckResult:
             "find_lr": self.curve.to_dict() if self.curve else None,
             "ranks": self.ranks.to_dict() if self.ranks else None,
             "notes": self.notes,
+            "probe": self.probe_cost.to_dict(self.tokens_per_step) if self.probe_cost else None,
         }
 
     # --- text ------------------------------------------------------------------------------
@@ -356,6 +359,16 @@ def _tokens(n: int, f: ModelFacts) -> str:
 def _time_lines(r: CheckResult) -> list[str]:
     timing = r.timing
     t = r.settings.training
+    cost = r.probe_cost
+    if timing is None and cost is not None and not cost.ran:
+        step = cost.step_seconds(r.tokens_per_step)
+        lines = _row(
+            "per step",
+            f"about {duration(step)} ({cost.flops_per_second / 1e9:.3g} GFLOP/s on the "
+            "model's layers; projected, not measured)",
+        )
+        lines += _row("training", f"about {duration(step * t.max_steps)} for {t.max_steps} steps")
+        return lines
     if timing is None:
         reason = (
             "not measured: no weights to run (an estimate from config.json alone)"

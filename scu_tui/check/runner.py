@@ -95,8 +95,12 @@ def _rows_only(settings: Settings) -> Any:
     )
 
 
-def check(settings: Settings, *, find_lr: bool = False) -> Any:
-    """Everything the check finds, as a ``CheckResult``."""
+def check(settings: Settings, *, find_lr: bool = False, probe_mode: str = "auto") -> Any:
+    """Everything the check finds, as a ``CheckResult``.
+
+    ``probe_mode``: ``"auto"`` runs the probe's steps when they take at most
+    ``PROBE_BUDGET_SECONDS`` on this machine (said up front), ``"always"`` runs them
+    however long, ``"never"`` gives the estimate from ``config.json`` alone."""
     import mlx.core as mx
 
     from scu_tui.check import environment, memory
@@ -126,6 +130,36 @@ def check(settings: Settings, *, find_lr: bool = False) -> Any:
     other = memory.from_config(model_facts, not gc_on)
     timing = None
     curve = None
+    cost = None
+    if has_weights:
+        from scu_tui.check.probe import calibration_widths
+        from scu_tui.check.probe_cost import PROBE_BUDGET_SECONDS, layer_speed, probe_cost
+        from scu_tui.check.units import duration
+
+        speed = layer_speed(model_facts)
+        cost = probe_cost(
+            model_facts,
+            batch=t.batch_size,
+            widths=calibration_widths(settings.data.max_seq_length),
+            grad_checkpoint=gc_on,
+            speed=speed,
+            ran=probe_mode != "never",
+        )
+        _progress(
+            f"the probe's steps: about {duration(cost.probe_seconds)} on this machine "
+            f"({speed / 1e9:.3g} GFLOP/s on this model's layers)"
+        )
+        if probe_mode == "never":
+            notes.append("--config-only: no step was run, the estimate is from config.json")
+            has_weights = False
+        elif probe_mode == "auto" and cost.probe_seconds > PROBE_BUDGET_SECONDS:
+            notes.append(
+                f"the probe's steps would take about {duration(cost.probe_seconds)} on this "
+                f"machine ({speed / 1e9:.3g} GFLOP/s on this model's {model_facts.dtype} "
+                "layers): not run, the estimate is from config.json; --probe runs them anyway"
+            )
+            cost = replace(cost, ran=False)
+            has_weights = False
     if has_weights:
         from scu_tui.check.probe import SAFE_SHARE, Probe
         from scu_tui.training.model import apply_lora, load_model
@@ -171,7 +205,11 @@ def check(settings: Settings, *, find_lr: bool = False) -> Any:
         else:
             data = _rows_only(settings)
         if find_lr:
-            notes.append("--find-lr needs the model's weights: not run")
+            notes.append(
+                "--find-lr needs the model's weights and the probe: not run"
+                if cost is not None
+                else "--find-lr needs the model's weights: not run"
+            )
     width = data.max_width or settings.data.max_seq_length
     kept = settings.scu.snapshots_kept if settings.scu.enabled else 0
     est = memory.estimate(
@@ -218,6 +256,7 @@ def check(settings: Settings, *, find_lr: bool = False) -> Any:
         timing=timing,
         curve=curve,
         notes=notes,
+        probe_cost=cost,
     )
 
 
@@ -268,6 +307,7 @@ def run_check(
     as_json: bool = False,
     find_lr: bool = False,
     ranks: int | None = None,
+    probe: str = "auto",
     out: TextIO | None = None,
 ) -> int:
     """The command: print the report (text or one JSON object); exit code 0.
@@ -276,7 +316,7 @@ def run_check(
     from scu_tui.check import cache
 
     check_ranks(ranks, settings)
-    result = check(settings, find_lr=find_lr)
+    result = check(settings, find_lr=find_lr, probe_mode=probe)
     if ranks is not None:
         result.ranks = _probe_ranks(result, ranks)
     summary = _finite(result.to_json())

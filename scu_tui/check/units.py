@@ -13,11 +13,13 @@ def gb(value: float) -> str:
 
 
 def duration(seconds: float) -> str:
-    """``44 s``, ``12 min`` or ``2 h 05 min``."""
+    """``44 s``, ``12 min``, ``2 h 05 min`` or, from three days on, ``12 days``."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     minutes = seconds / 60
     if minutes < 90:
         return f"{minutes:.0f} min"
+    if minutes >= 72 * 60:
+        return f"{minutes / 1440:,.0f} days"
     hours, rest = divmod(round(minutes), 60)
     return f"{hours} h {rest:02d} min"
