@@ -85,3 +85,20 @@ def test_a_small_variant_builds_in_shards_loads_quantized_and_runs(
     qwen3_shape.build(tmp_path / "model", config, lengths=[8, 24, 40], rows=4)
     assert shards[0].stat().st_mtime_ns == before
     assert (folder / "data" / "len-0040" / "valid.jsonl").is_file()  # ... with the new length
+
+
+def test_a_float32_variant_keeps_the_shape_and_computes_in_float32(tmp_path: Path) -> None:
+    import mlx.core as mx
+
+    from scu_tui.training.model import load_model
+
+    assert qwen3_shape.default_folder(2, "float32").name == "qwen3-4b-shape-L2-float32"
+    config = qwen3_shape.shape_config(1, torch_dtype="float32", **SMALL)
+    folder = qwen3_shape.build(tmp_path / "f32", config, lengths=[8], rows=2)
+    stored = {
+        k: v for shard in folder.glob("model-*.safetensors") for k, v in mx.load(str(shard)).items()
+    }
+    assert stored["model.embed_tokens.scales"].dtype == mx.float32
+    assert stored["model.layers.0.mlp.up_proj.weight"].dtype == mx.uint32  # still 4-bit
+    model, _ = load_model(str(folder))
+    assert model(mx.array([[1, 2, 3]])).dtype == mx.float32
