@@ -14,8 +14,10 @@ default keys), on rows of exactly N tokens:
 - ``mlx_lm``: ``python -m mlx_lm lora`` for one iteration with the same settings, its
   printed ``Peak mem``.
 
-Beside each: the process's peak resident memory (``ru_maxrss``, what the OS sees), the
-step's seconds, and what ``scu-tui check`` estimates from the config alone for the same
+Beside each: the process's peak resident memory (``ru_maxrss``, what the OS sees), for
+ours also the peak resident set of the step alone (Linux's ``VmHWM`` restarted after
+loading, which peaks on the stand-in tokenizer's 151,936-word vocabulary), the step's
+seconds, and what ``scu-tui check`` estimates from the config alone for the same
 model and batch. Every point is cached (``~/.cache/scu-tui-bench/reference-memory.jsonl``)
 since one takes many minutes: a second run measures only what is missing, and
 ``--report`` prints the table from the cache. Memory figures do not depend on what else
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -131,6 +134,17 @@ def config_estimate(folder: Path, point: Point, layers: int) -> float:
 # --- one point, in its own process ------------------------------------------------------
 
 
+def _vm_hwm() -> float | None:
+    """The process's peak resident set since the last reset, in GB (Linux)."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return None
+    for line in status.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / 1e9
+    return None
+
+
 def measure_scu(point: Point) -> dict[str, Any]:
     import mlx.core as mx
 
@@ -151,10 +165,14 @@ def measure_scu(point: Point) -> dict[str, Any]:
     mx.eval(model.parameters())
     loaded = time.perf_counter() - tic
     resident = float(mx.get_active_memory())
+    hwm = Path("/proc/self/clear_refs")
+    if hwm.exists():  # Linux: restart the peak RSS here, past loading's transients
+        hwm.write_text("5")
     tic = time.perf_counter()
     trainer.train_step()
     seconds = time.perf_counter() - tic
     return {
+        "step_rss_gb": _vm_hwm(),
         "peak_gb": mx.get_peak_memory() / 1e9,
         "resident_gb": resident / 1e9,
         "load_seconds": round(loaded, 1),
@@ -247,26 +265,32 @@ def estimated_minutes(point: Point, done: dict[str, dict[str, Any]]) -> float:
     return cost * rate / 60
 
 
+def _gb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def report(done: dict[str, dict[str, Any]]) -> None:
     import numpy as np
 
     rows = sorted(done.values(), key=lambda r: (r["tool"], r["checkpoint"], r["batch"],
                                                 r["length"], r["layers"]))  # fmt: skip
     print("| tool | ckpt | batch x tokens | blocks | peak GB (MLX) | peak RSS GB | "
-          "check, config-only GB | step s |")  # fmt: skip
-    print("|---|---|---|--:|--:|--:|--:|--:|")
+          "step's RSS GB | check, config-only GB | step s |")  # fmt: skip
+    print("|---|---|---|--:|--:|--:|--:|--:|--:|")
     for r in rows:
         step = r.get("step_seconds", r.get("run_seconds"))
         tool = f"{r['tool']}, {r.get('dtype', 'bfloat16')}"
         print(f"| {tool} | {'on' if r['checkpoint'] else 'off'} | {r['batch']} x "
               f"{r['length']} | {r['layers']} | {r['peak_gb']:.3f} | {r['rss_gb']:.3f} | "
+              f"{_gb(r.get('step_rss_gb'))} | "
               f"{r['config_gb']:.3f} | {step} |")  # fmt: skip
     print()
     print("Extrapolated to 36 blocks (a line through the block counts; the residual at a "
           "third count checks it):")  # fmt: skip
     print(
         "| tool | ckpt | batch x tokens | blocks measured | per block MB | peak at 36, GB | "
-        "RSS at 36, GB | worst residual MB | check, config-only at 36, GB | check / measured |"
+        "step's RSS at 36, GB | worst residual MB | check, config-only at 36, GB | "
+        "check / measured |"
     )
     print("|---|---|---|---|--:|--:|--:|--:|--:|--:|")
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
@@ -278,13 +302,16 @@ def report(done: dict[str, dict[str, Any]]) -> None:
             continue
         x = np.array([r["layers"] for r in rs], dtype=float)
         fits = {}
-        for field in ("peak_gb", "rss_gb"):
+        for field in ("peak_gb", "rss_gb", "step_rss_gb"):
+            if any(r.get(field) is None for r in rs):
+                fits[field] = (math.nan, math.nan, math.nan)
+                continue
             y = np.array([r[field] for r in rs])
             slope, intercept = np.polyfit(x, y, 1)
             fits[field] = (slope, intercept, np.abs(y - (slope * x + intercept)).max())
         slope, intercept, resid = fits["peak_gb"]
         at36 = slope * FULL_LAYERS + intercept
-        rss36 = fits["rss_gb"][0] * FULL_LAYERS + fits["rss_gb"][1]
+        rss36 = fits["step_rss_gb"][0] * FULL_LAYERS + fits["step_rss_gb"][1]
         config36 = rs[0]["config36_gb"]
         print(f"| {tool}, {dtype} | {'on' if ckpt else 'off'} | {batch} x {length} | "
               f"{','.join(str(int(v)) for v in sorted(x))} | {slope * 1e3:.1f} | {at36:.2f} | "
