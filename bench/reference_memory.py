@@ -9,16 +9,16 @@ reference preset's LoRA settings (r32, alpha 64, dropout 0.05, every block, mlx-
 default keys), on rows of exactly N tokens:
 
 - ``scu``: the product's own step (its ``Trainer``, AdamW, the preset's settings with
-  gradient accumulation 1), the peak over loading the adapters and the first step (which
-  creates the optimizer's moments);
-- ``mlx_lm``: ``python -m mlx_lm lora`` for one iteration with the same settings, its
-  printed ``Peak mem``.
+  gradient accumulation 1): the peak of the second step, with the optimizer's moments
+  (made by the first) resident through it, and the weights and adapters;
+- ``mlx_lm``: ``python -m mlx_lm lora`` for two iterations with the same settings, the
+  largest ``Peak mem`` it prints (its peak since loading).
 
 Beside each: the process's peak resident memory (``ru_maxrss``, what the OS sees), for
 ours also the peak resident set of the step alone (Linux's ``VmHWM`` restarted after
 loading, which peaks on the stand-in tokenizer's 151,936-word vocabulary), the step's
 seconds, and what ``scu-tui check`` estimates from the config alone for the same
-model and batch. Every point is cached (``~/.cache/scu-tui-bench/reference-memory.jsonl``)
+model and batch. Every point is cached (``~/.cache/scu-tui-bench/reference-memory-steady.jsonl``)
 since one takes many minutes: a second run measures only what is missing, and
 ``--report`` prints the table from the cache. Memory figures do not depend on what else
 the machine runs; the seconds do.
@@ -83,7 +83,7 @@ class Point:
 
 
 def results_file() -> Path:
-    return cache_root() / "reference-memory.jsonl"
+    return cache_root() / "reference-memory-steady.jsonl"
 
 
 def read_results() -> dict[str, dict[str, Any]]:
@@ -165,13 +165,20 @@ def measure_scu(point: Point) -> dict[str, Any]:
     mx.eval(model.parameters())
     loaded = time.perf_counter() - tic
     resident = float(mx.get_active_memory())
+    tic = time.perf_counter()
+    trainer.train_step()  # the first step also creates the optimizer's moments
+    first = time.perf_counter() - tic
+    first_peak = mx.get_peak_memory()
+    mx.reset_peak_memory()
     hwm = Path("/proc/self/clear_refs")
     if hwm.exists():  # Linux: restart the peak RSS here, past loading's transients
         hwm.write_text("5")
     tic = time.perf_counter()
-    trainer.train_step()
+    trainer.train_step()  # a steady step: the moments are resident through it
     seconds = time.perf_counter() - tic
     return {
+        "first_step_peak_gb": first_peak / 1e9,
+        "first_step_seconds": round(first, 1),
         "step_rss_gb": _vm_hwm(),
         "peak_gb": mx.get_peak_memory() / 1e9,
         "resident_gb": resident / 1e9,
@@ -192,7 +199,7 @@ def measure_mlx_lm(point: Point) -> dict[str, Any]:
             "--model", str(folder), "--train",
             "--data", str(folder / "data" / f"len-{point.length:04d}"),
             "--fine-tune-type", "lora", "--num-layers", "-1",
-            "--batch-size", str(point.batch), "--iters", "1",
+            "--batch-size", str(point.batch), "--iters", "2",
             "--learning-rate", "2e-4", "--max-seq-length", "2048",
             "--steps-per-report", "1", "--steps-per-eval", "1000", "--val-batches", "1",
             "--adapter-path", str(Path(tmp) / "adapters"),

@@ -589,7 +589,8 @@ class Run:
     def go_back(self, to_step: int | None) -> int:
         """Restore the kept good state of ``to_step`` or, without one, the newest intact
         checkpoint, past the batches that led here (a rollback: the data position stays);
-        the tokens, time and skipped steps so far still count.
+        the tokens, time and skipped steps so far and the best validation loss (best/ holds
+        its adapters) still count.
 
         The run then checkpoints the state it went back to, once the rollback is complete
         (its lower LR, the controller's and steering's records) and the step or command
@@ -611,7 +612,7 @@ class Run:
                 self.peers.resync()  # every rank goes back with it
             return t.step
         data_position = t.stream.state()
-        kept = (t.tokens_seen, t.train_seconds, t.skipped_steps)
+        kept = (t.tokens_seen, t.train_seconds, t.skipped_steps, t.best_val_loss)
         self._notes.clear()
         self._load_newest_intact_checkpoint()
         for note in self._notes:
@@ -619,7 +620,7 @@ class Run:
         t.stream.load_state(data_position)  # skip the batches that led here
         if self.peers is not None:
             self.peers.resync()  # every rank goes back with it
-        t.tokens_seen, t.train_seconds, t.skipped_steps = kept
+        t.tokens_seen, t.train_seconds, t.skipped_steps, t.best_val_loss = kept
         self.snapshots.drop_after(t.step)
         return t.step
 

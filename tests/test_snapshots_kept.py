@@ -49,10 +49,11 @@ def test_a_restored_state_continues_as_it_did_past_other_batches() -> None:
     trainer.set_knob("weight_decay", 0.05)
     for _ in range(3):
         trainer.train_step()
+    trainer.best_val_loss = 0.5  # an evaluation on the branch left: best/ holds it
     tokens = trainer.tokens_seen
     assert kept.restore(trainer, 2)
     assert trainer.step == 2 and trainer.knobs.weight_decay == twin.knobs.weight_decay
-    assert trainer.tokens_seen == tokens
+    assert trainer.tokens_seen == tokens and trainer.best_val_loss == 0.5
     for name, value in params(twin).items():
         assert np.array_equal(params(trainer)[name], value)
     twin.stream.load_state(trainer.stream.state())  # the same batches from here on

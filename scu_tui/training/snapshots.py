@@ -37,8 +37,10 @@ if TYPE_CHECKING:  # MLX loads with the trainer, not with every command that rea
 
 ARRAYS_FILE = "snapshots.safetensors"
 INDEX_FILE = "snapshots.json"
-#: Trainer counters a rollback keeps from the branch it leaves (work done is work done).
-KEPT_COUNTERS = ("tokens_seen", "train_seconds", "skipped_steps", "data")
+#: Trainer counters a rollback keeps from the branch it leaves (work done is work done),
+#: and the best validation loss: ``best/`` keeps the adapters that reached it, so a later
+#: evaluation must beat that, not the older figure of the state gone back to.
+KEPT_COUNTERS = ("tokens_seen", "train_seconds", "skipped_steps", "data", "best_val_loss")
 
 
 @dataclass(frozen=True)
