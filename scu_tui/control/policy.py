@@ -20,8 +20,8 @@ cut_lr_unstable      unstable: >= 2 spikes in the period, or  lr_multiplier  x0.
                      high variability without improvement
 raise_weight_decay   overfitting, weight decay below its max  weight_decay   x2 (from 0.1)
 raise_dropout        overfitting, weight decay at its max     dropout        +0.05
-raise_lr_aligned     too_low_lr: the gradient keeps pointing  lr_multiplier  x1.5
-                     along the momentum (update alignment
+raise_lr_aligned     too_low_lr: the gradient keeps pointing  lr_multiplier  x1.5 (x2
+                     along the momentum (update alignment                    over 0.3)
                      mean > 0.15 over the window and over the
                      newest period, t > 3), stable gradients,
                      no spike: the steps are too short
@@ -120,6 +120,12 @@ LR_CUT_DEGRADING = 0.5
 LR_CUT_UNSTABLE = 0.7
 LR_CUT_PLATEAU = 0.8
 LR_RAISE_ALIGNED = 1.5
+#: ... and, when the newest period's alignment is this strong (0.2-0.8 measured at 0.1x
+#: the tuned LR, under 0.15 from 0.3x on once past the first period), the largest move
+#: one action may make: from 0.1x the tuned LR in four periods instead of six. An
+#: overshoot has its safe return: the damage rollback to a kept state, with a cut.
+ALIGN_FAR_TOO_LOW = 0.3
+LR_RAISE_FAR_TOO_LOW = 2.0
 LR_CUT_OVERSHOOT = 0.7
 ROLLBACK_LR_FACTOR = 0.5
 #: A rollback for damage goes back with a deeper cut: the LR that damaged the run once
@@ -431,11 +437,14 @@ def alignment_evidence(s: Signals) -> dict[str, Any]:
 
 
 def aligned_move(s: Signals, knobs: Knobs) -> Move:
-    """Each step still points down the slope the last ones followed: longer steps."""
+    """Each step still points down the slope the last ones followed: longer steps, the
+    longest one move allows while the alignment says the LR is far too low."""
+    a = s.alignment
+    far = a.mean > ALIGN_FAR_TOO_LOW and a.recent_mean > ALIGN_FAR_TOO_LOW
     return Move(
         "raise_lr_aligned",
         LR,
-        knobs.lr_multiplier * LR_RAISE_ALIGNED,
+        knobs.lr_multiplier * (LR_RAISE_FAR_TOO_LOW if far else LR_RAISE_ALIGNED),
         1,
         f"Updates keep pointing the same way (alignment {s.alignment.mean:+.2f}) "
         "- the LR is too low, increasing it",
