@@ -281,6 +281,7 @@ async def test_quit_asks_then_saves_a_checkpoint_and_exits(tmp_path: Path) -> No
 @pytest.mark.slow
 async def test_sighup_checkpoints_and_exits_130(tmp_path: Path) -> None:
     out = tmp_path / "run"
+    before = signal.getsignal(signal.SIGHUP)  # SIG_DFL, or SIG_IGN under nohup
     app = make_app(demo(**{"training.max_steps": 3000}), output_dir=out)
     async with app.run_test(size=(80, 24)):
         await wait(app.expect("step", lambda e: e.step >= 3))
@@ -289,7 +290,7 @@ async def test_sighup_checkpoints_and_exits_130(tmp_path: Path) -> None:
         os.kill(os.getpid(), signal.SIGHUP)
         assert (await wait(done)).status == "interrupted"
     assert app.return_code == 130
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # handed back on exit
+    assert signal.getsignal(signal.SIGHUP) == before  # handed back on exit
     assert any(e.get("reason") == "signal" for e in events(out) if e["type"] == "checkpoint")
 
 
