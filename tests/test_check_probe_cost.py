@@ -21,6 +21,7 @@ FACTS = ModelFacts(
     trainable_bytes=40_000, lora_modules=14, lora_rank=8, lora_dropout=False,
     quantization="4-bit, group 64", dtype="float32", act_bytes=4, layers=2, hidden=128,
     intermediate=256, heads=4, kv_heads=2, head_dim=32, vocab=1000, max_positions=512,
+    quant_bits=4, quant_group=64,
 )  # fmt: skip
 
 
@@ -47,7 +48,7 @@ def test_the_probe_s_arithmetic_grows_with_the_model_and_its_widths() -> None:
 
 def test_this_machine_is_timed_on_the_model_s_own_kind_of_layer() -> None:
     quantized = probe_cost.layer_speed(FACTS)
-    dense = probe_cost.layer_speed(replace(FACTS, quantization="none"))
+    dense = probe_cost.layer_speed(replace(FACTS, quantization="none", quant_bits=0, quant_group=0))
     assert math.isfinite(quantized) and quantized > 1e6
     assert math.isfinite(dense) and dense > 1e6
 

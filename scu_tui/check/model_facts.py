@@ -52,6 +52,9 @@ class ModelFacts:
     dora_elements: int = 0
     #: copies of the trainable parameters the optimizer keeps (memory.OPTIMIZER_STATES)
     optimizer_states: int = 2
+    #: the quantization as numbers (0, 0: none), which ``quantization`` describes
+    quant_bits: int = 0
+    quant_group: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,6 +159,8 @@ def facts(model: nn.Module, config: dict[str, Any], lora: LoraSettings) -> Model
         lora_rank=lora.rank,
         lora_dropout=lora.dropout > 0,
         quantization=f"{q['bits']}-bit, group {q['group_size']}" if q else "none",
+        quant_bits=int(q["bits"]) if q else 0,
+        quant_group=int(q["group_size"]) if q else 0,
         dtype=dtype,
         act_bytes=DTYPES[dtype].size,
         layers=len(getattr(model, "layers", [])) or int(c.get("num_hidden_layers", 0)),

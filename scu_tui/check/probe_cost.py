@@ -42,14 +42,6 @@ class ProbeCost:
         }
 
 
-def _quantization(f: ModelFacts) -> tuple[int, int] | None:
-    """``(bits, group_size)`` of a quantized model, from its facts' description."""
-    if f.quantization == "none":
-        return None
-    bits, group = f.quantization.split(", group ")
-    return int(bits.split("-")[0]), int(group)
-
-
 def _product_seconds(rows: int, out: int, columns: int, dtype: Any, quant: Any) -> float:
     """Seconds of one ``(rows x columns) @ (out x columns)^T`` product, after a warm-up."""
     import mlx.core as mx
@@ -87,7 +79,7 @@ def layer_speed(f: ModelFacts) -> float:
     import mlx.core as mx
 
     dtype = DTYPES.get(f.dtype, mx.float32)
-    quant = _quantization(f)
+    quant = (f.quant_bits, f.quant_group) if f.quant_bits else None
     columns = max(f.hidden, 64)
     full = max(f.intermediate, f.hidden, 64)
     rows, out = 8, min(256, full)
