@@ -272,6 +272,11 @@ class ScuSettings:
     snapshots_kept: int = setting(
         4, "good states kept in memory (LoRA weights + optimizer state each)", in_range(1, 64)
     )
+    lr_search: bool = setting(
+        True,
+        "after the warm-up, double the LR every few steps while the updates keep pointing "
+        "the same way (the start-up LR search)",
+    )
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,15 @@ from scu_tui.control.policy import (
     validation_stalled,
 )
 from scu_tui.control.proposals import ProposalBook, ProposalRecord
+from scu_tui.control.search import FACTOR as SEARCH_FACTOR
+from scu_tui.control.search import (
+    SETTLE_FACTOR,
+    search_step,
+    settle_reason,
+    settle_step,
+    window_start,
+)
+from scu_tui.control.search import reason as search_reason
 from scu_tui.control.signals import MAD_TO_SIGMA, Signals, compute_signals, json_safe
 from scu_tui.protocol import TAKEN, Decider, Outcome
 
@@ -91,6 +100,10 @@ REJECTED = (Outcome.VETOED, Outcome.REVERTED)  # the rule backs off
 
 #: The rule of the per-step divergence guard's rollback (acts at once in auto and ask).
 GUARD_RULE = ROLLBACK
+#: The rule of the start-up LR search's doublings (see :mod:`scu_tui.control.search`).
+SEARCH_RULE = "search_lr"
+#: ... and of its cuts after a damage rollback while the updates still overshoot.
+SETTLE_RULE = "settle_lr_after_rollback"
 #: Consecutive checks with the same diagnosis before a rule acts (divergence: at once).
 HYSTERESIS_CHECKS = 2
 #: A vetoed or harmful rule is blocked for this many cooldowns (at least control periods),
@@ -240,6 +253,11 @@ class Memory:
     )
     #: rules in MUST_HELP whose move showed no effect told from the noise: off for good
     _retired: set[str] = field(default_factory=set, metadata={OPTIONAL: True})
+    #: the step the start-up LR search ended at (-1: still searching)
+    _search_ended_at: int = field(default=-1, metadata={OPTIONAL: True})
+    #: after a damage rollback: (the step it went back to, proposals in the book then);
+    #: (-1, 0) while no settling is under way
+    _settle: tuple[int, int] = field(default=(-1, 0), metadata={OPTIONAL: True})
 
 
 class Controller(Memory):
@@ -262,6 +280,8 @@ class Controller(Memory):
         self.last_signals: Signals | None = None
         self.last_diagnosis: Diagnosis | None = None
         self.last_analysis: Analysis | None = None
+        #: why the start-up LR search ended, once, for the run to say (then None)
+        self.search_note: str | None = None
 
     @property
     def min_history(self) -> int:
@@ -305,6 +325,9 @@ class Controller(Memory):
         restored its knobs); ``keep`` is the rollback's own proposal. Returns the cancelled."""
         self._rewind(step + 1)
         self._detector.rolled_back(step)
+        self._end_search(step, "a rollback went back to a state from before the damage")
+        if self.scu.lr_search:
+            self._settle = (step, len(self.book))
         self._divergence = None
         self._last_step = step
         self._no_raise_until = step + self.scu.cooldown
@@ -379,6 +402,101 @@ class Controller(Memory):
             None,
         )
         return self._issue(step, move, Diagnosis.DIVERGING, before, move.target, None)
+
+    # --- the start-up LR search --------------------------------------------------------
+
+    def check_search(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
+        """On every step until it ends: a doubling of the LR while the updates keep
+        pointing the same way (see :mod:`scu_tui.control.search`), and after a damage
+        rollback a halving while they still undo one another. Each follows the mode like
+        any proposal; one not applied (vetoed, expired, only observed, cancelled by a
+        rollback) ends its search, and one still awaiting an answer holds it. Why a
+        search ended is left in :attr:`search_note`."""
+        if not self.scu.lr_search:
+            return None
+        if self._search_ended_at >= 0:
+            return self._check_settle(step, knobs) if self._settle[0] >= 0 else None
+        made = [r for r in self.book if r.proposal.rule == SEARCH_RULE]
+        if made and made[-1].outcome is None:
+            return None
+        if made and made[-1].outcome not in TAKEN:
+            self._end_search(step, f"its proposal {made[-1].id} was {made[-1].outcome}")
+            return None
+        if self._raise_blocked(LR, 1, step):
+            self._end_search(step, "a gradient spike was seen")
+            return None
+        start = window_start(self.training.warmup_steps, made[-1].applied_step if made else -1)
+        verdict = search_step(((h[0], h[4]) for h in self._history), start, len(made))
+        if verdict.action == "wait":
+            return None
+        if verdict.action == "end":
+            self._end_search(step, verdict.why)
+            return None
+        current = Knobs.from_mapping(knobs, self.training)
+        before = current.lr_multiplier
+        after = bounded_value(LR, before, before * SEARCH_FACTOR, current, self.scu)
+        if not moves(before, after, 1):
+            self._end_search(step, f"the LR is at its bound ({current.lr:.3g})")
+            return None
+        evidence = {
+            "alignment": verdict.alignment,
+            "first_step": verdict.first,
+            "last_step": verdict.last,
+            "doubling": len(made) + 1,
+        }
+        move = Move(SEARCH_RULE, LR, after, 1, search_reason(verdict), evidence, None)
+        return self._issue(step, move, Diagnosis.TOO_LOW_LR, before, after, None)
+
+    def _check_settle(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
+        since, first = self._settle
+        made = [r for r in list(self.book)[first:] if r.proposal.rule == SETTLE_RULE]
+        if made and made[-1].outcome is None:
+            return None
+        if made and made[-1].outcome not in TAKEN:
+            self._end_settle(step, len(made), f"{made[-1].id} was {made[-1].outcome}")
+            return None
+        start = max(since, made[-1].applied_step if made else -1)
+        verdict = settle_step(((h[0], h[4]) for h in self._history), start, len(made))
+        if verdict.action == "wait":
+            return None
+        current = Knobs.from_mapping(knobs, self.training)
+        before = current.lr_multiplier
+        after = bounded_value(LR, before, before * SETTLE_FACTOR, current, self.scu)
+        if verdict.action == "end":
+            self._end_settle(step, len(made), verdict.why)
+            return None
+        if not moves(before, after, -1):
+            self._end_settle(step, len(made), f"the LR is at its bound ({current.lr:.3g})")
+            return None
+        evidence = {
+            "alignment": verdict.alignment,
+            "first_step": verdict.first,
+            "last_step": verdict.last,
+            "rolled_back_to": since,
+        }
+        move = Move(SETTLE_RULE, LR, after, -1, settle_reason(verdict), evidence, None)
+        return self._issue(step, move, Diagnosis.STATIONARY, before, after, None)
+
+    def _end_settle(self, step: int, cuts: int, why: str) -> None:
+        self._settle = (-1, 0)
+        if cuts:
+            self.search_note = (
+                f"Settling after the rollback over at step {step}, after {cuts} "
+                f"halving{'s' if cuts != 1 else ''}: {why}"
+            )
+
+    def _end_search(self, step: int, why: str) -> None:
+        if self._search_ended_at >= 0 or not self.scu.lr_search:
+            return
+        self._search_ended_at = max(step, 0)
+        made = sum(1 for r in self.book if r.proposal.rule == SEARCH_RULE and r.outcome in TAKEN)
+        moved = f"after {made} doubling{'s' if made != 1 else ''}" if made else "with no change"
+        self.search_note = f"Start-up LR search over at step {step}, {moved}: {why}"
+
+    @property
+    def searching(self) -> bool:
+        """Whether the start-up LR search is still on."""
+        return self.scu.lr_search and self._search_ended_at < 0
 
     # --- the kept good states -----------------------------------------------------------
 
@@ -630,7 +748,7 @@ class Controller(Memory):
         knob = record.proposal.knob
         self._knob_moved_at[LR if knob == ROLLBACK else knob] = step
         p = record.proposal
-        if p.after != p.before:
+        if p.after != p.before and p.rule != SEARCH_RULE:  # the search locks no direction
             direction = 1 if p.after > p.before else -1
             self._knob_direction[LR if knob == ROLLBACK else knob] = (direction, step)
         if knob == ROLLBACK:
@@ -758,6 +876,8 @@ class Controller(Memory):
                 setattr(self, f.name, getattr(fresh, f.name))
                 continue
             setattr(self, f.name, _decode(hints[f.name], data[key], getattr(self, f.name)))
+        if "search_ended_at" not in data:  # saved before the search: not started late
+            self._search_ended_at = max(self._last_step, 0)
         self._detector.load_state(data["detector"])
         self.book.load_state(data["book"])
         self.last_signals, self.last_diagnosis, self.last_analysis = None, None, None

@@ -15,6 +15,13 @@ rollback             every step, not only at control steps    rollback       lr 
                      noise); back to the newest kept state as
                      good as the best; at a control step also
                      any non-finite value in the period
+search_lr            every step from the warm-up's end until  lr_multiplier  x2
+                     it stops (control.search): the mean
+                     alignment of a 5-step window above 0.3;
+                     the first window that is not ends it
+settle_lr_after_      after a damage rollback, each 5-step     lr_multiplier  x0.5 (at
+rollback             window whose mean alignment is under                    most 3)
+                     -0.05: the steps still overshoot
 cut_lr_degrading     degrading: significant loss rise         lr_multiplier  x0.5
 cut_lr_unstable      unstable: >= 2 spikes in the period, or  lr_multiplier  x0.7
                      high variability without improvement

@@ -142,6 +142,15 @@ class Steering:
             if record.expires_at is not None and step >= record.expires_at:
                 self._decide(record.id, Outcome.EXPIRED, Decider.TTL)
         tic = time.perf_counter()
+        search = self.controller.check_search(step, knobs)
+        self.seconds += time.perf_counter() - tic
+        note, self.controller.search_note = self.controller.search_note, None
+        if note:
+            self.run.emit(MessageEvent(step, level=MessageLevel.INFO, text=note))
+        if search is not None:  # one proposal per step: the analysis waits for the next
+            self._open(search, analysed=False)
+            return
+        tic = time.perf_counter()
         proposal = self.controller.decide(step, knobs)
         self.seconds += time.perf_counter() - tic
         analysis = self.controller.last_analysis

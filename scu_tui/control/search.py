@@ -1,0 +1,133 @@
+"""The start-up LR search: the first steps after the warm-up find the LR's scale.
+
+Creeping up from a far too low LR by one bounded move per control period takes most of a
+short run (x1.5, or x2, per period, each judged before the next). The search uses the
+first steps instead: while the update alignment (the cosine between each gradient and
+the optimizer's momentum) stays high over a short window, the steps still point the
+same way and the LR is far too low, so it is doubled and the next window judged. The
+first window that is not clearly aligned ends the search for good; the controller's
+rules take over from there. An overshoot has its safe return: the damage rollback goes
+back to a kept state from before it, with a cut, and a rollback ends the search.
+
+What was measured on the tuning tasks at a constant LR (``docs/benchmarks.md``): after
+a 10-step warm-up the alignment of each step stays at 0.45-0.98 at 0.1x the tuned LR
+for 20 steps and more, drops under 0.3 within a few steps of the warm-up's end at the
+tuned LR, and is negative from 3x on.
+
+Pure functions: :class:`~scu_tui.control.controller.Controller` keeps whether the search
+is over and asks :func:`search_step` what to do on each step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+#: Steps judged per window: the mean of this many alignments decides each doubling.
+WINDOW = 5
+#: Mean alignment over a window above this says the LR is far too low (the same level
+#: as the controller's x2 raise, ``policy.ALIGN_FAR_TOO_LOW``).
+ALIGNED = 0.3
+#: The factor of each move.
+FACTOR = 2.0
+#: At most this many doublings in one run (x1024), whatever the LR bounds allow.
+MAX_MOVES = 10
+#: The search never starts before this step: Adam's first steps point the same way at
+#: any LR, since the weights have barely moved yet.
+EARLIEST = WINDOW
+
+
+#: After a damage rollback: the mean alignment of a window under this says the steps
+#: still overshoot one another (measured at a constant LR on the tuning tasks: -0.07 to
+#: -0.21 in the first window after the warm-up from 3x the tuned LR on, 0.01-0.15 at it).
+OVERSHOOTING = -0.05
+#: The factor of each settling cut, and the most cuts after one rollback.
+SETTLE_FACTOR = 0.5
+MAX_SETTLES = 3
+
+
+@dataclass(frozen=True)
+class SearchStep:
+    """What the search says on one step: ``raise_lr`` (double it), ``end`` (over for
+    good, ``why`` says why) or ``wait`` (too few steps seen in the window)."""
+
+    action: str  # "raise_lr" | "end" | "wait"
+    why: str
+    alignment: float = math.nan  # the window's mean
+    first: int = -1  # the window's steps
+    last: int = -1
+
+
+def window_start(warmup_steps: int, last_move_step: int) -> int:
+    """The window starts after the warm-up, after the newest move, and not before
+    :data:`EARLIEST`; the steps after the returned one count."""
+    return max(warmup_steps, last_move_step, EARLIEST)
+
+
+def _window(
+    history: Iterable[tuple[int, float]], start: int
+) -> SearchStep | tuple[float, int, int]:
+    """The first :data:`WINDOW` finite alignments after ``start``: (mean, first step, last
+    step), or the verdict when there are too few (wait, or end: none reported)."""
+    after = [(s, a) for s, a in history if s > start]
+    points = [(s, a) for s, a in after if math.isfinite(a)]
+    if len(points) < WINDOW:
+        if len(after) >= 2 * WINDOW:  # an optimizer (or a stream) without an alignment
+            return SearchStep("end", f"no update alignment reported in {len(after)} steps")
+        return SearchStep("wait", f"{len(points)} of {WINDOW} aligned steps seen")
+    window = points[:WINDOW]
+    return sum(a for _, a in window) / WINDOW, window[0][0], window[-1][0]
+
+
+def search_step(history: Iterable[tuple[int, float]], start: int, moves_made: int) -> SearchStep:
+    """Judge the window of ``(step, alignment)`` after step ``start``."""
+    found = _window(history, start)
+    if isinstance(found, SearchStep):
+        return found
+    mean, first, last = found
+    if mean <= ALIGNED:
+        why = (
+            f"alignment {mean:+.2f} over steps {first}-{last}, not above {ALIGNED}: "
+            "the LR is no longer far too low"
+        )
+        return SearchStep("end", why, mean, first, last)
+    if moves_made >= MAX_MOVES:
+        why = f"{moves_made} doublings made, the most one search makes"
+        return SearchStep("end", why, mean, first, last)
+    why = f"alignment {mean:+.2f} over steps {first}-{last}, above {ALIGNED}"
+    return SearchStep("raise_lr", why, mean, first, last)
+
+
+def reason(step: SearchStep) -> str:
+    """The proposal's reason for a doubling."""
+    return (
+        f"Start-up LR search: updates keep pointing the same way (alignment "
+        f"{step.alignment:+.2f} over steps {step.first}-{step.last}) - the LR is far too "
+        f"low, doubling it"
+    )
+
+
+def settle_step(history: Iterable[tuple[int, float]], start: int, cuts_made: int) -> SearchStep:
+    """After a damage rollback to ``start`` (or the newest cut since): ``cut_lr`` while the
+    window's updates still undo one another, else ``end``."""
+    found = _window(history, start)
+    if isinstance(found, SearchStep):
+        return found
+    mean, first, last = found
+    if mean >= OVERSHOOTING:
+        why = f"alignment {mean:+.2f} over steps {first}-{last}: the steps no longer overshoot"
+        return SearchStep("end", why, mean, first, last)
+    if cuts_made >= MAX_SETTLES:
+        return SearchStep("end", f"{cuts_made} cuts made after one rollback", mean, first, last)
+    why = f"alignment {mean:+.2f} over steps {first}-{last}, under {OVERSHOOTING}"
+    return SearchStep("cut_lr", why, mean, first, last)
+
+
+def settle_reason(step: SearchStep) -> str:
+    """The proposal's reason for a cut after a rollback."""
+    return (
+        f"After the rollback the updates still undo one another (alignment "
+        f"{step.alignment:+.2f} over steps {step.first}-{step.last}) - the LR is still too "
+        f"high, halving it"
+    )

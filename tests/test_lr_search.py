@@ -1,0 +1,230 @@
+"""The start-up LR search: doublings while the updates keep pointing the same way, on
+synthetic runs through the controller, and on a real run of the demo at a tenth of its LR."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from scu_tui.control import search
+from scu_tui.control.controller import SEARCH_RULE, SETTLE_RULE, Controller
+from scu_tui.control.policy import Proposal
+from scu_tui.presets import load_preset
+from scu_tui.protocol import Event, Outcome, ProposalEvent, StepEvent
+from tests.test_control_policy import SCU, TRAINING, apply, knobs
+
+WARMUP = 10
+TRAINING_W = dataclasses.replace(TRAINING, warmup_steps=WARMUP)
+Alignment = Callable[[int, float], float]  # (step, lr multiplier) -> alignment
+
+
+def falls_with_lr(step: int, multiplier: float) -> float:
+    """Aligned while the LR is under 4x the start (the "tuned" LR), not once it is there."""
+    return 0.8 if multiplier < 4 else 0.05
+
+
+class SearchRun:
+    """Feeds a controller with a loss falling gently and an alignment that depends on the
+    LR; the search's proposals are answered with ``outcome`` (None: left waiting)."""
+
+    def __init__(
+        self,
+        alignment: Alignment,
+        outcome: Outcome | None = Outcome.APPLIED,
+        scu: object = SCU,
+        training: object = TRAINING_W,
+    ) -> None:
+        self.controller = Controller(scu, training)  # type: ignore[arg-type]
+        self.alignment, self.outcome = alignment, outcome
+        self.knobs = knobs()
+        self.step = 0
+
+    def until(self, last: int) -> list[Proposal]:
+        made = []
+        for step in range(self.step + 1, last + 1):
+            c = self.controller
+            alignment = self.alignment(step, self.knobs["lr_multiplier"])
+            c.observe(step, 2.0 - 0.001 * step, 1.0, self.knobs["lr"], False, alignment)
+            p = c.check_search(step, self.knobs)
+            if p is not None:
+                made.append(p)
+                if self.outcome is not None:
+                    c.record_outcome(p.id, self.outcome)
+                    if self.outcome in (Outcome.APPLIED, Outcome.ACCEPTED):
+                        apply(self.knobs, p)
+        self.step = last
+        return made
+
+
+def test_a_window_is_judged_by_its_mean_alignment() -> None:
+    steps = [(s, 0.8) for s in range(1, 20)]
+    assert search.search_step(steps, 10, 0).action == "raise_lr"
+    low = [(s, 0.1) for s in range(1, 20)]
+    ended = search.search_step(low, 10, 0)
+    assert ended.action == "end" and "+0.10 over steps 11-15" in ended.why
+    # too few finite points after the start: wait
+    assert search.search_step([(11, 0.9), (12, math.nan)], 10, 0).action == "wait"
+    assert search.search_step(steps, 10, search.MAX_MOVES).action == "end"
+    blind = [(s, math.nan) for s in range(11, 21)]
+    assert search.search_step(blind, 10, 0).action == "end"  # no alignment: nothing to judge
+    assert search.window_start(10, -1) == 10 and search.window_start(0, -1) == search.EARLIEST
+    assert search.window_start(10, 25) == 25
+
+
+def test_a_far_too_low_lr_is_doubled_until_the_updates_stop_agreeing() -> None:
+    run = SearchRun(falls_with_lr)
+    made = run.until(60)
+    assert [p.rule for p in made] == [SEARCH_RULE, SEARCH_RULE]
+    # the first window after the warm-up (11-15), then one window after each move
+    assert [p.step for p in made] == [15, 20]
+    assert [p.after for p in made] == [2.0, 4.0]
+    assert run.knobs["lr_multiplier"] == 4.0
+    c = run.controller
+    assert not c.searching and c.search_note is not None
+    assert "after 2 doublings" in c.search_note and "no longer far too low" in c.search_note
+    assert made[0].evidence["alignment"] == pytest.approx(0.8)
+
+
+def test_the_tuned_lr_is_left_alone() -> None:
+    run = SearchRun(lambda step, m: 0.05)
+    assert run.until(60) == []
+    c = run.controller
+    assert not c.searching and c.search_note is not None and "with no change" in c.search_note
+
+
+def test_nothing_is_judged_inside_the_warm_up() -> None:
+    """The warm-up's tiny LRs make every step aligned: those steps are not the LR's fault."""
+    run = SearchRun(lambda step, m: 0.9 if step <= WARMUP else 0.0)
+    assert run.until(40) == []
+
+
+def test_the_search_stops_at_the_lr_bound() -> None:
+    scu = dataclasses.replace(SCU, lr_bounds=[1e-5, 3e-3])  # 3x the start
+    run = SearchRun(lambda step, m: 0.9, scu=scu)
+    made = run.until(60)
+    assert [p.after for p in made] == [2.0, 3.0]  # the second bounded by lr_bounds
+    c = run.controller
+    assert not c.searching and "at its bound" in (c.search_note or "")
+
+
+def test_a_vetoed_doubling_ends_the_search() -> None:
+    run = SearchRun(lambda step, m: 0.9, outcome=Outcome.VETOED)
+    made = run.until(60)
+    assert len(made) == 1 and run.knobs["lr_multiplier"] == 1.0
+    assert not run.controller.searching and "vetoed" in (run.controller.search_note or "")
+
+
+def test_an_unanswered_doubling_holds_the_search() -> None:
+    run = SearchRun(lambda step, m: 0.9, outcome=None)
+    made = run.until(60)
+    assert len(made) == 1 and run.controller.searching
+    c = run.controller
+    c.record_outcome(made[0].id, Outcome.ACCEPTED, step=60)
+    apply(run.knobs, made[0])
+    more = run.until(80)  # the next window starts after the answer
+    assert [p.step for p in more] == [65]
+
+
+def test_a_rollback_ends_the_search() -> None:
+    run = SearchRun(lambda step, m: 0.9)
+    run.until(16)
+    c = run.controller
+    assert c.searching
+    c.notify_rollback(10)
+    assert not c.searching and "rollback" in (c.search_note or "")
+    assert run.until(40) == []
+
+
+def test_switched_off_it_never_proposes() -> None:
+    scu = dataclasses.replace(SCU, lr_search=False)
+    run = SearchRun(lambda step, m: 0.9, scu=scu)
+    assert run.until(60) == [] and not run.controller.searching
+    assert run.controller.search_note is None
+
+
+def test_the_search_state_survives_a_checkpoint() -> None:
+    run = SearchRun(falls_with_lr)
+    run.until(17)  # one doubling, searching on
+    saved = json.loads(json.dumps(run.controller.state()))
+    other = Controller(SCU, TRAINING_W)
+    other.load_state(saved)
+    assert other.searching
+    run.until(60)
+    saved = json.loads(json.dumps(run.controller.state()))
+    other.load_state(saved)
+    assert not other.searching
+    # a state saved before the search existed does not start a search late
+    del saved["search_ended_at"]
+    fresh = Controller(SCU, TRAINING_W)
+    fresh.load_state(saved)
+    assert not fresh.searching
+
+
+class Keep:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_real_run_at_a_tenth_of_the_demo_lr_doubles_it_after_the_warm_up(
+    tmp_path: Path,
+) -> None:
+    from scu_tui.run import Run
+
+    demo = load_preset("demo")
+    s = demo.replace(
+        {
+            "training.learning_rate": demo.training.learning_rate / 10,
+            "training.max_steps": 24,
+            "training.warmup_steps": 10,
+            "training.eval_every": 100,
+            "training.save_every": 100,
+            "training.samples": 0,
+            "scu.mode": "auto",
+        }
+    )
+    run = Run(s, output_dir=tmp_path / "run")
+    keep = Keep()
+    run.add_sink(keep)
+    run.execute()
+    proposals = [e for e in keep.events if isinstance(e, ProposalEvent)]
+    assert proposals and proposals[0].rule == SEARCH_RULE and proposals[0].step == 15
+    lrs = {e.step: e.lr for e in keep.events if isinstance(e, StepEvent)}
+    assert lrs[16] == pytest.approx(2 * lrs[15])
+
+
+def test_after_a_rollback_the_lr_is_halved_while_the_updates_overshoot() -> None:
+    # the search ended at once (aligned nowhere); a rollback to step 20 at 4x the start
+    run = SearchRun(lambda step, m: -0.3 if m > 1.5 else 0.0)
+    assert run.until(20) == []
+    c = run.controller
+    c.notify_rollback(20)
+    run.knobs["lr_multiplier"], run.knobs["lr"] = 4.0, 4e-3
+    made = run.until(60)
+    assert [p.rule for p in made] == [SETTLE_RULE, SETTLE_RULE]
+    assert [p.step for p in made] == [25, 30] and [p.after for p in made] == [2.0, 1.0]
+    assert "after 2 halvings" in (c.search_note or "")
+    c.notify_rollback(60)  # a second rollback with nothing to settle: no cut, no note
+    c.search_note = None
+    assert run.until(80) == [] and c.search_note is None
+
+
+def test_the_settling_is_bounded_and_switched_off_with_the_search() -> None:
+    run = SearchRun(lambda step, m: -0.3)
+    run.until(20)
+    run.controller.notify_rollback(20)
+    assert len(run.until(80)) == search.MAX_SETTLES
+    off = SearchRun(lambda step, m: -0.3, scu=dataclasses.replace(SCU, lr_search=False))
+    off.until(20)
+    off.controller.notify_rollback(20)
+    assert off.until(80) == []
