@@ -86,8 +86,29 @@ def test_a_far_too_low_lr_is_doubled_until_the_updates_stop_agreeing() -> None:
     assert run.knobs["lr_multiplier"] == 4.0
     c = run.controller
     assert not c.searching and c.search_note is not None
-    assert "after 2 doublings" in c.search_note and "no longer far too low" in c.search_note
+    assert "after 2 doublings" in c.search_note and "in range" in c.search_note
     assert made[0].evidence["alignment"] == pytest.approx(0.8)
+
+
+def test_a_far_too_high_lr_is_halved_until_the_updates_stop_undoing_one_another() -> None:
+    run = SearchRun(lambda step, m: -0.2 if m > 0.3 else 0.05)
+    made = run.until(60)
+    assert [p.rule for p in made] == [SEARCH_RULE, SEARCH_RULE]
+    assert [p.step for p in made] == [15, 20] and [p.after for p in made] == [0.5, 0.25]
+    assert "halving it" in made[0].reason
+    assert "after 2 halvings" in (run.controller.search_note or "")
+
+
+def test_the_search_never_turns_back() -> None:
+    """A window that asks for the other direction ends it: the rules take it from there."""
+    up = SearchRun(lambda step, m: 0.8 if m < 2 else -0.5)
+    assert [p.after for p in up.until(60)] == [2.0]
+    assert "overshot" in (up.controller.search_note or "")
+    down = SearchRun(lambda step, m: -0.5 if m > 0.6 else 0.8)
+    assert [p.after for p in down.until(60)] == [0.5]
+    assert "undershot" in (down.controller.search_note or "")
+    steps = [(s, -0.5) for s in range(11, 16)]
+    assert search.search_step(steps, 10, 0, search.MAX_SETTLES).action == "end"
 
 
 def test_the_tuned_lr_is_left_alone() -> None:
@@ -204,7 +225,7 @@ def test_a_real_run_at_a_tenth_of_the_demo_lr_doubles_it_after_the_warm_up(
 
 
 def test_after_a_rollback_the_lr_is_halved_while_the_updates_overshoot() -> None:
-    # the search ended at once (aligned nowhere); a rollback to step 20 at 4x the start
+    # the search ended at once (in range); a rollback to step 20 at 4x the start
     run = SearchRun(lambda step, m: -0.3 if m > 1.5 else 0.0)
     assert run.until(20) == []
     c = run.controller
@@ -220,7 +241,7 @@ def test_after_a_rollback_the_lr_is_halved_while_the_updates_overshoot() -> None
 
 
 def test_the_settling_is_bounded_and_switched_off_with_the_search() -> None:
-    run = SearchRun(lambda step, m: -0.3)
+    run = SearchRun(lambda step, m: -0.3 if step > 20 else 0.0)
     run.until(20)
     run.controller.notify_rollback(20)
     assert len(run.until(80)) == search.MAX_SETTLES

@@ -426,7 +426,9 @@ class Controller(Memory):
             self._end_search(step, "a gradient spike was seen")
             return None
         start = window_start(self.training.warmup_steps, made[-1].applied_step if made else -1)
-        verdict = search_step(((h[0], h[4]) for h in self._history), start, len(made))
+        raises = sum(1 for r in made if r.proposal.after > r.proposal.before)
+        history = ((h[0], h[4]) for h in self._history)
+        verdict = search_step(history, start, raises, len(made) - raises)
         if verdict.action == "wait":
             return None
         if verdict.action == "end":
@@ -434,18 +436,21 @@ class Controller(Memory):
             return None
         current = Knobs.from_mapping(knobs, self.training)
         before = current.lr_multiplier
-        after = bounded_value(LR, before, before * SEARCH_FACTOR, current, self.scu)
-        if not moves(before, after, 1):
+        up = verdict.action == "raise_lr"
+        factor = SEARCH_FACTOR if up else SETTLE_FACTOR
+        after = bounded_value(LR, before, before * factor, current, self.scu)
+        if not moves(before, after, 1 if up else -1):
             self._end_search(step, f"the LR is at its bound ({current.lr:.3g})")
             return None
         evidence = {
             "alignment": verdict.alignment,
             "first_step": verdict.first,
             "last_step": verdict.last,
-            "doubling": len(made) + 1,
+            "move": len(made) + 1,
         }
-        move = Move(SEARCH_RULE, LR, after, 1, search_reason(verdict), evidence, None)
-        return self._issue(step, move, Diagnosis.TOO_LOW_LR, before, after, None)
+        move = Move(SEARCH_RULE, LR, after, 1 if up else -1, search_reason(verdict), evidence, None)
+        diagnosis = Diagnosis.TOO_LOW_LR if up else Diagnosis.STATIONARY
+        return self._issue(step, move, diagnosis, before, after, None)
 
     def _check_settle(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
         since, first = self._settle
@@ -489,8 +494,17 @@ class Controller(Memory):
         if self._search_ended_at >= 0 or not self.scu.lr_search:
             return
         self._search_ended_at = max(step, 0)
-        made = sum(1 for r in self.book if r.proposal.rule == SEARCH_RULE and r.outcome in TAKEN)
-        moved = f"after {made} doubling{'s' if made != 1 else ''}" if made else "with no change"
+        taken = [
+            r.proposal for r in self.book if r.proposal.rule == SEARCH_RULE and r.outcome in TAKEN
+        ]
+        ups = sum(1 for p in taken if p.after > p.before)
+        downs = len(taken) - ups
+        if ups:
+            moved = f"after {ups} doubling{'s' if ups != 1 else ''}"
+        elif downs:
+            moved = f"after {downs} halving{'s' if downs != 1 else ''}"
+        else:
+            moved = "with no change"
         self.search_note = f"Start-up LR search over at step {step}, {moved}: {why}"
 
     @property

@@ -4,15 +4,18 @@ Creeping up from a far too low LR by one bounded move per control period takes m
 short run (x1.5, or x2, per period, each judged before the next). The search uses the
 first steps instead: while the update alignment (the cosine between each gradient and
 the optimizer's momentum) stays high over a short window, the steps still point the
-same way and the LR is far too low, so it is doubled and the next window judged. The
-first window that is not clearly aligned ends the search for good; the controller's
-rules take over from there. An overshoot has its safe return: the damage rollback goes
-back to a kept state from before it, with a cut, and a rollback ends the search.
+same way and the LR is far too low, so it is doubled and the next window judged; while
+it stays clearly negative, the steps undo one another and the LR is halved. The first
+window in between (or one that asks for the other direction) ends the search for good;
+the controller's rules take over from there. An overshoot has its safe return: the
+damage rollback goes back to a kept state from before it, with a cut, and a rollback
+ends the search.
 
 What was measured on the tuning tasks at a constant LR (``docs/benchmarks.md``): after
 a 10-step warm-up the alignment of each step stays at 0.45-0.98 at 0.1x the tuned LR
 for 20 steps and more, drops under 0.3 within a few steps of the warm-up's end at the
-tuned LR, and is negative from 3x on.
+tuned LR (0.01-0.15 over the first window), and is negative from 3x on (-0.07 to
+-0.21).
 
 Pure functions: :class:`~scu_tui.control.controller.Controller` keeps whether the search
 is over and asks :func:`search_step` what to do on each step.
@@ -38,11 +41,12 @@ MAX_MOVES = 10
 EARLIEST = WINDOW
 
 
-#: After a damage rollback: the mean alignment of a window under this says the steps
-#: still overshoot one another (measured at a constant LR on the tuning tasks: -0.07 to
-#: -0.21 in the first window after the warm-up from 3x the tuned LR on, 0.01-0.15 at it).
+#: The mean alignment of a window under this says the steps overshoot one another
+#: (measured at a constant LR on the tuning tasks: -0.07 to -0.21 in the first window
+#: after the warm-up from 3x the tuned LR on, 0.01-0.15 at it); the same level judges
+#: the LR a damage rollback left.
 OVERSHOOTING = -0.05
-#: The factor of each settling cut, and the most cuts after one rollback.
+#: The factor of each cut, and the most cuts in one search (or after one rollback).
 SETTLE_FACTOR = 0.5
 MAX_SETTLES = 3
 
@@ -80,31 +84,45 @@ def _window(
     return sum(a for _, a in window) / WINDOW, window[0][0], window[-1][0]
 
 
-def search_step(history: Iterable[tuple[int, float]], start: int, moves_made: int) -> SearchStep:
-    """Judge the window of ``(step, alignment)`` after step ``start``."""
+def search_step(
+    history: Iterable[tuple[int, float]], start: int, raises: int, cuts: int = 0
+) -> SearchStep:
+    """Judge the window of ``(step, alignment)`` after step ``start``, the search having
+    made ``raises`` doublings or ``cuts`` halvings so far (never both: the first window
+    sets the direction, and a window that asks for the other one ends the search)."""
     found = _window(history, start)
     if isinstance(found, SearchStep):
         return found
     mean, first, last = found
-    if mean <= ALIGNED:
-        why = (
-            f"alignment {mean:+.2f} over steps {first}-{last}, not above {ALIGNED}: "
-            "the LR is no longer far too low"
-        )
-        return SearchStep("end", why, mean, first, last)
-    if moves_made >= MAX_MOVES:
-        why = f"{moves_made} doublings made, the most one search makes"
-        return SearchStep("end", why, mean, first, last)
-    why = f"alignment {mean:+.2f} over steps {first}-{last}, above {ALIGNED}"
-    return SearchStep("raise_lr", why, mean, first, last)
+    where = f"alignment {mean:+.2f} over steps {first}-{last}"
+    if mean > ALIGNED and not cuts:
+        if raises >= MAX_MOVES:
+            return SearchStep("end", f"{raises} doublings made, the most one search makes")
+        return SearchStep("raise_lr", f"{where}, above {ALIGNED}", mean, first, last)
+    if mean < OVERSHOOTING and not raises:
+        if cuts >= MAX_SETTLES:
+            return SearchStep("end", f"{cuts} halvings made, the most one search makes")
+        return SearchStep("cut_lr", f"{where}, under {OVERSHOOTING}", mean, first, last)
+    if raises and mean < OVERSHOOTING:
+        why = f"{where}: the last doubling overshot, the rules take it from here"
+    elif cuts and mean > ALIGNED:
+        why = f"{where}: the last halving undershot, the rules take it from here"
+    else:
+        why = f"{where}, between {OVERSHOOTING} and {ALIGNED}: the LR is in range"
+    return SearchStep("end", why, mean, first, last)
 
 
 def reason(step: SearchStep) -> str:
-    """The proposal's reason for a doubling."""
+    """The proposal's reason for a doubling or a halving."""
+    where = f"alignment {step.alignment:+.2f} over steps {step.first}-{step.last}"
+    if step.action == "cut_lr":
+        return (
+            f"Start-up LR search: updates undo one another ({where}) - the LR is too high, "
+            "halving it"
+        )
     return (
-        f"Start-up LR search: updates keep pointing the same way (alignment "
-        f"{step.alignment:+.2f} over steps {step.first}-{step.last}) - the LR is far too "
-        f"low, doubling it"
+        f"Start-up LR search: updates keep pointing the same way ({where}) - the LR is far "
+        "too low, doubling it"
     )
 
 
