@@ -210,6 +210,17 @@ def test_find_lr_on_the_demo_suggests_a_rate_where_the_tuned_one_sits() -> None:
     assert max(len(line) for line in text.stdout.splitlines()) <= 80
 
 
+def test_find_lr_says_why_it_does_not_run_for_prodigy() -> None:
+    """Prodigy's LR is a factor on the step size it estimates: a range test over it means
+    nothing, and the check says so instead of suggesting a rate."""
+    code, data, err = check(
+        "--preset", "demo", "--find-lr", "--config-only", "--set", "training.optimizer=prodigy"
+    )
+    assert code == 0, err
+    assert data is not None and data["find_lr"] is None
+    assert any("prodigy" in note and "--find-lr" in note for note in data["notes"])
+
+
 # --- the pieces ---------------------------------------------------------------------------
 
 

@@ -120,6 +120,12 @@ def check(settings: Settings, *, find_lr: bool = False, probe_mode: str = "auto"
         facts_from_config(folder, settings.lora, settings.model.path), optimizer_states=states
     )
     notes: list[str] = []
+    if find_lr and t.optimizer == "prodigy":
+        notes.append(
+            '--find-lr: not run with training.optimizer = "prodigy", which estimates its own '
+            "step size (its training.learning_rate is a factor on that estimate, 1 by default)"
+        )
+        find_lr = False
     if has_weights and model_facts.weight_bytes > WEIGHTS_SHARE * env.memory_limit:
         notes.append(
             f"the weights alone ({model_facts.weight_bytes / 1e9:.1f} GB) exceed what this "
