@@ -3,3 +3,8 @@
 
 class UserError(Exception):
     """Bad input from the user (flag, preset, model, data); the message says where and what."""
+
+
+class ResumeMismatch(UserError):
+    """An intact checkpoint the run's settings cannot continue (another optimizer, another
+    model): every other checkpoint of the run would say the same, so none is tried."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from scu_tui.config import Settings, merge
-from scu_tui.errors import UserError
+from scu_tui.errors import ResumeMismatch, UserError
 from scu_tui.protocol import RunFile
 from scu_tui.runlock import RunLock
 from scu_tui.training.checkpoint import (
@@ -128,6 +128,8 @@ class RunFolder:
         for _, folder in reversed(list_checkpoints(self.path)):
             try:
                 load(folder)
+            except ResumeMismatch:  # intact, and every older one would say the same
+                raise
             except (UserError, KeyError, TypeError, ValueError) as exc:
                 damaged.append(f"{folder.name} ({exc})")
                 continue

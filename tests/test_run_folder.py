@@ -302,3 +302,26 @@ def test_a_stop_request_between_any_two_lines_of_taking_a_command_does_not_deadl
     worker.join(timeout=60)
     assert not worker.is_alive(), f"deadlocked inside the queue after {landed}"
     assert taken and taken[0].kind == CommandKind.STOP
+
+
+def test_a_checkpoint_the_settings_cannot_continue_is_not_passed_over(tmp_path: Path) -> None:
+    """Another optimizer (or model) is not damage: the error is said once, for the newest
+    checkpoint, instead of once per checkpoint before "no intact checkpoint"."""
+    from scu_tui.errors import ResumeMismatch
+    from scu_tui.runfolder import RunFolder
+    from scu_tui.training.checkpoint import STATE_FILE
+
+    run = tmp_path / "run"
+    for step in (10, 20, 30):
+        folder = run / "checkpoints" / f"step-{step:06d}"
+        folder.mkdir(parents=True)
+        (folder / STATE_FILE).write_text("{}", encoding="utf-8")
+    tried: list[str] = []
+
+    def load(folder: Path) -> None:
+        tried.append(folder.name)
+        raise ResumeMismatch(f"checkpoint {folder}: trained with another optimizer")
+
+    with pytest.raises(ResumeMismatch, match="step-000030"):
+        RunFolder(run, resuming=True).load_newest_intact(load)
+    assert tried == ["step-000030"]

@@ -28,7 +28,7 @@ from mlx.nn.utils import average_gradients
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from scu_tui.config import Settings, TrainingSettings
-from scu_tui.errors import UserError
+from scu_tui.errors import ResumeMismatch, UserError
 from scu_tui.protocol import Knob
 from scu_tui.training.checkpoint import STATE_FILE, atomic_write_json
 from scu_tui.training.data import (
@@ -558,14 +558,16 @@ class Trainer:
             raise UserError(f"checkpoint {folder}: written by an incompatible version")
         saved, current = state.get("optimizer", "adamw"), self.settings.training.optimizer
         if saved != current:  # one optimizer's state means nothing to another
-            raise UserError(
+            raise ResumeMismatch(
                 f"checkpoint {folder}: trained with training.optimizer = '{saved}', not "
                 f"'{current}'; resume with --set training.optimizer={saved}"
             )
         try:
             self.model.load_weights(list(adapters.items()), strict=False)
         except ValueError as exc:
-            raise UserError(f"checkpoint {folder}: adapters do not fit this model: {exc}") from None
+            raise ResumeMismatch(
+                f"checkpoint {folder}: adapters do not fit this model: {exc}"
+            ) from None
         self.optimizer.state = tree_unflatten(list(opt_state.items()))
         self.restore_portable_state(state)
         set_lora_dropout(self.model, self.knobs.dropout)
