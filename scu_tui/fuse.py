@@ -56,9 +56,13 @@ class Fused:
     loss_with_adapters: float
     loss_fused: float
     gguf: str | None
+    base_quantized: bool = False  # the base's weights were quantized (before any dequantize)
 
     def lines(self) -> list[str]:
-        out = [f"fused {self.adapters} into {self.base}", f"wrote {self.folder}"]
+        wrote = f"wrote {self.folder}"
+        if self.base_quantized and not self.quantized:
+            wrote += " (float weights: the quantized base was dequantized)"
+        out = [f"fused {self.adapters} into {self.base}", wrote]
         if math.isfinite(self.loss_fused):
             change = relative_change(self.loss_with_adapters, self.loss_fused)
             out.append(
@@ -147,7 +151,8 @@ def fuse_run(
     model, tokenizer = load_model(settings.model.path)
     config = load_config(source)
     load_adapters_into(model, settings, adapters)
-    float_out = dequantize or settings.lora.dequantize or not is_quantized(model)
+    base_quantized = is_quantized(model)
+    float_out = dequantize or settings.lora.dequantize or not base_quantized
     if gguf and not float_out:
         raise UserError("fuse --gguf: mlx-lm exports GGUF from float weights; add --dequantize")
     measure = not float_out
@@ -199,6 +204,7 @@ def fuse_run(
             loss_with_adapters=before,
             loss_fused=after,
             gguf=gguf_path,
+            base_quantized=base_quantized,
         )
         facts = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                  for k, v in asdict(result).items()}  # fmt: skip

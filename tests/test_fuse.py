@@ -168,6 +168,8 @@ def test_a_4bit_fuse_that_loses_the_adapters_is_refused_and_dequantize_keeps_the
     result = scu("fuse", str(quantized_run), "--dequantize")
     assert result.returncode == 0, result.stderr
     fused = quantized_run / "fused"
+    assert "float weights: the quantized base was dequantized" in result.stdout
+    assert f"mlx_lm.generate --model {fused}" in result.stdout
     config = json.loads((fused / "config.json").read_text())
     assert "quantization" not in config and "quantization_config" not in config
 
