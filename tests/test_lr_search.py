@@ -44,10 +44,12 @@ class SearchRun:
         self.knobs = knobs()
         self.step = 0
 
-    def until(self, last: int) -> list[Proposal]:
+    def until(self, last: int, keep_states: bool = False) -> list[Proposal]:
         made = []
         for step in range(self.step + 1, last + 1):
             c = self.controller
+            if keep_states and c.snapshot_due(step - 1):  # the state before this step
+                c.snapshot_taken(step - 1)
             alignment = self.alignment(step, self.knobs["lr_multiplier"])
             c.observe(step, 2.0 - 0.001 * step, 1.0, self.knobs["lr"], False, alignment)
             p = c.check_search(step, self.knobs)
@@ -91,12 +93,44 @@ def test_a_far_too_low_lr_is_doubled_until_the_updates_stop_agreeing() -> None:
 
 
 def test_a_far_too_high_lr_is_halved_until_the_updates_stop_undoing_one_another() -> None:
-    run = SearchRun(lambda step, m: -0.2 if m > 0.3 else 0.05)
+    run = SearchRun(lambda step, m: -0.2 if m > 0.3 and step > WARMUP else 0.05)
     made = run.until(60)
     assert [p.rule for p in made] == [SEARCH_RULE, SEARCH_RULE]
     assert [p.step for p in made] == [15, 20] and [p.after for p in made] == [0.5, 0.25]
-    assert "halving it" in made[0].reason
+    assert "cutting it x0.5" in made[0].reason
     assert "after 2 halvings" in (run.controller.search_note or "")
+
+
+def test_a_warm_up_whose_last_steps_overshoot_cuts_the_lr_at_its_end() -> None:
+    """Its last steps run at half the LR and more: overshooting there is the clearest sign
+    of an LR far too high (after it, steps that large read as unrelated, near 0)."""
+    run = SearchRun(lambda step, m: -0.15 if step > 5 and m > 0.3 else 0.0)
+    made = run.until(10, keep_states=True)
+    assert [p.step for p in made] == [WARMUP] and made[0].knob == "rollback"
+    assert made[0].after == search.WARMUP_CUT  # a rollback may cut that deep
+    assert "cutting it x0.25" in made[0].reason and "steps 6-10" in made[0].reason
+    # with no kept state to go back to, a cut in place moves at most x0.5 per action
+    in_place = SearchRun(lambda step, m: -0.15 if step > 5 and m > 0.3 else 0.0)
+    made = in_place.until(40)
+    assert [(p.step, p.after) for p in made] == [(WARMUP, 0.5), (15, 0.25)]
+    assert not in_place.controller.searching  # the next window (16-20) is in range
+    short = SearchRun(
+        lambda step, m: -0.5, training=dataclasses.replace(TRAINING_W, warmup_steps=6)
+    )
+    # too short a warm-up to judge: the first window after it (steps 7-11) decides
+    assert [p.step for p in short.until(12)] == [11]
+
+
+def test_a_cut_goes_back_to_the_newest_good_kept_state() -> None:
+    """An LR too high since the warm-up may have done damage a cut in place would keep:
+    with kept states, the halving is a rollback to the newest one as good as the best."""
+    run = SearchRun(lambda step, m: -0.2 if step > WARMUP else 0.1)
+    made = run.until(15, keep_states=True)
+    assert len(made) == 1 and made[0].rule == SEARCH_RULE
+    assert made[0].knob == "rollback" and made[0].after == 0.5
+    to_step = made[0].evidence["to_step"]
+    assert isinstance(to_step, int) and to_step < 15
+    assert f"from the kept state of step {to_step}" in made[0].reason
 
 
 def test_the_search_never_turns_back() -> None:

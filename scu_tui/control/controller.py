@@ -86,14 +86,16 @@ from scu_tui.control.proposals import ProposalBook, ProposalRecord
 from scu_tui.control.search import FACTOR as SEARCH_FACTOR
 from scu_tui.control.search import (
     SETTLE_FACTOR,
+    WARMUP_CUT,
     search_step,
     settle_reason,
     settle_step,
+    warmup_step,
     window_start,
 )
 from scu_tui.control.search import reason as search_reason
 from scu_tui.control.signals import MAD_TO_SIGMA, Signals, compute_signals, json_safe
-from scu_tui.protocol import TAKEN, Decider, Outcome
+from scu_tui.protocol import TAKEN, Decider, Outcome, Target
 
 OUTCOMES = tuple(Outcome)
 REJECTED = (Outcome.VETOED, Outcome.REVERTED)  # the rule backs off
@@ -425,6 +427,12 @@ class Controller(Memory):
         if self._raise_blocked(LR, 1, step):
             self._end_search(step, "a gradient spike was seen")
             return None
+        if not made and step == self.training.warmup_steps:
+            history = ((h[0], h[4]) for h in self._history)
+            verdict = warmup_step(history, step)
+            if verdict.action == "cut_lr":
+                return self._search_move(step, knobs, verdict, WARMUP_CUT, 1)
+            return None
         start = window_start(self.training.warmup_steps, made[-1].applied_step if made else -1)
         raises = sum(1 for r in made if r.proposal.after > r.proposal.before)
         history = ((h[0], h[4]) for h in self._history)
@@ -434,21 +442,40 @@ class Controller(Memory):
         if verdict.action == "end":
             self._end_search(step, verdict.why)
             return None
-        current = Knobs.from_mapping(knobs, self.training)
-        before = current.lr_multiplier
         up = verdict.action == "raise_lr"
         factor = SEARCH_FACTOR if up else SETTLE_FACTOR
-        after = bounded_value(LR, before, before * factor, current, self.scu)
-        if not moves(before, after, 1 if up else -1):
-            self._end_search(step, f"the LR is at its bound ({current.lr:.3g})")
-            return None
-        evidence = {
+        return self._search_move(step, knobs, verdict, factor, len(made) + 1)
+
+    def _search_move(
+        self, step: int, knobs: Mapping[str, float], verdict: Any, factor: float, number: int
+    ) -> Proposal | None:
+        """The search's move by ``factor``: a raise in place; a cut as a rollback to the
+        newest kept state as good as the best (in place when there is none before now)."""
+        current = Knobs.from_mapping(knobs, self.training)
+        before = current.lr_multiplier
+        up = factor > 1
+        evidence: dict[str, Any] = {
             "alignment": verdict.alignment,
             "first_step": verdict.first,
             "last_step": verdict.last,
-            "move": len(made) + 1,
+            "move": number,
         }
-        move = Move(SEARCH_RULE, LR, after, 1 if up else -1, search_reason(verdict), evidence, None)
+        knob: Target = LR
+        target = None if up else self._detector.target()
+        if target is not None and target < step:
+            # an LR too high since the warm-up may have done damage that a cut in place
+            # would leave, and hide from the detector once its good states age out: go
+            # back to the newest kept state as good as the best, with the cut (a
+            # rollback, which ends the search; settling after it goes on halving)
+            knob, evidence["to_step"] = ROLLBACK, target
+        after = bounded_value(knob, before, before * factor, current, self.scu)
+        if not moves(before, after, 1 if up else -1):
+            self._end_search(step, f"the LR is at its bound ({current.lr:.3g})")
+            return None
+        why = search_reason(verdict, after / before)
+        if knob == ROLLBACK:
+            why += f" from the kept state of step {target}"
+        move = Move(SEARCH_RULE, knob, after, 1 if up else -1, why, evidence, None)
         diagnosis = Diagnosis.TOO_LOW_LR if up else Diagnosis.STATIONARY
         return self._issue(step, move, diagnosis, before, after, None)
 

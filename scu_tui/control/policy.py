@@ -15,10 +15,14 @@ rollback             every step, not only at control steps    rollback       lr 
                      noise); back to the newest kept state as
                      good as the best; at a control step also
                      any non-finite value in the period
-search_lr            every step from the warm-up's end until  lr_multiplier  x2
-                     it stops (control.search): the mean
-                     alignment of a 5-step window above 0.3;
-                     the first window that is not ends it
+search_lr            at the warm-up's last step (control.     rollback       lr x0.25
+                     search): its last 5 steps' mean
+                     alignment under -0.05
+                     then every step until it stops: a 5-step lr_multiplier  x2
+                     window's mean alignment above 0.3;
+                     under -0.05 (a rollback when a kept      (rollback)     x0.5
+                     state is older); the first window in
+                     between ends it
 settle_lr_after_      after a damage rollback, each 5-step     lr_multiplier  x0.5 (at
 rollback             window whose mean alignment is under                    most 3)
                      -0.05: the steps still overshoot

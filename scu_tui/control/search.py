@@ -51,6 +51,14 @@ SETTLE_FACTOR = 0.5
 MAX_SETTLES = 3
 
 
+#: The warm-up's last WINDOW steps run at 0.5-1x the LR it ramps to: a mean alignment
+#: under OVERSHOOTING there says even those overshoot (tuning tasks at a constant LR:
+#: 0.25-0.6 at the tuned LR, -0.08 to -0.10 at 3x, -0.11 to -0.26 at 10x, where the
+#: windows after the warm-up read near 0: steps that large no longer undo one another,
+#: they are unrelated). The LR is cut by this factor, going back to before the damage.
+WARMUP_CUT = 0.25
+
+
 @dataclass(frozen=True)
 class SearchStep:
     """What the search says on one step: ``raise_lr`` (double it), ``end`` (over for
@@ -112,13 +120,13 @@ def search_step(
     return SearchStep("end", why, mean, first, last)
 
 
-def reason(step: SearchStep) -> str:
-    """The proposal's reason for a doubling or a halving."""
+def reason(step: SearchStep, factor: float = FACTOR) -> str:
+    """The proposal's reason for a raise or a cut by ``factor``."""
     where = f"alignment {step.alignment:+.2f} over steps {step.first}-{step.last}"
     if step.action == "cut_lr":
         return (
             f"Start-up LR search: updates undo one another ({where}) - the LR is too high, "
-            "halving it"
+            f"cutting it x{factor:.2g}"
         )
     return (
         f"Start-up LR search: updates keep pointing the same way ({where}) - the LR is far "
@@ -149,3 +157,19 @@ def settle_reason(step: SearchStep) -> str:
         f"{step.alignment:+.2f} over steps {step.first}-{step.last}) - the LR is still too "
         f"high, halving it"
     )
+
+
+def warmup_step(history: Iterable[tuple[int, float]], warmup_steps: int) -> SearchStep:
+    """At the warm-up's last step: ``cut_lr`` when its last :data:`WINDOW` steps overshoot,
+    else ``wait`` (the windows after the warm-up decide); a warm-up too short to hold a
+    window after :data:`EARLIEST` is not judged."""
+    if warmup_steps < EARLIEST + WINDOW:
+        return SearchStep("wait", "the warm-up is too short to judge")
+    found = _window(history, warmup_steps - WINDOW)
+    if isinstance(found, SearchStep):
+        return SearchStep("wait", found.why)
+    mean, first, last = found
+    if mean < OVERSHOOTING:
+        why = f"alignment {mean:+.2f} over steps {first}-{last} of the warm-up"
+        return SearchStep("cut_lr", why, mean, first, last)
+    return SearchStep("wait", "the warm-up's updates do not overshoot")
