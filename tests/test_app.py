@@ -220,6 +220,9 @@ class EveryTenSteps(Controller):
 
     count = 0
 
+    def check_search(self, step: int, knobs: Any) -> Proposal | None:
+        return None  # a stand-in proposes only its own moves: no start-up LR search
+
     def decide(self, step: int, knobs: Any) -> Proposal | None:
         if step % 10 or self.book.pending():
             return None

@@ -60,6 +60,9 @@ class ScriptedController(Controller):
         super().__init__(settings.scu, settings.training)
         self.script = dict(script)
 
+    def check_search(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
+        return None  # a stand-in proposes only its own moves: no start-up LR search
+
     def decide(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
         if step not in self.script:
             return None

@@ -74,6 +74,9 @@ class RaiseWeightDecayAt(Controller):
         super().__init__(settings.scu, settings.training)
         self.steps = steps
 
+    def check_search(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
+        return None  # a stand-in proposes only its own moves: no start-up LR search
+
     def decide(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
         if step not in self.steps:
             return None
@@ -158,6 +161,9 @@ class RollBackAt(Controller):
         super().__init__(settings.scu, settings.training)
         self.steps = steps
         self.made = 0
+
+    def check_search(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
+        return None  # a stand-in proposes only its own moves: no start-up LR search
 
     def decide(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
         if step not in self.steps:

@@ -113,6 +113,9 @@ class PlaceboController(Controller):
         self.fired: set[int] = set()
         self.count = 0
 
+    def check_search(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
+        return None  # its LR changes are the random ones only: no start-up LR search
+
     def decide(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
         factor = self.plan.get(step)
         if factor is None or step in self.fired:
