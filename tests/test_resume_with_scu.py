@@ -23,6 +23,9 @@ from scu_tui.training.snapshots import ARRAYS_FILE, INDEX_FILE
 #: on); the stop comes at step 12, after state 5 was kept and before the rollback.
 STOP_AT = 12
 STEPS = 40
+#: The damage detector's rollback, not the start-up LR search's earlier one at the end of
+#: the warm-up (tests/test_lr_search.py): these tests are about the detector's.
+GUARD_ONLY = {"scu.lr_search": False}
 
 
 class Keep:
@@ -83,6 +86,7 @@ def test_a_run_resumed_before_its_rollback_takes_the_same_rollback_exactly(
 ) -> None:
     settings = load_preset("demo-hot").replace(
         {"training.max_steps": STEPS, "training.eval_every": 100, "training.save_every": 100}
+        | GUARD_ONLY
     )
     reference = train(settings, tmp_path / "reference")
     first = train(settings, tmp_path / "stopped", stop_at=STOP_AT)
@@ -124,6 +128,7 @@ def test_a_run_killed_after_a_rollback_resumes_on_the_branch_it_went_back_to(
     after the rollback to step 5: a run killed then must resume on the restored branch."""
     settings = load_preset("demo-hot").replace(
         {"training.max_steps": STEPS, "training.eval_every": 100, "training.save_every": 10}
+        | GUARD_ONLY
     )
     reference = train(settings, tmp_path / "reference")
     killed = tmp_path / "killed"
