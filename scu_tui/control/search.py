@@ -14,8 +14,8 @@ ends the search.
 What was measured on the tuning tasks at a constant LR (``docs/benchmarks.md``): after
 a 10-step warm-up the alignment of each step stays at 0.45-0.98 at 0.1x the tuned LR
 for 20 steps and more, drops under 0.3 within a few steps of the warm-up's end at the
-tuned LR (0.01-0.15 over the first window), and is negative from 3x on (-0.07 to
--0.21).
+tuned LR (0.02-0.19 over the first window), and is negative from 3x on (-0.21 to
+-0.07).
 
 Pure functions: :class:`~scu_tui.control.controller.Controller` keeps whether the search
 is over and asks :func:`search_step` what to do on each step.
@@ -42,8 +42,8 @@ EARLIEST = WINDOW
 
 
 #: The mean alignment of a window under this says the steps overshoot one another
-#: (measured at a constant LR on the tuning tasks: -0.07 to -0.21 in the first window
-#: after the warm-up from 3x the tuned LR on, 0.01-0.15 at it); the same level judges
+#: (measured at a constant LR on the tuning tasks: -0.21 to -0.07 in the first window
+#: after the warm-up from 3x the tuned LR on, 0.02-0.19 at it); the same level judges
 #: the LR a damage rollback left.
 OVERSHOOTING = -0.05
 #: The factor of each cut, and the most cuts in one search (or after one rollback).
@@ -53,7 +53,7 @@ MAX_SETTLES = 3
 
 #: The warm-up's last WINDOW steps run at 0.5-1x the LR it ramps to: a mean alignment
 #: under OVERSHOOTING there says even those overshoot (tuning tasks at a constant LR:
-#: 0.25-0.6 at the tuned LR, -0.08 to -0.10 at 3x, -0.11 to -0.26 at 10x, where the
+#: 0.25-0.67 at the tuned LR, -0.08 to +0.07 at 3x, -0.26 to -0.11 at 10x, where the
 #: windows after the warm-up read near 0: steps that large no longer undo one another,
 #: they are unrelated). The LR is cut by this factor, going back to before the damage.
 WARMUP_CUT = 0.25
