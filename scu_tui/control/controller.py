@@ -87,6 +87,7 @@ from scu_tui.control.search import FACTOR as SEARCH_FACTOR
 from scu_tui.control.search import (
     SETTLE_FACTOR,
     WARMUP_CUT,
+    SearchStep,
     search_step,
     settle_reason,
     settle_step,
@@ -447,19 +448,19 @@ class Controller(Memory):
         return self._search_move(step, knobs, verdict, factor, len(made) + 1)
 
     def _search_move(
-        self, step: int, knobs: Mapping[str, float], verdict: Any, factor: float, number: int
+        self,
+        step: int,
+        knobs: Mapping[str, float],
+        verdict: SearchStep,
+        factor: float,
+        number: int,
     ) -> Proposal | None:
         """The search's move by ``factor``: a raise in place; a cut as a rollback to the
         newest kept state as good as the best (in place when there is none before now)."""
         current = Knobs.from_mapping(knobs, self.training)
         before = current.lr_multiplier
         up = factor > 1
-        evidence: dict[str, Any] = {
-            "alignment": verdict.alignment,
-            "first_step": verdict.first,
-            "last_step": verdict.last,
-            "move": number,
-        }
+        evidence: dict[str, Any] = {**verdict.evidence(), "move": number}
         knob: Target = LR
         target = None if up else self._detector.target()
         if target is not None and target < step:
@@ -491,21 +492,16 @@ class Controller(Memory):
         verdict = settle_step(((h[0], h[4]) for h in self._history), start, len(made))
         if verdict.action == "wait":
             return None
-        current = Knobs.from_mapping(knobs, self.training)
-        before = current.lr_multiplier
-        after = bounded_value(LR, before, before * SETTLE_FACTOR, current, self.scu)
         if verdict.action == "end":
             self._end_settle(step, len(made), verdict.why)
             return None
+        current = Knobs.from_mapping(knobs, self.training)
+        before = current.lr_multiplier
+        after = bounded_value(LR, before, before * SETTLE_FACTOR, current, self.scu)
         if not moves(before, after, -1):
             self._end_settle(step, len(made), f"the LR is at its bound ({current.lr:.3g})")
             return None
-        evidence = {
-            "alignment": verdict.alignment,
-            "first_step": verdict.first,
-            "last_step": verdict.last,
-            "rolled_back_to": since,
-        }
+        evidence = {**verdict.evidence(), "rolled_back_to": since}
         move = Move(SETTLE_RULE, LR, after, -1, settle_reason(verdict), evidence, None)
         return self._issue(step, move, Diagnosis.STATIONARY, before, after, None)
 

@@ -70,6 +70,10 @@ class SearchStep:
     first: int = -1  # the window's steps
     last: int = -1
 
+    def evidence(self) -> dict[str, float | int]:
+        """What a proposal made from this verdict shows as its evidence."""
+        return {"alignment": self.alignment, "first_step": self.first, "last_step": self.last}
+
 
 def window_start(warmup_steps: int, last_move_step: int) -> int:
     """The window starts after the warm-up, after the newest move, and not before
