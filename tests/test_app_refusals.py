@@ -74,3 +74,17 @@ async def test_a_command_that_was_not_sent_drops_every_pending_effect() -> None:
         await until(the_app, lambda: the_app.in_flight.text == "")
         assert not the_app.in_flight.answering
         assert "command not sent: the socket is gone" in shown(the_app)
+
+
+async def test_a_drain_tick_during_shutdown_draws_nothing() -> None:
+    """The drain timer can tick while Textual takes the dashboard apart on the way out
+    (seen on a busy machine: a panel found without its charts). Such a tick must neither
+    fail nor fold events the dashboard can no longer show."""
+    the_app = app()
+    async with the_app.run_test(size=(80, 24)):
+        await until(the_app, lambda: len(the_app.state.pending) == 2)
+    assert not the_app.screen_stack  # the screens are gone, as during shutdown
+    the_app.feed.emit(step_event(4))
+    count = the_app.drain_count
+    the_app.drain()
+    assert the_app.drain_count == count and the_app.state.step == 3

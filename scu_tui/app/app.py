@@ -439,7 +439,12 @@ class ScuApp(App[int]):
         The charts also come at once when the run changes state (a pause or the end never
         waits for a frame) and when it has gone quiet: the second tick in a row without
         news (paused by a guard, evaluating, a slow model) shows everything it emitted.
+
+        Once the app is shutting down it draws nothing: Textual takes the screens apart
+        while the app's timers still tick, and a chart half removed has no parts to fill.
         """
+        if not self.is_running:
+            return
         events = self.feed.drain()
         for event in events:
             self.state.fold(event)
