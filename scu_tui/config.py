@@ -274,8 +274,8 @@ class ScuSettings:
     )
     lr_search: bool = setting(
         True,
-        "after the warm-up, double the LR every few steps while the updates keep pointing "
-        "the same way (the start-up LR search)",
+        "after the warm-up, raise the LR every few steps while the updates keep pointing "
+        "the same way, halve it while they undo one another (the start-up LR search)",
     )
 
 

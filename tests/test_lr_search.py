@@ -88,8 +88,31 @@ def test_a_far_too_low_lr_is_doubled_until_the_updates_stop_agreeing() -> None:
     assert run.knobs["lr_multiplier"] == 4.0
     c = run.controller
     assert not c.searching and c.search_note is not None
-    assert "after 2 doublings" in c.search_note and "in range" in c.search_note
+    assert "after 2 raises (LR x4 in all)" in c.search_note and "in range" in c.search_note
     assert made[0].evidence["alignment"] == pytest.approx(0.8)
+
+
+def nearer_with_lr(step: int, multiplier: float) -> float:
+    """Strongly aligned under 2x the start, less so under 5x, in range from 5x."""
+    return 0.8 if multiplier < 2 else 0.2 if multiplier < 5 else 0.05
+
+
+def test_after_a_doubling_a_less_aligned_window_takes_a_smaller_step_up() -> None:
+    run = SearchRun(nearer_with_lr)
+    made = run.until(60)
+    assert [p.after for p in made] == [2.0, 3.0, 4.5, 6.75]
+    assert "doubling it" in made[0].reason and "raising it x1.5" in made[1].reason
+    c = run.controller
+    assert not c.searching and "after 4 raises (LR x6.75 in all)" in (c.search_note or "")
+
+
+def test_a_less_aligned_first_window_is_left_alone() -> None:
+    """At the tuned LR the first window after the warm-up can read up to 0.19: with no
+    doubling before it, a window under ALIGNED ends the search with no change."""
+    run = SearchRun(lambda step, m: 0.2)
+    assert run.until(60) == []
+    c = run.controller
+    assert not c.searching and "with no change" in (c.search_note or "")
 
 
 def test_a_far_too_high_lr_is_halved_until_the_updates_stop_undoing_one_another() -> None:
@@ -133,11 +156,23 @@ def test_a_cut_goes_back_to_the_newest_good_kept_state() -> None:
     assert f"from the kept state of step {to_step}" in made[0].reason
 
 
-def test_the_search_never_turns_back() -> None:
-    """A window that asks for the other direction ends it: the rules take it from there."""
+def test_a_raise_that_overshoots_is_taken_back_once_and_ends_the_search() -> None:
+    """Raised into a LR whose updates undo one another: the last raise is undone in place
+    (a step too far, not damage: no rollback), and the search is over."""
     up = SearchRun(lambda step, m: 0.8 if m < 2 else -0.5)
-    assert [p.after for p in up.until(60)] == [2.0]
-    assert "overshot" in (up.controller.search_note or "")
+    made = up.until(60)
+    assert [p.after for p in made] == [2.0, 1.0]
+    assert [p.step for p in made] == [15, 25]  # the undo judged over 10 steps (16-25)
+    assert made[1].knob == "lr_multiplier" and "taking the raise back" in made[1].reason
+    c = up.controller
+    assert not c.searching and "taken back" in (c.search_note or "")
+    near = SearchRun(lambda step, m: 0.8 if m < 2 else 0.2 if m < 3 else -0.2)
+    assert [p.after for p in near.until(80)] == [2.0, 3.0, 2.0]
+
+
+def test_a_halving_never_turns_into_a_raise() -> None:
+    """A window that asks for the other direction after a halving ends it: the rules
+    take it from there."""
     down = SearchRun(lambda step, m: -0.5 if m > 0.6 else 0.8)
     assert [p.after for p in down.until(60)] == [0.5]
     assert "undershot" in (down.controller.search_note or "")

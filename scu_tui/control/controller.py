@@ -425,6 +425,9 @@ class Controller(Memory):
         if made and made[-1].outcome not in TAKEN:
             self._end_search(step, f"its proposal {made[-1].id} was {made[-1].outcome}")
             return None
+        if made and made[-1].proposal.evidence.get("undo"):
+            self._end_search(step, "the last raise went too far and was taken back")
+            return None
         if self._raise_blocked(LR, 1, step):
             self._end_search(step, "a gradient spike was seen")
             return None
@@ -436,16 +439,15 @@ class Controller(Memory):
             return None
         start = window_start(self.training.warmup_steps, made[-1].applied_step if made else -1)
         raises = sum(1 for r in made if r.proposal.after > r.proposal.before)
+        last = made[-1].proposal.after / made[-1].proposal.before if made else SEARCH_FACTOR
         history = ((h[0], h[4]) for h in self._history)
-        verdict = search_step(history, start, raises, len(made) - raises)
+        verdict = search_step(history, start, raises, len(made) - raises, last)
         if verdict.action == "wait":
             return None
         if verdict.action == "end":
             self._end_search(step, verdict.why)
             return None
-        up = verdict.action == "raise_lr"
-        factor = SEARCH_FACTOR if up else SETTLE_FACTOR
-        return self._search_move(step, knobs, verdict, factor, len(made) + 1)
+        return self._search_move(step, knobs, verdict, verdict.factor, len(made) + 1)
 
     def _search_move(
         self,
@@ -462,7 +464,10 @@ class Controller(Memory):
         up = factor > 1
         evidence: dict[str, Any] = {**verdict.evidence(), "move": number}
         knob: Target = LR
-        target = None if up else self._detector.target()
+        undo = verdict.action == "undo"  # a raise taken back, in place
+        if undo:
+            evidence["undo"] = 1
+        target = None if up or undo else self._detector.target()
         if target is not None and target < step:
             # an LR too high since the warm-up may have done damage that a cut in place
             # would leave, and hide from the detector once its good states age out: go
@@ -523,7 +528,8 @@ class Controller(Memory):
         ups = sum(1 for p in taken if p.after > p.before)
         downs = len(taken) - ups
         if ups:
-            moved = f"after {ups} doubling{'s' if ups != 1 else ''}"
+            total = math.prod(p.after / p.before for p in taken)
+            moved = f"after {ups} raise{'s' if ups != 1 else ''} (LR x{total:.3g} in all)"
         elif downs:
             moved = f"after {downs} halving{'s' if downs != 1 else ''}"
         else:
