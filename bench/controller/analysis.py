@@ -64,11 +64,15 @@ class Result:
     scu_seconds: float = 0.0  # in the S-SCU's own code (observe, guard, analysis)
     train_seconds: float = 0.0  # in training steps (forward, backward, update)
     cpu_seconds: float = 0.0  # the process's CPU time for the run (all its threads)
+    #: applied LR moves (rollbacks with their cut included): (step, rule, LR multiplier after)
+    lr_moves: list[tuple[int, str, float]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Result:
         """From ``dataclasses.asdict`` (or a raw file's JSON line)."""
-        return cls(**{**data, "evals": [(int(k), float(v)) for k, v in data["evals"]]})
+        moves = [(int(s), str(r), float(m)) for s, r, m in data.get("lr_moves", [])]
+        evals = [(int(k), float(v)) for k, v in data["evals"]]
+        return cls(**{**data, "evals": evals, "lr_moves": moves})
 
     @property
     def diverged(self) -> bool:

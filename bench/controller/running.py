@@ -123,6 +123,11 @@ def run_one(
         scu_seconds=scu_seconds,
         train_seconds=train_seconds,
         cpu_seconds=cpu_seconds,
+        lr_moves=[
+            (proposals[i].step, proposals[i].rule, float(proposals[i].after))
+            for i in applied
+            if proposals[i].knob in (LR, "rollback") and proposals[i].after != proposals[i].before
+        ],
     )
 
 
