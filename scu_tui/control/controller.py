@@ -263,6 +263,20 @@ class Memory:
     _settle: tuple[int, int] = field(default=(-1, 0), metadata={OPTIONAL: True})
 
 
+#: What :func:`_newest_answer` says while the newest move still awaits its answer.
+WAITS = "waits"
+
+
+def _newest_answer(made: list[ProposalRecord]) -> str | None:
+    """The newest of a sequence of moves (the search's, the settling's): None when it was
+    taken (or there is none: go on), :data:`WAITS` while it awaits an answer (hold), or
+    what became of it when it was not taken (the sequence ends)."""
+    if not made or made[-1].outcome in TAKEN:
+        return None
+    newest = made[-1]
+    return WAITS if newest.outcome is None else f"{newest.id} was {newest.outcome}"
+
+
 class Controller(Memory):
     """Watches a run step by step and proposes at most one bounded change per control period."""
 
@@ -409,7 +423,7 @@ class Controller(Memory):
     # --- the start-up LR search --------------------------------------------------------
 
     def check_search(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
-        """On every step until it ends: a doubling of the LR while the updates keep
+        """On every step until it ends: a raise of the LR while the updates keep
         pointing the same way (see :mod:`scu_tui.control.search`), and after a damage
         rollback a halving while they still undo one another. Each follows the mode like
         any proposal; one not applied (vetoed, expired, only observed, cancelled by a
@@ -420,10 +434,10 @@ class Controller(Memory):
         if self._search_ended_at >= 0:
             return self._check_settle(step, knobs) if self._settle[0] >= 0 else None
         made = [r for r in self.book if r.proposal.rule == SEARCH_RULE]
-        if made and made[-1].outcome is None:
-            return None
-        if made and made[-1].outcome not in TAKEN:
-            self._end_search(step, f"its proposal {made[-1].id} was {made[-1].outcome}")
+        answer = _newest_answer(made)
+        if answer is not None:
+            if answer != WAITS:
+                self._end_search(step, f"its proposal {answer}")
             return None
         if made and made[-1].proposal.evidence.get("undo"):
             self._end_search(step, "the last raise went too far and was taken back")
@@ -488,10 +502,10 @@ class Controller(Memory):
     def _check_settle(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
         since, first = self._settle
         made = [r for r in list(self.book)[first:] if r.proposal.rule == SETTLE_RULE]
-        if made and made[-1].outcome is None:
-            return None
-        if made and made[-1].outcome not in TAKEN:
-            self._end_settle(step, len(made), f"{made[-1].id} was {made[-1].outcome}")
+        answer = _newest_answer(made)
+        if answer is not None:
+            if answer != WAITS:
+                self._end_settle(step, len(made), answer)
             return None
         start = max(since, made[-1].applied_step if made else -1)
         verdict = settle_step(((h[0], h[4]) for h in self._history), start, len(made))
