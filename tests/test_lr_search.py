@@ -67,8 +67,10 @@ def test_a_window_is_judged_by_its_mean_alignment() -> None:
     steps = [(s, 0.8) for s in range(1, 20)]
     assert search.search_step(steps, 10, 0).action == "raise_lr"
     low = [(s, 0.1) for s in range(1, 20)]
+    assert search.search_step(low, 10, 0).action == "wait"  # a longer look first
+    low = [(s, 0.1) for s in range(1, 40)]
     ended = search.search_step(low, 10, 0)
-    assert ended.action == "end" and "+0.10 over steps 11-15" in ended.why
+    assert ended.action == "end" and "+0.10 over steps 11-30" in ended.why
     # too few finite points after the start: wait
     assert search.search_step([(11, 0.9), (12, math.nan)], 10, 0).action == "wait"
     assert search.search_step(steps, 10, search.MAX_MOVES).action == "end"
@@ -99,20 +101,63 @@ def nearer_with_lr(step: int, multiplier: float) -> float:
 
 def test_after_a_doubling_a_less_aligned_window_takes_a_smaller_step_up() -> None:
     run = SearchRun(nearer_with_lr)
-    made = run.until(60)
+    made = run.until(90)
     assert [p.after for p in made] == [2.0, 3.0, 4.5, 6.75]
     assert "doubling it" in made[0].reason and "raising it x1.5" in made[1].reason
     c = run.controller
     assert not c.searching and "after 4 raises (LR x6.75 in all)" in (c.search_note or "")
 
 
+def test_once_raised_the_search_ends_only_on_two_windows_in_range_in_a_row() -> None:
+    """A window can read low in a phase where the loss changes shape although the LR is
+    still far too low: once raised, the search ends only when the next window agrees."""
+
+    def dip(step: int, multiplier: float) -> float:
+        if multiplier < 2:
+            return 0.8
+        return 0.05 if step <= 30 or multiplier >= 3 else 0.4
+
+    run = SearchRun(dip)
+    made = run.until(90)
+    # doubled at 15; steps 16-25 read in range, 26-35 do not (the dip is over): x1.5
+    assert [(p.step, p.after) for p in made] == [(15, 2.0), (35, 3.0)]
+    c = run.controller
+    assert not c.searching and "as over the 10 steps before" in (c.search_note or "")
+    # the run that stays in range ends where the second window does (16-25, 26-35)
+    flat = SearchRun(lambda step, m: 0.8 if m < 2 else 0.05)
+    assert [p.step for p in flat.until(90)] == [15]
+    assert flat.controller.search_note is not None
+    assert "steps 26-35" in flat.controller.search_note
+
+
 def test_a_less_aligned_first_window_is_left_alone() -> None:
-    """At the tuned LR the first window after the warm-up can read up to 0.19: with no
-    doubling before it, a window under ALIGNED ends the search with no change."""
-    run = SearchRun(lambda step, m: 0.2)
+    """At the tuned LR the first window after the warm-up can read up to 0.19, and the
+    first 20 steps 0.10 or less: with no raise before them, the search ends with no
+    change."""
+    run = SearchRun(lambda step, m: 0.2 if step <= 15 else 0.05)
     assert run.until(60) == []
     c = run.controller
     assert not c.searching and "with no change" in (c.search_note or "")
+
+
+def test_a_first_window_under_the_doubling_level_gets_a_longer_look() -> None:
+    """A few times too low: the first 5 steps read under ALIGNED, the first 20 above
+    LOOK; the LR goes up x1.5 and the search goes on as after any raise."""
+    run = SearchRun(lambda step, m: 0.25 if m < 2 else 0.05)
+    made = run.until(90)
+    assert [(p.step, p.after) for p in made] == [(30, 1.5), (40, 2.25)]
+    assert "(alignment +0.25 over steps 11-30)" in made[0].reason
+    assert not run.controller.searching
+
+
+def test_a_first_window_in_range_then_overshooting_steps_halve_the_lr_after_the_look() -> None:
+    """A few times too high, but the first 5 steps happen to read in range: the 20-step
+    look reads under -0.05 and the LR is halved, as after a first window that low."""
+    run = SearchRun(lambda step, m: 0.05 if step <= 15 or m < 1 else -0.15)
+    made = run.until(60)
+    assert [(p.step, p.after) for p in made] == [(30, 0.5)]
+    assert "updates undo one another (alignment -0.10 over steps 11-30)" in made[0].reason
+    assert not run.controller.searching
 
 
 def test_a_far_too_high_lr_is_halved_until_the_updates_stop_undoing_one_another() -> None:

@@ -20,12 +20,16 @@ search_lr            at the warm-up's last step (control.     rollback       lr 
                      alignment under -0.05
                      then every step until it stops: a 5-step lr_multiplier  x2
                      window's mean alignment above 0.3;
+                     first window under it, never moved: the  lr_multiplier  x1.5
+                     20 steps after the warm-up above 0.15
                      once raised, a 10-step window's mean     lr_multiplier  x1.5
                      above 0.1; under -0.05 takes the last                   (undo)
-                     raise back and ends it
-                     never raised: under -0.05 (a rollback    (rollback)     x0.5
-                     when a kept state is older); the first
-                     window in range ends it
+                     raise back and ends it; two in range in
+                     a row end it
+                     never raised: under -0.05, or the 20-   (rollback)     x0.5
+                     step look under it (a rollback when a
+                     kept state is older); the first window
+                     (or the 20-step look) in range ends it
 settle_lr_after_      after a damage rollback, each 5-step     lr_multiplier  x0.5 (at
 rollback             window whose mean alignment is under                    most 3)
                      -0.05: the steps still overshoot

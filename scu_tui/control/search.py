@@ -9,8 +9,8 @@ it stays clearly negative, the steps undo one another and the LR is halved. The
 doublings stop where the alignment first falls under 0.3, which is at a third or so of
 the tuned LR: from there a longer window judges more finely, and a LR still too low goes
 up by x1.5 at a time, one that went too far takes its last raise back. The first window
-in range (or an undone raise, or a halving search asked to go up) ends the search for
-good; the controller's rules take over from there. An overshoot that did damage has its
+in range (two of the longer ones in a row once raised; or an undone raise, or a halving
+search asked to go up) ends the search for good; the controller's rules take over from there. An overshoot that did damage has its
 own safe return: the damage rollback goes back to a kept state from before it, with a
 cut, and a rollback ends the search.
 
@@ -49,6 +49,15 @@ FACTOR = 2.0
 NEAR = 0.1
 NEAR_WINDOW = 10
 NEAR_FACTOR = 1.5
+#: In-range windows in a row that end the search once it has raised the LR.
+NEAR_CONFIRM = 2
+#: A run not yet moved whose first window reads under ALIGNED is judged once more over
+#: LOOK_WINDOW steps from the warm-up's end: a mean above LOOK says the LR is still a few
+#: times too low, and it goes up by NEAR_FACTOR. Measured on the tuning tasks at a constant
+#: LR (seed 0, steps 11-30): at 0.3x the tuned LR 0.26 (demo-lora), 0.48 (completions),
+#: 0.33 (json), 0.54 (sort-text); at the tuned LR 0.02, 0.10, 0.08, 0.10.
+LOOK_WINDOW = 20
+LOOK = 0.15
 #: At most this many raises in one run, whatever the LR bounds allow.
 MAX_MOVES = 10
 #: The search never starts before this step: Adam's first steps point the same way at
@@ -99,17 +108,18 @@ def window_start(warmup_steps: int, last_move_step: int) -> int:
 
 
 def _window(
-    history: Iterable[tuple[int, float]], start: int, size: int = WINDOW
+    history: Iterable[tuple[int, float]], start: int, size: int = WINDOW, skip: int = 0
 ) -> SearchStep | tuple[float, int, int]:
-    """The first ``size`` finite alignments after ``start``: (mean, first step, last
-    step), or the verdict when there are too few (wait, or end: none reported)."""
+    """The ``size`` finite alignments after ``start`` that follow the first ``skip``: (mean,
+    first step, last step), or the verdict when there are too few (wait, or end: none
+    reported)."""
     after = [(s, a) for s, a in history if s > start]
     points = [(s, a) for s, a in after if math.isfinite(a)]
-    if len(points) < size:
-        if len(after) >= 2 * size:  # an optimizer (or a stream) without an alignment
+    if len(points) < skip + size:
+        if len(after) >= 2 * (skip + size):  # an optimizer (or a stream) without one
             return SearchStep("end", f"no update alignment reported in {len(after)} steps")
-        return SearchStep("wait", f"{len(points)} of {size} aligned steps seen")
-    window = points[:size]
+        return SearchStep("wait", f"{len(points) - skip} of {size} aligned steps seen")
+    window = points[skip : skip + size]
     return sum(a for _, a in window) / size, window[0][0], window[-1][0]
 
 
@@ -143,8 +153,31 @@ def search_step(
         return SearchStep("cut_lr", why, mean, first, last, SETTLE_FACTOR)
     if cuts and mean > ALIGNED:
         why = f"{where}: the last halving undershot, the rules take it from here"
-    else:
-        why = f"{where}, between {OVERSHOOTING} and {ALIGNED}: the LR is in range"
+        return SearchStep("end", why, mean, first, last)
+    if not cuts:
+        return _look(history, start)
+    why = f"{where}, between {OVERSHOOTING} and {ALIGNED}: the LR is in range"
+    return SearchStep("end", why, mean, first, last)
+
+
+def _look(history: list[tuple[int, float]], start: int) -> SearchStep:
+    """A run never moved whose first window reads between OVERSHOOTING and ALIGNED: the
+    LR may still be a few times too low or too high, which LOOK_WINDOW steps tell from
+    the tuned LR: above LOOK a raise by NEAR_FACTOR (after which the search judges as
+    after any raise), under OVERSHOOTING a halving (as after a first window that low),
+    else the end."""
+    found = _window(history, start, LOOK_WINDOW)
+    if isinstance(found, SearchStep):
+        return found
+    mean, first, last = found
+    where = f"alignment {mean:+.2f} over steps {first}-{last}"
+    if mean > LOOK:
+        why = f"{where}, above {LOOK}"
+        return SearchStep("raise_lr", why, mean, first, last, NEAR_FACTOR)
+    if mean < OVERSHOOTING:
+        why = f"{where}, under {OVERSHOOTING}"
+        return SearchStep("cut_lr", why, mean, first, last, SETTLE_FACTOR)
+    why = f"{where}, between {OVERSHOOTING} and {LOOK}: the LR is in range"
     return SearchStep("end", why, mean, first, last)
 
 
@@ -153,22 +186,28 @@ def _near(
 ) -> SearchStep:
     """After a raise, once a window reads under ALIGNED: the longer NEAR_WINDOW says
     whether the LR is still too low (a smaller raise), overshoots (the last raise is
-    undone, in place: a step too far, not damage), or is in range (the end)."""
-    found = _window(history, start, NEAR_WINDOW)
-    if isinstance(found, SearchStep):
-        return found
-    mean, first, last = found
-    where = f"alignment {mean:+.2f} over steps {first}-{last}"
-    if mean > NEAR:
-        if raises >= MAX_MOVES:
-            return SearchStep("end", f"{raises} raises made, the most one search makes")
-        why = f"{where}, above {NEAR}"
-        return SearchStep("raise_lr", why, mean, first, last, NEAR_FACTOR)
-    if mean < OVERSHOOTING:
-        why = f"{where}, under {OVERSHOOTING}: the last raise went too far"
-        return SearchStep("undo", why, mean, first, last, 1 / last_factor)
-    why = f"{where}, between {OVERSHOOTING} and {NEAR}: the LR is in range"
-    return SearchStep("end", why, mean, first, last)
+    undone, in place: a step too far, not damage), or is in range. In range ends the
+    search only when the next NEAR_WINDOW steps say so too (NEAR_CONFIRM windows in a
+    row): one window in a phase where the loss changes shape can read low at a LR that
+    is still far too low, and the search's end is for good."""
+    for judged in range(NEAR_CONFIRM):
+        found = _window(history, start, NEAR_WINDOW, judged * NEAR_WINDOW)
+        if isinstance(found, SearchStep):
+            return found
+        mean, first, last = found
+        where = f"alignment {mean:+.2f} over steps {first}-{last}"
+        if mean > NEAR:
+            if raises >= MAX_MOVES:
+                return SearchStep("end", f"{raises} raises made, the most one search makes")
+            why = f"{where}, above {NEAR}"
+            return SearchStep("raise_lr", why, mean, first, last, NEAR_FACTOR)
+        if mean < OVERSHOOTING:
+            why = f"{where}, under {OVERSHOOTING}: the last raise went too far"
+            return SearchStep("undo", why, mean, first, last, 1 / last_factor)
+    why = f"{where}, between {OVERSHOOTING} and {NEAR}"
+    if NEAR_CONFIRM > 1:
+        why += f" as over the {NEAR_WINDOW} steps before"
+    return SearchStep("end", f"{why}: the LR is in range", mean, first, last)
 
 
 def reason(step: SearchStep, factor: float = FACTOR) -> str:
