@@ -265,6 +265,8 @@ def completions_task(steps: int) -> Task:
 #: must be before the full benchmark (the sweep runs warmup+cosine only, never the S-SCU).
 PROVISIONAL_LR = 1e-3
 PROVISIONAL_NOTE = "provisional: not yet chosen by the sweep"
+#: Chosen by ``--sweep`` (warmup+cosine, seed 0, the grid 0.1x-10x of 1e-3).
+SWEPT_NOTE = "the lowest of the warmup+cosine sweep (seed 0)"
 
 
 @dataclass(frozen=True)
@@ -300,6 +302,8 @@ LORA_SPECS = {
                 "training.batch_size": 4,
                 "training.eval_every": 50,
             },
+            2e-3,
+            SWEPT_NOTE,
         ),
         LoraSpec(
             "sort-text",
@@ -315,6 +319,8 @@ LORA_SPECS = {
                 "training.batch_size": 32,
                 "training.eval_every": 25,
             },
+            2e-3,
+            SWEPT_NOTE,
         ),
         LoraSpec(
             "arith-chat",
@@ -331,6 +337,8 @@ LORA_SPECS = {
                 "training.batch_size": 16,
                 "training.eval_every": 25,
             },
+            1e-3,
+            SWEPT_NOTE,
         ),
         LoraSpec(
             "sql",
@@ -347,6 +355,8 @@ LORA_SPECS = {
                 "training.batch_size": 8,
                 "training.eval_every": 25,
             },
+            2e-3,
+            SWEPT_NOTE,
         ),
         LoraSpec(
             "docs-text",
@@ -362,6 +372,8 @@ LORA_SPECS = {
                 "training.batch_size": 2,
                 "training.eval_every": 50,
             },
+            5e-4,
+            SWEPT_NOTE,
         ),
         LoraSpec(
             "code-completions",
@@ -378,6 +390,8 @@ LORA_SPECS = {
                 "training.batch_size": 4,
                 "training.eval_every": 20,
             },
+            1e-3,
+            SWEPT_NOTE,
         ),
     )
 }
