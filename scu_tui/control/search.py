@@ -8,11 +8,13 @@ same way and the LR is far too low, so it is doubled and the next window judged;
 it stays clearly negative, the steps undo one another and the LR is halved. The
 doublings stop where the alignment first falls under 0.3, which is at a third or so of
 the tuned LR: from there a longer window judges more finely, and a LR still too low goes
-up by x1.5 at a time, one that went too far takes its last raise back. The first window
-in range (two of the longer ones in a row once raised; or an undone raise, or a halving
-search asked to go up) ends the search for good; the controller's rules take over from there. An overshoot that did damage has its
-own safe return: the damage rollback goes back to a kept state from before it, with a
-cut, and a rollback ends the search.
+up by x1.5 at a time, one that went too far takes its last raise back. A run whose first
+window reads under 0.3 gets a longer look, which can still raise it (or halve it). The
+first window in range (two of the longer ones in a row once raised; or an undone raise,
+or a halving search asked to go up) ends the search for good; the controller's rules take
+over from there. An overshoot that did damage has its own safe return: the damage
+rollback goes back to a kept state from before it, with a cut, and a rollback ends the
+search.
 
 What was measured on the tuning tasks at a constant LR (``docs/benchmarks.md``): after
 a 10-step warm-up the alignment of each step stays at 0.45-0.98 at 0.1x the tuned LR
@@ -141,9 +143,7 @@ def search_step(
     mean, first, last = found
     where = f"alignment {mean:+.2f} over steps {first}-{last}"
     if mean > ALIGNED and not cuts:
-        if raises >= MAX_MOVES:
-            return SearchStep("end", f"{raises} raises made, the most one search makes")
-        return SearchStep("raise_lr", f"{where}, above {ALIGNED}", mean, first, last, FACTOR)
+        return _raise(f"{where}, above {ALIGNED}", raises, mean, first, last, FACTOR)
     if raises:
         return _near(history, start, raises, last_factor)
     if mean < OVERSHOOTING:
@@ -181,6 +181,13 @@ def _look(history: list[tuple[int, float]], start: int) -> SearchStep:
     return SearchStep("end", why, mean, first, last)
 
 
+def _raise(why: str, raises: int, mean: float, first: int, last: int, factor: float) -> SearchStep:
+    """A raise by ``factor``, unless the search has made its most raises (the end)."""
+    if raises >= MAX_MOVES:
+        return SearchStep("end", f"{raises} raises made, the most one search makes")
+    return SearchStep("raise_lr", why, mean, first, last, factor)
+
+
 def _near(
     history: list[tuple[int, float]], start: int, raises: int, last_factor: float
 ) -> SearchStep:
@@ -197,10 +204,7 @@ def _near(
         mean, first, last = found
         where = f"alignment {mean:+.2f} over steps {first}-{last}"
         if mean > NEAR:
-            if raises >= MAX_MOVES:
-                return SearchStep("end", f"{raises} raises made, the most one search makes")
-            why = f"{where}, above {NEAR}"
-            return SearchStep("raise_lr", why, mean, first, last, NEAR_FACTOR)
+            return _raise(f"{where}, above {NEAR}", raises, mean, first, last, NEAR_FACTOR)
         if mean < OVERSHOOTING:
             why = f"{where}, under {OVERSHOOTING}: the last raise went too far"
             return SearchStep("undo", why, mean, first, last, 1 / last_factor)
