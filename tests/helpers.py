@@ -10,10 +10,13 @@ import queue
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from scu_tui.control.controller import Controller
+from scu_tui.control.policy import Proposal
 
 if TYPE_CHECKING:
     from scu_tui.app import ScuApp
@@ -44,6 +47,14 @@ def scu_popen(*args: str) -> subprocess.Popen[str]:
         bufsize=1,
         env=dict(os.environ),
     )
+
+
+class StandInController(Controller):
+    """The base of a stand-in S-SCU in a test: it proposes only its own moves (its
+    ``decide``), never the start-up LR search's."""
+
+    def check_search(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
+        return None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import step_event
+from helpers import StandInController, step_event
 from textual.widgets import Sparkline
 
 from scu_tui.app import ScuApp, make_app
@@ -23,7 +23,6 @@ from scu_tui.app.feed import EventFeed, History, RunState
 from scu_tui.app.screens import ConfirmScreen, HelpScreen, NameScreen, PlotsScreen, PresetPicker
 from scu_tui.app.widgets import DecisionLog, Readout
 from scu_tui.config import Settings
-from scu_tui.control.controller import Controller
 from scu_tui.control.policy import Proposal
 from scu_tui.presets import load_preset
 from scu_tui.protocol import DecisionEvent, Event, ProposalEvent, StepEvent
@@ -212,16 +211,13 @@ async def test_accepting_a_real_proposal_on_a_hot_run(tmp_path: Path) -> None:
     assert record["outcome"] == "accepted" and record["by"] == "user"
 
 
-class EveryTenSteps(Controller):
+class EveryTenSteps(StandInController):
     """A stand-in S-SCU that proposes an LR cut every 10 steps while none is pending.
 
     The policy's own timing depends on its tuning; the app's accept/veto path should not.
     """
 
     count = 0
-
-    def check_search(self, step: int, knobs: Any) -> Proposal | None:
-        return None  # a stand-in proposes only its own moves: no start-up LR search
 
     def decide(self, step: int, knobs: Any) -> Proposal | None:
         if step % 10 or self.book.pending():

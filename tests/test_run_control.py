@@ -19,10 +19,10 @@ from typing import Any
 
 import mlx.core as mx
 import pytest
+from helpers import StandInController
 from mlx.utils import tree_flatten, tree_unflatten
 
 from scu_tui.config import Settings
-from scu_tui.control.controller import Controller
 from scu_tui.control.policy import Proposal, action_text
 from scu_tui.presets import load_preset
 from scu_tui.protocol import Command, Event, RefusedEvent, event_from_dict
@@ -49,7 +49,7 @@ HOT = {
 Script = dict[int, tuple[str, float, str]]
 
 
-class ScriptedController(Controller):
+class ScriptedController(StandInController):
     """A stand-in S-SCU: proposes the scripted changes at the scripted steps, nothing else.
 
     It tests what the run does with a proposal (apply, queue, expire, log, roll back), not
@@ -59,9 +59,6 @@ class ScriptedController(Controller):
     def __init__(self, settings: Settings, script: Script) -> None:
         super().__init__(settings.scu, settings.training)
         self.script = dict(script)
-
-    def check_search(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
-        return None  # a stand-in proposes only its own moves: no start-up LR search
 
     def decide(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
         if step not in self.script:

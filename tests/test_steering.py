@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from helpers import StandInController
 
 from scu_tui.config import Settings
-from scu_tui.control.controller import Controller
 from scu_tui.control.policy import ROLLBACK, Proposal, action_text
 from scu_tui.control.steering import MAX_ROLLBACKS, SteeredRun, Steering, TrainingFailed
 from scu_tui.protocol import (
@@ -66,16 +66,13 @@ class StandInRun:
         return [e for e in self.events if isinstance(e, kind)]
 
 
-class RaiseWeightDecayAt(Controller):
+class RaiseWeightDecayAt(StandInController):
     """Proposes weight decay 0.02 at the given steps, nothing else."""
 
     def __init__(self, steps: set[int]) -> None:
         settings = Settings()
         super().__init__(settings.scu, settings.training)
         self.steps = steps
-
-    def check_search(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
-        return None  # a stand-in proposes only its own moves: no start-up LR search
 
     def decide(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
         if step not in self.steps:
@@ -152,7 +149,7 @@ def test_observe_only_logs_and_a_mode_command_changes_what_follows() -> None:
     assert len(run.of(ProposalEvent)) == 1
 
 
-class RollBackAt(Controller):
+class RollBackAt(StandInController):
     """Proposes a rollback one step back (the guard's rule: it acts at once) whenever the
     run reaches one of the given steps."""
 
@@ -161,9 +158,6 @@ class RollBackAt(Controller):
         super().__init__(settings.scu, settings.training)
         self.steps = steps
         self.made = 0
-
-    def check_search(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
-        return None  # a stand-in proposes only its own moves: no start-up LR search
 
     def decide(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
         if step not in self.steps:
