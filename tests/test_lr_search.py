@@ -354,6 +354,30 @@ def test_after_a_rollback_the_lr_is_halved_while_the_updates_overshoot() -> None
     assert run.until(80) == [] and c.search_note is None
 
 
+def test_after_a_rollback_into_the_warm_up_its_steps_do_not_judge_the_lr() -> None:
+    """Gone back to step 5, the warm-up's steps run again at a fraction of the LR and read
+    aligned: the settling judges the steps after the warm-up, at the LR it left."""
+    rerun = {"on": False}
+
+    def alignment(step: int, m: float) -> float:
+        if step <= WARMUP:
+            return 0.6 if rerun["on"] else 0.0
+        return -0.3 if m > 1.5 else 0.0
+
+    run = SearchRun(alignment)
+    assert run.until(WARMUP) == []
+    c = run.controller
+    c.notify_rollback(5)
+    rerun["on"], run.step = True, 5
+    run.knobs["lr_multiplier"], run.knobs["lr"] = 4.0, 4e-3
+    made = run.until(60)
+    assert [(p.rule, p.step, p.after) for p in made] == [
+        (SETTLE_RULE, 15, 2.0),
+        (SETTLE_RULE, 20, 1.0),
+    ]
+    assert "steps 11-15" in made[0].reason
+
+
 def test_the_settling_is_bounded_and_switched_off_with_the_search() -> None:
     run = SearchRun(lambda step, m: -0.3 if step > 20 else 0.0)
     run.until(20)

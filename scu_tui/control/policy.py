@@ -31,8 +31,9 @@ search_lr            at the warm-up's last step (control.     rollback       lr 
                      kept state is older); the first window
                      (or the 20-step look) in range ends it
 settle_lr_after_      after a damage rollback, each 5-step     lr_multiplier  x0.5 (at
-rollback             window whose mean alignment is under                    most 3)
-                     -0.05: the steps still overshoot
+rollback             window (after the warm-up) whose mean                   most 3)
+                     alignment is under -0.05: the steps
+                     still overshoot
 cut_lr_degrading     degrading: significant loss rise         lr_multiplier  x0.5
 cut_lr_unstable      unstable: >= 2 spikes in the period, or  lr_multiplier  x0.7
                      high variability without improvement
