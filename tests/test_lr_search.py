@@ -354,28 +354,35 @@ def test_after_a_rollback_the_lr_is_halved_while_the_updates_overshoot() -> None
     assert run.until(80) == [] and c.search_note is None
 
 
-def test_after_a_rollback_into_the_warm_up_its_steps_do_not_judge_the_lr() -> None:
-    """Gone back to step 5, the warm-up's steps run again at a fraction of the LR and read
-    aligned: the settling judges the steps after the warm-up, at the LR it left."""
+def test_after_a_rollback_into_the_warm_up_only_its_last_steps_judge_the_lr() -> None:
+    """Gone back to step 0, the warm-up runs again: its first steps at a fraction of the
+    LR read aligned and are not judged; its last 5 (half the LR and more) are, as the
+    warm-up's own window is; and one window in range does not end the settling."""
     rerun = {"on": False}
 
     def alignment(step: int, m: float) -> float:
-        if step <= WARMUP:
-            return 0.6 if rerun["on"] else 0.0
+        if rerun["on"] and step <= 5:
+            return 0.6
         return -0.3 if m > 1.5 else 0.0
 
     run = SearchRun(alignment)
-    assert run.until(WARMUP) == []
+    run.until(4)
     c = run.controller
-    c.notify_rollback(5)
-    rerun["on"], run.step = True, 5
+    c.notify_rollback(0)
+    rerun["on"], run.step = True, 0
     run.knobs["lr_multiplier"], run.knobs["lr"] = 4.0, 4e-3
     made = run.until(60)
     assert [(p.rule, p.step, p.after) for p in made] == [
-        (SETTLE_RULE, 15, 2.0),
-        (SETTLE_RULE, 20, 1.0),
+        (SETTLE_RULE, 10, 2.0),
+        (SETTLE_RULE, 15, 1.0),
     ]
-    assert "steps 11-15" in made[0].reason
+    assert "steps 6-10" in made[0].reason
+    assert search.settle_start(10, 0) == 5 and search.settle_start(10, 20) == 20
+    assert search.settle_start(6, 0) == 6  # a warm-up too short to judge: after it
+    # in range once, then overshooting again: still settling
+    flicker = [(s, 0.0) for s in range(21, 26)] + [(s, -0.3) for s in range(26, 31)]
+    assert search.settle_step(flicker, 20, 0).action == "cut_lr"
+    assert search.settle_step(flicker[:5], 20, 0).action == "wait"
 
 
 def test_the_settling_is_bounded_and_switched_off_with_the_search() -> None:

@@ -90,6 +90,7 @@ from scu_tui.control.search import (
     SearchStep,
     search_step,
     settle_reason,
+    settle_start,
     settle_step,
     warmup_step,
     window_start,
@@ -507,9 +508,8 @@ class Controller(Memory):
             if answer != WAITS:
                 self._end_settle(step, len(made), answer)
             return None
-        # the warm-up's steps ran at a fraction of the LR the rollback left: not judged
         newest = max(since, made[-1].applied_step if made else -1)
-        start = window_start(self.training.warmup_steps, newest)
+        start = settle_start(self.training.warmup_steps, newest)
         verdict = settle_step(((h[0], h[4]) for h in self._history), start, len(made))
         if verdict.action == "wait":
             return None

@@ -31,9 +31,10 @@ search_lr            at the warm-up's last step (control.     rollback       lr 
                      kept state is older); the first window
                      (or the 20-step look) in range ends it
 settle_lr_after_      after a damage rollback, each 5-step     lr_multiplier  x0.5 (at
-rollback             window (after the warm-up) whose mean                   most 3)
-                     alignment is under -0.05: the steps
-                     still overshoot
+rollback             window (of the warm-up only its last)                   most 3)
+                     whose mean alignment is under -0.05:
+                     the steps still overshoot; two in range
+                     in a row end it
 cut_lr_degrading     degrading: significant loss rise         lr_multiplier  x0.5
 cut_lr_unstable      unstable: >= 2 spikes in the period, or  lr_multiplier  x0.7
                      high variability without improvement

@@ -75,6 +75,8 @@ OVERSHOOTING = -0.05
 #: The factor of each cut, and the most cuts in one search (or after one rollback).
 SETTLE_FACTOR = 0.5
 MAX_SETTLES = 3
+#: Windows in a row that read in range before the settling after a rollback ends.
+SETTLE_CONFIRM = 2
 
 
 #: The warm-up's last WINDOW steps run at 0.5-1x the LR it ramps to: a mean alignment
@@ -239,19 +241,33 @@ def reason(step: SearchStep, factor: float = FACTOR) -> str:
 
 
 def settle_step(history: Iterable[tuple[int, float]], start: int, cuts_made: int) -> SearchStep:
-    """After a damage rollback to ``start`` (or the newest cut since): ``cut_lr`` while the
-    window's updates still undo one another, else ``end``."""
-    found = _window(history, start)
-    if isinstance(found, SearchStep):
-        return found
-    mean, first, last = found
-    if mean >= OVERSHOOTING:
-        why = f"alignment {mean:+.2f} over steps {first}-{last}: the steps no longer overshoot"
-        return SearchStep("end", why, mean, first, last)
-    if cuts_made >= MAX_SETTLES:
-        return SearchStep("end", f"{cuts_made} cuts made after one rollback", mean, first, last)
-    why = f"alignment {mean:+.2f} over steps {first}-{last}, under {OVERSHOOTING}"
-    return SearchStep("cut_lr", why, mean, first, last)
+    """After a damage rollback to ``start`` (or the newest cut since): ``cut_lr`` while a
+    window's updates still undo one another; ``end`` once SETTLE_CONFIRM windows in a row
+    do not (one window can read in range at a LR still too high, as one can read low at a
+    LR still too low)."""
+    history = list(history)
+    for judged in range(SETTLE_CONFIRM):
+        found = _window(history, start, WINDOW, judged * WINDOW)
+        if isinstance(found, SearchStep):
+            return found
+        mean, first, last = found
+        if mean < OVERSHOOTING:
+            if cuts_made >= MAX_SETTLES:
+                why = f"{cuts_made} cuts made after one rollback"
+                return SearchStep("end", why, mean, first, last)
+            why = f"alignment {mean:+.2f} over steps {first}-{last}, under {OVERSHOOTING}"
+            return SearchStep("cut_lr", why, mean, first, last)
+    why = f"alignment {mean:+.2f} over steps {first}-{last}: the steps no longer overshoot"
+    return SearchStep("end", why, mean, first, last)
+
+
+def settle_start(warmup_steps: int, since: int) -> int:
+    """The settling's windows count the steps after ``since`` (the rollback, or its newest
+    cut), and of a warm-up gone back into only its last WINDOW steps, which run at half the
+    LR the rollback left and more (the warm-up's own window); the earlier ones ran at a
+    fraction of it."""
+    judged = warmup_steps - WINDOW if warmup_steps >= EARLIEST + WINDOW else warmup_steps
+    return max(since, judged, EARLIEST)
 
 
 def settle_reason(step: SearchStep) -> str:
