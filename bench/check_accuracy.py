@@ -219,7 +219,8 @@ def render(
             "alone, 207-220 MB, once under the run). From the config alone the activation "
             "terms come from "
             "per-block element counts set from measurements of Qwen3-architecture models on "
-            "this backend, rounded up, with a 25 % margin. Time is the noisier half: the "
+            "this backend (with checkpointing, from Qwen3-4B's width measured by block, "
+            "below), with a 10 % margin. Time is the noisier half: the "
             "machine is shared, and a step of a few milliseconds (the demo) is at the mercy "
             "of the scheduler.",
             "",
@@ -233,14 +234,15 @@ def render(
             "",
             "SPEC.md expects 4-6 GB on an M2/M3. The parameter terms alone (weights, LoRA "
             "weights, AdamW moments, gradients and the accumulation buffer; the LoRA terms are "
-            f"float32, 66M parameters, so 1.3 GB) come to {params:.1f} GB; the rest grows with "
+            "float32, 66M parameters, so 1.3 GB; and the S-SCU's 4 kept rollback states, "
+            f"3.2 GB) come to {params:.1f} GB; the rest grows with "
             "the batch's width. WikiSQL, the preset's data, has short rows (200-300 "
             "characters in mlx-examples' copy, roughly 60-100 tokens), so its widest batches "
             f"are about 128-160 tokens, where the estimate is {short_lo:.1f}-{short_hi:.1f} GB "
             f"without checkpointing and {ckpt_lo:.1f}-{ckpt_hi:.1f} GB with it. The difference "
             "to SPEC.md's figure is the config-only estimate's caution: its per-token counts "
             "come from MLX's CPU backend (16-bit models there keep about 0.8x the float32 "
-            "bytes per activation, not 0.5x) and carry a 25 % margin; on a Mac with the "
+            "bytes per activation, not 0.5x) and carry a 10 % margin; on a Mac with the "
             "weights downloaded, `scu-tui check` measures those terms with Metal's own "
             "kernels instead. The preset's `max_seq_length` of 2048 is a cap, not the batch "
             "width: a batch of two full 2048-token rows needs the last row's figure, beyond "

@@ -102,3 +102,23 @@ def test_a_float32_variant_keeps_the_shape_and_computes_in_float32(tmp_path: Pat
     assert stored["model.layers.0.mlp.up_proj.weight"].dtype == mx.uint32  # still 4-bit
     model, _ = load_model(str(folder))
     assert model(mx.array([[1, 2, 3]])).dtype == mx.float32
+
+
+#: Peaks of one training step of Qwen3-4B's width at 36 blocks, GB, extrapolated from 2, 4
+#: and 8 measured blocks (float32 activations, 4-bit weights; docs/benchmarks.md, "The
+#: reference workload, measured by block"): (tokens per row, grad_checkpoint) -> GB.
+MEASURED_4B = {(64, False): 4.52, (256, False): 8.68, (64, True): 3.82, (256, True): 3.94}
+
+
+@pytest.mark.parametrize(("length", "checkpoint"), sorted(MEASURED_4B))
+def test_the_config_only_estimate_is_within_15_percent_above_the_measured_peak(
+    length: int, checkpoint: bool
+) -> None:
+    """`scu-tui check` from config.json alone, for the measured model at batch 1: never
+    under the measured peak, at most 15 % over it."""
+    import reference_memory
+
+    point = reference_memory.Point("scu", 36, 1, length, checkpoint, "float32")
+    predicted = reference_memory.config_estimate(point.folder, point, 36)
+    ratio = predicted / MEASURED_4B[(length, checkpoint)]
+    assert 1.0 <= ratio <= 1.15, f"{predicted:.2f} GB predicted: {ratio:.3f} x the measured"
