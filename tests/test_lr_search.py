@@ -394,3 +394,20 @@ def test_the_settling_is_bounded_and_switched_off_with_the_search() -> None:
     off.until(20)
     off.controller.notify_rollback(20)
     assert off.until(80) == []
+
+
+def test_a_spike_ends_the_search_s_raises_not_its_cuts() -> None:
+    """A spike is evidence against raising the LR, not against cutting it: a search about
+    to raise within the cool-down after a spike ends for good; a warm-up that overshoots
+    with a spike in it is still cut."""
+    low = SearchRun(falls_with_lr)
+    low.until(12)
+    low.controller.notify_spike(12)
+    assert low.until(60) == []
+    assert "a gradient spike was seen" in (low.controller.search_note or "")
+
+    high = SearchRun(lambda step, m: -0.15 if step > 5 and m > 0.3 else 0.0)
+    high.until(8, keep_states=True)
+    high.controller.notify_spike(8)
+    made = high.until(WARMUP, keep_states=True)
+    assert [(p.step, p.knob) for p in made] == [(WARMUP, "rollback")]

@@ -443,9 +443,6 @@ class Controller(Memory):
         if made and made[-1].proposal.evidence.get("undo"):
             self._end_search(step, "the last raise went too far and was taken back")
             return None
-        if self._raise_blocked(LR, 1, step):
-            self._end_search(step, "a gradient spike was seen")
-            return None
         if not made and step == self.training.warmup_steps:
             history = ((h[0], h[4]) for h in self._history)
             verdict = warmup_step(history, step)
@@ -461,6 +458,10 @@ class Controller(Memory):
             return None
         if verdict.action == "end":
             self._end_search(step, verdict.why)
+            return None
+        if verdict.factor > 1 and self._raise_blocked(LR, 1, step):
+            # a spike says nothing against a cut; against a raise it does, for good
+            self._end_search(step, "a gradient spike was seen")
             return None
         return self._search_move(step, knobs, verdict, verdict.factor, len(made) + 1)
 
