@@ -7,6 +7,7 @@ import argparse
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,15 @@ import bench.controller
 from bench.controller.analysis import analyse
 from bench.controller.arms import ARM_SPECS, DEFAULT_ARMS, LR_GRID
 from bench.controller.report import render, task_info
-from bench.controller.running import append_raw, load_raw, log, plan, run_benchmark, sweep
+from bench.controller.running import (
+    append_raw,
+    load_raw,
+    log,
+    plan,
+    run_benchmark,
+    sweep,
+    trace_one,
+)
 from bench.controller.tasks import DEFAULT_TASKS, SMOKE_TASKS, TASKS, make_tasks
 from bench.docs_section import write_section
 from scu_tui.config import all_keys
@@ -89,6 +98,11 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="the base-LR sweep instead")
     parser.add_argument("--plan", action="store_true", help="print the runs per task, run none")
     parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="one run per task, arm, LR and seed, every step written out (no report)",
+    )
+    parser.add_argument(
         "--long-demo", type=int, default=0, metavar="STEPS", help="the long demo run instead"
     )
     args = parser.parse_args()
@@ -149,6 +163,14 @@ def main() -> None:
             print(f"{'total':<26} {sum(runs.values()):5d} runs; arms {', '.join(arms)}")
             return
         tasks = make_tasks(names, args.quick, steps, overrides)
+        if args.trace:
+            with tempfile.TemporaryDirectory(prefix="scu-trace-") as tmp:
+                for task in tasks:
+                    for factor in factors:
+                        for seed in seeds:
+                            for arm in arms:
+                                trace_one(task, arm, factor, seed, Path(tmp))
+            return
         if args.sweep:
             if len(arms) != 1 and args.arms:
                 raise SystemExit("--sweep runs one arm: --arms cosine (the default) or another")

@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from scu_tui.protocol import (
     Outcome,
     ProposalEvent,
     RollbackEvent,
+    StepEvent,
 )
 from scu_tui.run import Run
 
@@ -129,6 +130,50 @@ def run_one(
             if proposals[i].knob in (LR, "rollback") and proposals[i].after != proposals[i].before
         ],
     )
+
+
+class Tracer(Recorder):
+    """A sink that writes each step's alignment, loss and LR, and the controller's
+    proposals, answers, rollbacks, evaluations and messages, one line each."""
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        super().__init__()
+        self.write = write
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, StepEvent):
+            self.write(
+                f"step {event.step:5d}  alignment {event.alignment:+.3f}  "
+                f"loss {event.loss:.4f}  grad {event.grad_norm:.3g}  lr {event.lr:.3g}"
+            )
+        elif isinstance(event, ProposalEvent):
+            self.write(f"  proposal {event.id} at {event.step}: {event.rule} {event.action}")
+            self.write(f"    {event.reason}")
+        elif isinstance(event, DecisionEvent):
+            self.write(f"  {event.id}: {event.outcome.value}")
+        elif isinstance(event, RollbackEvent):
+            self.write(f"  rollback at {event.step} to step {event.to_step}")
+        elif isinstance(event, EvalEvent):
+            self.write(f"  eval at {event.step}: val loss {event.val_loss:.4f}")
+        elif event.type == "message":
+            self.write(f"  message at {event.step}: {getattr(event, 'text', '')}")
+
+
+def trace_one(task: Task, arm: str, factor: float, seed: int, workdir: Path) -> None:
+    """One run of one cell with every step written out (``--trace``): what a rule would
+    be judged on. A test task's trace must not shape a rule, a threshold or a default."""
+    if task.split == "test":
+        log(f"{task.name} is a test task: what its trace shows must not shape the S-SCU")
+    settings = arm_settings(task, arm, factor, seed)
+    out = workdir / f"trace-{task.name}-{arm}-{factor:g}-{seed}"
+    shutil.rmtree(out, ignore_errors=True)
+    run = Run(settings, output_dir=out, loader=task.loader)
+    print(f"# {task.name} ({task.split}), {arm}, LR x{factor:g}, seed {seed}", flush=True)
+    run.add_sink(Tracer(lambda line: print(line, flush=True)))
+    try:
+        run.execute()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 # --- the benchmark --------------------------------------------------------------------------
