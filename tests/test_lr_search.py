@@ -411,3 +411,32 @@ def test_a_spike_ends_the_search_s_raises_not_its_cuts() -> None:
     high.controller.notify_spike(8)
     made = high.until(WARMUP, keep_states=True)
     assert [(p.step, p.knob) for p in made] == [(WARMUP, "rollback")]
+
+
+def test_a_warm_up_that_blows_up_is_cut_though_its_alignment_reads_near_zero() -> None:
+    """Steps so large they are unrelated read near 0 in alignment; their gradients blow up
+    and the loss climbs. A spike in the warm-up's last window with its loss above the
+    window before it cuts the LR, from a kept state; either alone does not."""
+    norms = [1.5, 3.1, 4.7, 5.4, 4.7, 11.4, 92.7, 17.0, 21.4, 121.0]
+    losses = [4.5, 6.5, 3.9, 3.8, 4.2, 5.8, 8.2, 9.6, 8.9, 7.5]
+    history = [(s + 1, x, g) for s, (x, g) in enumerate(zip(losses, norms, strict=True))]
+    cut = search.warmup_blowup(history, WARMUP)
+    assert cut.action == "cut_lr" and "gradient norm 121 at step 10" in cut.why
+    calm = [(s, x, min(g, 6.0)) for s, x, g in history]  # the loss climbs, no spike
+    assert search.warmup_blowup(calm, WARMUP).action == "wait"
+    falling = [(s, 9.0 - 0.5 * s, g) for s, _, g in history]  # spikes, the loss falls
+    assert search.warmup_blowup(falling, WARMUP).action == "wait"
+    assert search.warmup_blowup(history[:8], WARMUP).action == "wait"  # too few steps
+
+    c = Controller(SCU, TRAINING_W)  # type: ignore[arg-type]
+    current = knobs()
+    made = []
+    for step, loss, norm in history:
+        if c.snapshot_due(step - 1):
+            c.snapshot_taken(step - 1)
+        c.observe(step, loss, norm, current["lr"], False, 0.0)  # alignment: unrelated steps
+        p = c.check_search(step, current)
+        if p is not None:
+            made.append(p)
+    assert [(p.step, p.knob, p.after) for p in made] == [(WARMUP, "rollback", search.WARMUP_CUT)]
+    assert "the warm-up blew up" in made[0].reason and "alignment" not in made[0].evidence

@@ -92,6 +92,7 @@ from scu_tui.control.search import (
     settle_reason,
     settle_start,
     settle_step,
+    warmup_blowup,
     warmup_step,
     window_start,
 )
@@ -446,6 +447,8 @@ class Controller(Memory):
         if not made and step == self.training.warmup_steps:
             history = ((h[0], h[4]) for h in self._history)
             verdict = warmup_step(history, step)
+            if verdict.action != "cut_lr":
+                verdict = warmup_blowup(((h[0], h[1], h[2]) for h in self._history), step)
             if verdict.action == "cut_lr":
                 return self._search_move(step, knobs, verdict, WARMUP_CUT, 1)
             return None

@@ -17,7 +17,9 @@ rollback             every step, not only at control steps    rollback       lr 
                      any non-finite value in the period
 search_lr            at the warm-up's last step (control.     rollback       lr x0.25
                      search): its last 5 steps' mean
-                     alignment under -0.05
+                     alignment under -0.05, or a gradient
+                     spike in them with their median loss
+                     above the 5 steps' before
                      then every step until it stops: a 5-step lr_multiplier  x2
                      window's mean alignment above 0.3;
                      first window under it, never moved: the  lr_multiplier  x1.5

@@ -14,7 +14,9 @@ first window in range (two of the longer ones in a row once raised; or an undone
 or a halving search asked to go up) ends the search for good; the controller's rules take
 over from there. An overshoot that did damage has its own safe return: the damage
 rollback goes back to a kept state from before it, with a cut, and a rollback ends the
-search.
+search. Before all this, a warm-up whose last steps overshoot, or blow up (a gradient
+spike while the loss climbs: steps so large they read as unrelated, near 0), is cut at
+its end, back to a kept state.
 
 What was measured on the tuning tasks at a constant LR (``docs/benchmarks.md``): after
 a 10-step warm-up the alignment of each step stays at 0.45-0.98 at 0.1x the tuned LR
@@ -29,8 +31,11 @@ is over and asks :func:`search_step` what to do on each step.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from scu_tui.control.signals import MAD_FLOOR_FRACTION, SPIKE_MAD_K
 
 #: Steps judged per window: the mean of this many alignments decides each doubling.
 WINDOW = 5
@@ -102,7 +107,10 @@ class SearchStep:
 
     def evidence(self) -> dict[str, float | int]:
         """What a proposal made from this verdict shows as its evidence."""
-        return {"alignment": self.alignment, "first_step": self.first, "last_step": self.last}
+        evidence: dict[str, float | int] = {"first_step": self.first, "last_step": self.last}
+        if math.isfinite(self.alignment):
+            evidence["alignment"] = self.alignment
+        return evidence
 
 
 def window_start(warmup_steps: int, last_move_step: int) -> int:
@@ -219,6 +227,11 @@ def _near(
 def reason(step: SearchStep, factor: float = FACTOR) -> str:
     """The proposal's reason for a raise or a cut by ``factor``."""
     where = f"alignment {step.alignment:+.2f} over steps {step.first}-{step.last}"
+    if step.action == "cut_lr" and math.isnan(step.alignment):
+        return (
+            f"Start-up LR search: the warm-up blew up ({step.why}) - the LR is too high, "
+            f"cutting it x{factor:.2g}"
+        )
     if step.action == "cut_lr":
         return (
             f"Start-up LR search: updates undo one another ({where}) - the LR is too high, "
@@ -293,3 +306,34 @@ def warmup_step(history: Iterable[tuple[int, float]], warmup_steps: int) -> Sear
         why = f"alignment {mean:+.2f} over steps {first}-{last} of the warm-up"
         return SearchStep("cut_lr", why, mean, first, last)
     return SearchStep("wait", "the warm-up's updates do not overshoot")
+
+
+def warmup_blowup(history: Iterable[tuple[int, float, float]], warmup_steps: int) -> SearchStep:
+    """At the warm-up's last step, with ``(step, loss, gradient norm)`` of the warm-up:
+    ``cut_lr`` when its last :data:`WINDOW` steps hold a gradient spike (the controller's
+    own test: above the warm-up's median norm by SPIKE_MAD_K robust deviations) and their
+    median loss is above that of the window before them, else ``wait``. Steps so large
+    that they no longer undo one another read near 0 in alignment (unrelated, not
+    overshooting): their gradients blow up and the loss climbs, which this sees."""
+    if warmup_steps < EARLIEST + WINDOW:
+        return SearchStep("wait", "the warm-up is too short to judge")
+    points = [(s, loss, g) for s, loss, g in history if 0 < s <= warmup_steps]
+    norms = [g for _, _, g in points if math.isfinite(g)]
+    last = [p for p in points if p[0] > warmup_steps - WINDOW]
+    before = [p for p in points if warmup_steps - 2 * WINDOW < p[0] <= warmup_steps - WINDOW]
+    if len(norms) < 2 * WINDOW or len(last) < WINDOW or len(before) < WINDOW:
+        return SearchStep("wait", "too few warm-up steps seen")
+    median = statistics.median(norms)
+    mad = statistics.median(abs(g - median) for g in norms)
+    threshold = median + SPIKE_MAD_K * max(mad, MAD_FLOOR_FRACTION * abs(median))
+    spikes = [(s, g) for s, _, g in last if g > threshold or not math.isfinite(g)]
+    rise = statistics.median(x for _, x, _ in last) - statistics.median(x for _, x, _ in before)
+    if not spikes or not rise > 0:
+        return SearchStep("wait", "no gradient spike with a rising loss in the warm-up")
+    step, norm = max(spikes, key=lambda p: p[1] if math.isfinite(p[1]) else math.inf)
+    first, end = last[0][0], last[-1][0]
+    why = (
+        f"gradient norm {norm:.3g} at step {step} (the warm-up's median {median:.3g}) and "
+        f"the loss up by {rise:.3g} over steps {first}-{end}"
+    )
+    return SearchStep("cut_lr", why, math.nan, first, end, SETTLE_FACTOR)
