@@ -419,19 +419,29 @@ def test_a_warm_up_that_blows_up_is_cut_though_its_alignment_reads_near_zero() -
     window before it cuts the LR, from a kept state; either alone does not."""
     norms = [1.5, 3.1, 4.7, 5.4, 4.7, 11.4, 92.7, 17.0, 21.4, 121.0]
     losses = [4.5, 6.5, 3.9, 3.8, 4.2, 5.8, 8.2, 9.6, 8.9, 7.5]
-    history = [(s + 1, x, g) for s, (x, g) in enumerate(zip(losses, norms, strict=True))]
+    history = [(s + 1, x, g, 0.0) for s, (x, g) in enumerate(zip(losses, norms, strict=True))]
     cut = search.warmup_blowup(history, WARMUP)
     assert cut.action == "cut_lr" and "gradient norm 121 at step 10" in cut.why
-    calm = [(s, x, min(g, 6.0)) for s, x, g in history]  # the loss climbs, no spike
+    calm = [(s, x, min(g, 6.0), a) for s, x, g, a in history]  # the loss climbs, no spike
     assert search.warmup_blowup(calm, WARMUP).action == "wait"
-    falling = [(s, 9.0 - 0.5 * s, g) for s, _, g in history]  # spikes, the loss falls
+    falling = [(s, 9.0 - 0.5 * s, g, a) for s, _, g, a in history]  # spikes, the loss falls
     assert search.warmup_blowup(falling, WARMUP).action == "wait"
     assert search.warmup_blowup(history[:8], WARMUP).action == "wait"  # too few steps
+    # the demo on Schedule-Free at its LR: one batch's norm twice the others and the
+    # loss up by batch noise (3 %), while the steps point the same way (0.8): a LR too low
+    sf_norms = [1.84, 2.05, 2.24, 1.71, 2.47, 1.84, 2.24, 4.21, 2.01, 2.34]
+    sf_losses = [6.09, 5.81, 6.17, 5.83, 6.29, 5.08, 5.36, 6.87, 6.44, 6.26]
+    sf = [(s + 1, x, g, 0.8) for s, (x, g) in enumerate(zip(sf_losses, sf_norms, strict=True))]
+    assert search.warmup_blowup(sf, WARMUP).action == "wait"
+    unaligned = [(s, x, g, 0.0) for s, x, g, _ in sf]  # not aligned: still batch noise
+    assert search.warmup_blowup(unaligned, WARMUP).action == "wait"
+    aligned = [(s, x, g, 0.8) for s, x, g, _ in history]  # blown up, yet pointing one way
+    assert search.warmup_blowup(aligned, WARMUP).action == "wait"
 
     c = Controller(SCU, TRAINING_W)  # type: ignore[arg-type]
     current = knobs()
     made = []
-    for step, loss, norm in history:
+    for step, loss, norm, _ in history:
         if c.snapshot_due(step - 1):
             c.snapshot_taken(step - 1)
         c.observe(step, loss, norm, current["lr"], False, 0.0)  # alignment: unrelated steps

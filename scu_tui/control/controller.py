@@ -448,7 +448,7 @@ class Controller(Memory):
             history = ((h[0], h[4]) for h in self._history)
             verdict = warmup_step(history, step)
             if verdict.action != "cut_lr":
-                verdict = warmup_blowup(((h[0], h[1], h[2]) for h in self._history), step)
+                verdict = warmup_blowup(((h[0], h[1], h[2], h[4]) for h in self._history), step)
             if verdict.action == "cut_lr":
                 return self._search_move(step, knobs, verdict, WARMUP_CUT, 1)
             return None

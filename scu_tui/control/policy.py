@@ -18,8 +18,9 @@ rollback             every step, not only at control steps    rollback       lr 
 search_lr            at the warm-up's last step (control.     rollback       lr x0.25
                      search): its last 5 steps' mean
                      alignment under -0.05, or a gradient
-                     spike in them with their median loss
-                     above the 5 steps' before
+                     spike in them, their median loss 5 %
+                     above the 5 steps' before, alignment
+                     under 0.3
                      then every step until it stops: a 5-step lr_multiplier  x2
                      window's mean alignment above 0.3;
                      first window under it, never moved: the  lr_multiplier  x1.5

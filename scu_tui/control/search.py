@@ -35,6 +35,7 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from scu_tui.control.divergence import DAMAGE_MARGIN
 from scu_tui.control.signals import MAD_FLOOR_FRACTION, SPIKE_MAD_K
 
 #: Steps judged per window: the mean of this many alignments decides each doubling.
@@ -308,16 +309,25 @@ def warmup_step(history: Iterable[tuple[int, float]], warmup_steps: int) -> Sear
     return SearchStep("wait", "the warm-up's updates do not overshoot")
 
 
-def warmup_blowup(history: Iterable[tuple[int, float, float]], warmup_steps: int) -> SearchStep:
-    """At the warm-up's last step, with ``(step, loss, gradient norm)`` of the warm-up:
-    ``cut_lr`` when its last :data:`WINDOW` steps hold a gradient spike (the controller's
-    own test: above the warm-up's median norm by SPIKE_MAD_K robust deviations) and their
-    median loss is above that of the window before them, else ``wait``. Steps so large
-    that they no longer undo one another read near 0 in alignment (unrelated, not
-    overshooting): their gradients blow up and the loss climbs, which this sees."""
+def warmup_blowup(
+    history: Iterable[tuple[int, float, float, float]], warmup_steps: int
+) -> SearchStep:
+    """At the warm-up's last step, with ``(step, loss, gradient norm, alignment)`` of the
+    warm-up: ``cut_lr`` when its last :data:`WINDOW` steps hold a gradient spike (the
+    controller's own test: above the warm-up's median norm by SPIKE_MAD_K robust
+    deviations), their median loss is above that of the window before them by more than
+    DAMAGE_MARGIN of it (what the damage detector calls damage at the least), and their
+    mean alignment is under ALIGNED (steps still pointing the same way are a LR too low,
+    whatever one batch's gradient does); else ``wait``. Steps so large that they no longer
+    undo one another read near 0 in alignment (unrelated, not overshooting): their
+    gradients blow up and the loss climbs, which this sees."""
     if warmup_steps < EARLIEST + WINDOW:
         return SearchStep("wait", "the warm-up is too short to judge")
-    points = [(s, loss, g) for s, loss, g in history if 0 < s <= warmup_steps]
+    rows = list(history)
+    aligned = [a for s, _, _, a in rows if s > warmup_steps - WINDOW and math.isfinite(a)]
+    if aligned and sum(aligned) / len(aligned) >= ALIGNED:
+        return SearchStep("wait", "the warm-up's last steps point the same way")
+    points = [(s, loss, g) for s, loss, g, _ in rows if 0 < s <= warmup_steps]
     norms = [g for _, _, g in points if math.isfinite(g)]
     last = [p for p in points if p[0] > warmup_steps - WINDOW]
     before = [p for p in points if warmup_steps - 2 * WINDOW < p[0] <= warmup_steps - WINDOW]
@@ -327,8 +337,9 @@ def warmup_blowup(history: Iterable[tuple[int, float, float]], warmup_steps: int
     mad = statistics.median(abs(g - median) for g in norms)
     threshold = median + SPIKE_MAD_K * max(mad, MAD_FLOOR_FRACTION * abs(median))
     spikes = [(s, g) for s, _, g in last if g > threshold or not math.isfinite(g)]
-    rise = statistics.median(x for _, x, _ in last) - statistics.median(x for _, x, _ in before)
-    if not spikes or not rise > 0:
+    level = statistics.median(x for _, x, _ in before)
+    rise = statistics.median(x for _, x, _ in last) - level
+    if not spikes or not rise > DAMAGE_MARGIN * abs(level):
         return SearchStep("wait", "no gradient spike with a rising loss in the warm-up")
     step, norm = max(spikes, key=lambda p: p[1] if math.isfinite(p[1]) else math.inf)
     first, end = last[0][0], last[-1][0]
