@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from scu_tui.control.divergence import DAMAGE_MARGIN
-from scu_tui.control.signals import MAD_FLOOR_FRACTION, SPIKE_MAD_K
+from scu_tui.control.signals import spike_threshold
 
 #: Steps judged per window: the mean of this many alignments decides each doubling.
 WINDOW = 5
@@ -314,13 +314,13 @@ def warmup_blowup(
 ) -> SearchStep:
     """At the warm-up's last step, with ``(step, loss, gradient norm, alignment)`` of the
     warm-up: ``cut_lr`` when its last :data:`WINDOW` steps hold a gradient spike (the
-    controller's own test: above the warm-up's median norm by SPIKE_MAD_K robust
-    deviations), their median loss is above that of the window before them by more than
-    DAMAGE_MARGIN of it (what the damage detector calls damage at the least), and their
-    mean alignment is under ALIGNED (steps still pointing the same way are a LR too low,
-    whatever one batch's gradient does); else ``wait``. Steps so large that they no longer
-    undo one another read near 0 in alignment (unrelated, not overshooting): their
-    gradients blow up and the loss climbs, which this sees."""
+    controller's own test, ``signals.spike_threshold``, on the warm-up's norms), their
+    median loss is above that of the window before them by more than DAMAGE_MARGIN of it
+    (what the damage detector calls damage at the least), and their mean alignment is
+    under ALIGNED (steps still pointing the same way are a LR too low, whatever one
+    batch's gradient does); else ``wait``. Steps so large that they no longer undo one
+    another read near 0 in alignment (unrelated, not overshooting): their gradients blow
+    up and the loss climbs, which this sees."""
     if warmup_steps < EARLIEST + WINDOW:
         return SearchStep("wait", "the warm-up is too short to judge")
     rows = list(history)
@@ -335,7 +335,7 @@ def warmup_blowup(
         return SearchStep("wait", "too few warm-up steps seen")
     median = statistics.median(norms)
     mad = statistics.median(abs(g - median) for g in norms)
-    threshold = median + SPIKE_MAD_K * max(mad, MAD_FLOOR_FRACTION * abs(median))
+    threshold = spike_threshold(median, mad)
     spikes = [(s, g) for s, _, g in last if g > threshold or not math.isfinite(g)]
     level = statistics.median(x for _, x, _ in before)
     rise = statistics.median(x for _, x, _ in last) - level
@@ -347,4 +347,4 @@ def warmup_blowup(
         f"gradient norm {norm:.3g} at step {step} (the warm-up's median {median:.3g}) and "
         f"the loss up by {rise:.3g} over steps {first}-{end}"
     )
-    return SearchStep("cut_lr", why, math.nan, first, end, SETTLE_FACTOR)
+    return SearchStep("cut_lr", why, math.nan, first, end)

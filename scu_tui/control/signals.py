@@ -291,6 +291,11 @@ def trend_change(trend: dict[str, Any], period: int) -> float | None:
 # --- gradient stability ---------------------------------------------------------------------
 
 
+def spike_threshold(median: float, mad: float) -> float:
+    """A gradient norm above this, for norms of this median and MAD, is a spike."""
+    return median + SPIKE_MAD_K * max(mad, MAD_FLOOR_FRACTION * abs(median))
+
+
 def gradient_stability(grad_norms: FloatArray, period: int) -> GradientStability:
     """Level, robust variability and spikes of the finite gradient norms."""
     finite = np.isfinite(grad_norms)
@@ -301,7 +306,7 @@ def gradient_stability(grad_norms: FloatArray, period: int) -> GradientStability
     median = float(np.median(values))
     mad = float(np.median(np.abs(values - median)))
     variability = MAD_TO_SIGMA * mad / abs(median) if abs(median) > EPS else 0.0
-    threshold = median + SPIKE_MAD_K * max(mad, MAD_FLOOR_FRACTION * abs(median))
+    threshold = spike_threshold(median, mad)
     spiking = np.where(finite, grad_norms, -np.inf) > threshold
     where = np.flatnonzero(spiking)
     return GradientStability(
