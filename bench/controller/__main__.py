@@ -4,6 +4,7 @@ print the report and write its section of docs/benchmarks.md."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import sys
@@ -165,11 +166,8 @@ def main() -> None:
         tasks = make_tasks(names, args.quick, steps, overrides)
         if args.trace:
             with tempfile.TemporaryDirectory(prefix="scu-trace-") as tmp:
-                for task in tasks:
-                    for factor in factors:
-                        for seed in seeds:
-                            for arm in arms:
-                                trace_one(task, arm, factor, seed, Path(tmp))
+                for task, factor, seed, arm in itertools.product(tasks, factors, seeds, arms):
+                    trace_one(task, arm, factor, seed, Path(tmp))
             return
         if args.sweep:
             if len(arms) != 1 and args.arms:

@@ -27,6 +27,7 @@ from scu_tui.protocol import (
     DoneEvent,
     EvalEvent,
     Event,
+    MessageEvent,
     Outcome,
     ProposalEvent,
     RollbackEvent,
@@ -132,13 +133,15 @@ def run_one(
     )
 
 
-class Tracer(Recorder):
+class Tracer:
     """A sink that writes each step's alignment, loss and LR, and the controller's
     proposals, answers, rollbacks, evaluations and messages, one line each."""
 
     def __init__(self, write: Callable[[str], None]) -> None:
-        super().__init__()
         self.write = write
+
+    def close(self) -> None:
+        pass
 
     def emit(self, event: Event) -> None:
         if isinstance(event, StepEvent):
@@ -155,8 +158,8 @@ class Tracer(Recorder):
             self.write(f"  rollback at {event.step} to step {event.to_step}")
         elif isinstance(event, EvalEvent):
             self.write(f"  eval at {event.step}: val loss {event.val_loss:.4f}")
-        elif event.type == "message":
-            self.write(f"  message at {event.step}: {getattr(event, 'text', '')}")
+        elif isinstance(event, MessageEvent):
+            self.write(f"  message at {event.step}: {event.text}")
 
 
 def trace_one(task: Task, arm: str, factor: float, seed: int, workdir: Path) -> None:
