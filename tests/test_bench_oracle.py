@@ -135,20 +135,30 @@ def test_every_arm_gives_settings_the_product_accepts() -> None:
 
 
 def test_a_trace_writes_each_step_and_what_the_controller_did() -> None:
-    """`--trace` writes a line a step (alignment, loss, LR) and one for each rollback and
-    message, in the order the run emitted them."""
+    """`--trace` writes a line a step (alignment, loss, LR) and one for each rollback,
+    message and analysis, in the order the run emitted them."""
     import dataclasses
 
     from helpers import step_event
 
     from bench.controller.running import Tracer
-    from scu_tui.protocol import MessageEvent, MessageLevel, RollbackEvent
+    from scu_tui.protocol import AnalysisEvent, MessageEvent, MessageLevel, RollbackEvent
 
     lines: list[str] = []
     tracer = Tracer(lines.append)
     tracer.emit(dataclasses.replace(step_event(9, loss=2.5), alignment=-0.125))
     tracer.emit(RollbackEvent(10, to_step=5, reason="damage"))
     tracer.emit(MessageEvent(6, level=MessageLevel.INFO, text="search over"))
+    tracer.emit(
+        AnalysisEvent(
+            20, diagnosis="unstable", why="2 gradient spikes; not yet", period=20, window=40,
+            nonfinite=0, trend={}, gradients={}, wavelet={}, validation={},
+        )
+    )
     assert lines[0].startswith("step     9  alignment -0.125  loss 2.5000")
     assert "lr 0.001" in lines[0]
-    assert lines[1:] == ["  rollback at 10 to step 5", "  message at 6: search over"]
+    assert lines[1:] == [
+        "  rollback at 10 to step 5",
+        "  message at 6: search over",
+        "  analysis at 20: unstable: 2 gradient spikes; not yet",
+    ]

@@ -23,6 +23,7 @@ from bench.controller.tasks import Task
 from scu_tui.config import Settings
 from scu_tui.control.policy import LR
 from scu_tui.protocol import (
+    AnalysisEvent,
     DecisionEvent,
     DoneEvent,
     EvalEvent,
@@ -135,7 +136,8 @@ def run_one(
 
 class Tracer:
     """A sink that writes each step's alignment, loss and LR, and the controller's
-    proposals, answers, rollbacks, evaluations and messages, one line each."""
+    analyses (the diagnosis and why it acted or not), proposals, answers, rollbacks,
+    evaluations and messages, one line each."""
 
     def __init__(self, write: Callable[[str], None]) -> None:
         self.write = write
@@ -160,6 +162,8 @@ class Tracer:
             self.write(f"  eval at {event.step}: val loss {event.val_loss:.4f}")
         elif isinstance(event, MessageEvent):
             self.write(f"  message at {event.step}: {event.text}")
+        elif isinstance(event, AnalysisEvent):
+            self.write(f"  analysis at {event.step}: {event.diagnosis}: {event.why}")
 
 
 def trace_one(task: Task, arm: str, factor: float, seed: int, workdir: Path) -> None:
