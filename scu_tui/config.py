@@ -270,7 +270,10 @@ class ScuSettings:
         5, "steps between the good states kept in memory for a rollback", count(1)
     )
     snapshots_kept: int = setting(
-        4, "good states kept in memory (LoRA weights + optimizer state each)", in_range(1, 64)
+        4,
+        "good states kept in memory, the newest and the best (LoRA weights + optimizer "
+        "state each)",
+        in_range(1, 64),
     )
     lr_search: bool = setting(
         True,

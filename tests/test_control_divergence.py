@@ -137,6 +137,25 @@ def test_only_the_newest_states_are_kept_and_a_rollback_drops_the_later_ones() -
     assert not detector.due(25) and detector.due(30)
 
 
+def test_the_best_state_is_kept_however_old_and_damage_long_after_it_still_goes_back_there() -> (
+    None
+):
+    """Damage that came early and stayed: the newest states all hold it, so only the best
+    state, kept past the newest ones, is from before it."""
+    detector = DivergenceDetector(keep=3, every=5)
+    kept = detector.state_taken(0)
+    found = []
+    for step in range(1, 61):
+        divergence = detector.observe(step, 1.0 if step <= 12 else 1.3, 1.0)
+        if divergence is not None:
+            found.append((step, divergence.to_step))
+        if detector.due(step):
+            kept = detector.state_taken(step)
+    assert kept == [10, 55, 60]  # the best (from before the rise) and the newest two
+    assert found and all(to_step == 10 for _, to_step in found)
+    assert found[-1][0] > 40  # still seen long after the newest states all hold it
+
+
 def test_the_detector_state_survives_json_and_decides_the_same() -> None:
     import json
 

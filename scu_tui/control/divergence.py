@@ -19,7 +19,10 @@ losses: batches of different content differ several-fold in loss on their own.
 
 It goes back to the newest kept state whose level cannot be told from the best kept
 level (within one standard error of the difference): the last state before the damage,
-neither step 0 nor a state the damage had already reached.
+neither step 0 nor a state the damage had already reached. The states kept are the
+newest ones and the best one however old: damage that came early and stayed (a run whose
+loss rose in its first steps and held there) would otherwise push every state from before
+it out of the window, leaving nothing better to be judged against or to go back to.
 
 The constants were chosen on the tuning tasks only (the demo at its tuned LR, where the
 detector must stay silent for the whole run, and demo-hot, the demo at 10x its LR, where
@@ -190,11 +193,20 @@ class DivergenceDetector:
 
     def state_taken(self, step: int) -> list[int]:
         """A state was taken at ``step``: returns the steps of the states to keep (the
-        newest ``keep``); the run drops the others."""
+        newest ``keep``, or the newest ``keep - 1`` and the best one when it is older);
+        the run drops the others."""
         self._states[step] = None
         self._finalize()
-        for old in sorted(self._states)[: -self.keep]:
-            del self._states[old]
+        steps = sorted(self._states)
+        kept = set(steps[-self.keep :])
+        best = self.best()
+        if best is not None and best[0] not in kept and self.keep > 1:
+            # the best state stays, however old: damage that came long ago and stayed
+            # still has a state from before it to be judged against and to go back to
+            kept = set(steps[-(self.keep - 1) :]) | {best[0]}
+        for old in steps:
+            if old not in kept:
+                del self._states[old]
         return sorted(self._states)
 
     def kept(self) -> list[int]:
