@@ -124,7 +124,9 @@ def flat_noisy_loss(step: int) -> float:
 
 
 def rising_loss(step: int) -> float:
-    return 2.0 + 0.002 * step + 0.01 * NOISE[step]
+    """A slow, steady rise: significant on the trend, but under the damage detector's 5 %
+    above the best kept state by step 60 (a larger rise is rolled back, see below)."""
+    return 2.0 + 0.0015 * step + 0.01 * NOISE[step]
 
 
 def steady_grad(step: int) -> float:
@@ -184,6 +186,14 @@ def test_degrading_loss_cuts_lr() -> None:
     assert (p.rule, p.diagnosis) == ("cut_lr_degrading", "degrading")
     assert p.after == pytest.approx(0.5 * p.before)
     assert p.reason.startswith("Loss degradation with")
+
+
+def test_a_rise_past_the_damage_margin_goes_back_to_the_best_state_before_it() -> None:
+    """The same rise, faster: more than 5 % above the best kept state (the start, which
+    the newest states alone would have dropped by then) is damage, rolled back there."""
+    p = Run(lambda step: 2.0 + 0.003 * step + 0.01 * NOISE[step], steady_grad).until(60)[0]
+    assert (p.rule, p.diagnosis) == ("rollback", "diverging")
+    assert p.evidence["to_step"] <= 10 and p.after == pytest.approx(0.25 * p.before)
 
 
 def test_gradient_spikes_cut_lr() -> None:
