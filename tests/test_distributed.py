@@ -126,7 +126,11 @@ def test_attach_pauses_and_resumes_both_ranks_and_an_accepted_proposal_reaches_b
     tmp_path: Path,
 ) -> None:
     run_dir, trace = tmp_path / "run", tmp_path / "trace"
-    args = ("--headless", "--set", "lora.dropout=0.0", "--mode", "ask", "--max-steps", "100000")
+    # a tenth of the demo's LR: the start-up search proposes a doubling right after the
+    # warm-up (step 15), where at the tuned LR the first proposal may be hundreds of steps
+    # away, too far for a loaded machine at several seconds a step
+    args = ("--headless", "--set", "lora.dropout=0.0", "--mode", "ask", "--max-steps", "100000",
+            "--set", "training.learning_rate=0.0001")  # fmt: skip
     proc = launch(2, trace, *args, "--set", "scu.proposal_ttl=100000", "--output-dir", str(run_dir))
     try:
         wait_until(lambda: len(trace_lines(trace, 1)) >= 3, START_TIMEOUT, "three steps")
