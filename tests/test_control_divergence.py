@@ -17,7 +17,7 @@ import pytest
 
 from scu_tui.config import ScuSettings, TrainingSettings
 from scu_tui.control.controller import Controller
-from scu_tui.control.divergence import DivergenceDetector, level_of, noise_of
+from scu_tui.control.divergence import BEST_SPAN, DivergenceDetector, level_of, noise_of
 
 #: Batch noise (a standard deviation, relative to the loss) at which the rise of ~15 %
 #: is caught; at 5 % (a median's standard error near the rise over three) it is caught
@@ -137,11 +137,11 @@ def test_only_the_newest_states_are_kept_and_a_rollback_drops_the_later_ones() -
     assert not detector.due(25) and detector.due(30)
 
 
-def test_the_best_state_is_kept_however_old_and_damage_long_after_it_still_goes_back_there() -> (
+def test_the_best_state_is_kept_past_the_newest_and_damage_after_them_still_goes_back_there() -> (
     None
 ):
     """Damage that came early and stayed: the newest states all hold it, so only the best
-    state, kept past the newest ones, is from before it."""
+    state, kept past the newest ones (up to BEST_SPAN steps), is from before it."""
     detector = DivergenceDetector(keep=3, every=5)
     kept = detector.state_taken(0)
     found = []
@@ -154,6 +154,26 @@ def test_the_best_state_is_kept_however_old_and_damage_long_after_it_still_goes_
     assert kept == [10, 55, 60]  # the best (from before the rise) and the newest two
     assert found and all(to_step == 10 for _, to_step in found)
     assert found[-1][0] > 40  # still seen long after the newest states all hold it
+    assert BEST_SPAN >= 60 - 10  # the span covers this test
+
+
+def test_a_best_state_older_than_its_span_goes_and_a_slow_drift_is_no_damage() -> None:
+    """Over a long run the level drifts with the data (a lucky stretch early, harder batches
+    later): a level hundreds of steps old is not one the run can return to. A rise of
+    +0.06 % a step stays under the damage margin within BEST_SPAN steps (+3 %); against
+    the best level of 400 steps before (+24 %) it would read as damage, over and over."""
+    rng = np.random.default_rng(0)
+    detector = DivergenceDetector(keep=4, every=5)
+    detector.state_taken(0)
+    found = []
+    for step in range(1, 401):
+        loss = 0.22 * (1 + 0.0006 * step) * (1 + 0.02 * rng.standard_normal())
+        if detector.observe(step, loss, 1.0) is not None:
+            found.append(step)
+        if detector.due(step):
+            kept = detector.state_taken(step)
+            assert step - min(kept) <= BEST_SPAN
+    assert found == []
 
 
 def test_the_detector_state_survives_json_and_decides_the_same() -> None:

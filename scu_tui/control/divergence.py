@@ -20,9 +20,13 @@ losses: batches of different content differ several-fold in loss on their own.
 It goes back to the newest kept state whose level cannot be told from the best kept
 level (within one standard error of the difference): the last state before the damage,
 neither step 0 nor a state the damage had already reached. The states kept are the
-newest ones and the best one however old: damage that came early and stayed (a run whose
-loss rose in its first steps and held there) would otherwise push every state from before
-it out of the window, leaving nothing better to be judged against or to go back to.
+newest ones and the best one up to :data:`BEST_SPAN` steps old: damage that came early
+and stayed (a run whose loss rose in its first steps and held there) would otherwise push
+every state from before it out of the window, leaving nothing better to be judged against
+or to go back to. Not older: over a long run the level drifts with the stretch of data
+the batches come from, and the lowest of hundreds of levels is a lucky stretch, not a
+state the run can return to (the shipped demo over 3,000 steps went back 900 steps, and
+then twice more to one state whose level no LR reached again).
 
 The constants were chosen on the tuning tasks only (the demo at its tuned LR, where the
 detector must stay silent for the whole run, and demo-hot, the demo at 10x its LR, where
@@ -67,6 +71,10 @@ MAD_TO_SIGMA = 1.4826
 NOISE_WINDOW = 50
 #: ... and needs at least this many.
 MIN_NOISE_POINTS = 4
+#: The best kept state stays past the newest ones while it is at most this many steps
+#: old: the span the run's noise is measured over, within which levels are compared on
+#: like batches.
+BEST_SPAN = NOISE_WINDOW
 #: Losses remembered: enough for every kept state's window and the recent level.
 HISTORY = 512
 
@@ -193,16 +201,21 @@ class DivergenceDetector:
 
     def state_taken(self, step: int) -> list[int]:
         """A state was taken at ``step``: returns the steps of the states to keep (the
-        newest ``keep``, or the newest ``keep - 1`` and the best one when it is older);
-        the run drops the others."""
+        newest ``keep``, or the newest ``keep - 1`` and the best one when it is older, up
+        to :data:`BEST_SPAN` steps); the run drops the others."""
         self._states[step] = None
         self._finalize()
         steps = sorted(self._states)
         kept = set(steps[-self.keep :])
         best = self.best()
-        if best is not None and best[0] not in kept and self.keep > 1:
-            # the best state stays, however old: damage that came long ago and stayed
-            # still has a state from before it to be judged against and to go back to
+        if (
+            best is not None
+            and best[0] not in kept
+            and step - best[0] <= BEST_SPAN
+            and self.keep > 1
+        ):
+            # the best state stays (up to BEST_SPAN steps): damage that came early and
+            # stayed still has a state from before it to be judged against and to go back to
             kept = set(steps[-(self.keep - 1) :]) | {best[0]}
         for old in steps:
             if old not in kept:
