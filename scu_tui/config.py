@@ -271,8 +271,8 @@ class ScuSettings:
     )
     snapshots_kept: int = setting(
         4,
-        "good states kept in memory, the newest and the best (LoRA weights + optimizer "
-        "state each)",
+        "good states kept in memory, the newest, the best and the newest validation "
+        "pass's (LoRA weights + optimizer state each)",
         in_range(1, 64),
     )
     lr_search: bool = setting(

@@ -18,6 +18,7 @@ from scu_tui.control.policy import ROLLBACK, Proposal
 from scu_tui.errors import UserError
 from scu_tui.protocol import (
     EvalEvent,
+    Event,
     Knob,
     KnobEvent,
     Outcome,
@@ -43,14 +44,16 @@ def replay(run_dir: Path, settings: Settings) -> tuple[list[Proposal], int]:
     proposals: list[Proposal] = []
     lines = read_events(path)
     malformed = 0
-    good = 0
+    events: list[Event] = []
     for data in lines:
         event = event_from_dict(data)
         if event is None:
             if data.get("type") in ("knob", "eval", "step", "rollback"):  # what replay reads
                 malformed += 1
             continue
-        good += 1
+        events.append(event)
+    good = len(events)
+    for event in _as_the_run_saw_them(events):
         if isinstance(event, KnobEvent):
             knobs[event.knob] = event.after
         elif isinstance(event, EvalEvent) and event.step > 0:
@@ -79,6 +82,25 @@ def replay(run_dir: Path, settings: Settings) -> tuple[list[Proposal], int]:
     if skipped and not good:
         raise UserError(f"{path}: none of its {skipped} lines is an event; not a run's events")
     return proposals, skipped
+
+
+def _as_the_run_saw_them(events: list[Event]) -> list[Event]:
+    """The events in the order the live controller saw them: a step's validation pass is
+    written after its step but reaches the controller before it (the pass runs between
+    the update and the S-SCU's look at the step)."""
+    ordered: list[Event] = []
+    newest: tuple[int, int] | None = None  # the newest step and its place in ordered
+    for event in events:
+        if isinstance(event, StepEvent):
+            newest = (event.step, len(ordered))
+        elif isinstance(event, EvalEvent) and newest is not None and event.step == newest[0]:
+            ordered.insert(newest[1], event)
+            newest = None
+            continue
+        elif isinstance(event, RollbackEvent):
+            newest = None
+        ordered.append(event)
+    return ordered
 
 
 def _led_to(proposal: Proposal, event: RollbackEvent) -> bool:

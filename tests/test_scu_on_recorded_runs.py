@@ -98,3 +98,25 @@ def test_replay_follows_one_timeline_across_a_rollback(tmp_path: Path) -> None:
     assert skipped == 0 and proposals
     steps = [p.step for p in proposals]
     assert steps == sorted(set(steps))
+
+
+def test_a_validation_rise_replays_on_the_step_the_live_run_took_it(tmp_path: Path) -> None:
+    """A run writes a step's validation pass after the step, but its controller sees the
+    pass first: replay reads them in that order, so the rollback for a pass 30 % above the
+    one before comes on the pass's own step, back to the earlier pass's state."""
+    lines = HOT_ASKED.read_text(encoding="utf-8").splitlines()
+    step = json.loads(next(line for line in lines if '"type":"step"' in line))
+    events = []
+    for n in range(1, 41):
+        events.append(step | {"step": n, "loss": 1.0, "grad_norm": 1.0, "alignment": "nan"})
+        if n in (20, 40):
+            val = 1.0 if n == 20 else 1.3
+            events.append({"type": "eval", "step": n, "time": 0.0, "val_loss": val,
+                           "best_val_loss": 1.0, "is_best": n == 20, "seconds": 0.1})  # fmt: skip
+    (tmp_path / "events.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n")
+    settings = demo_hot_settings().replace({"scu.lr_search": False})
+    proposals, skipped = replay(tmp_path, settings)
+    rollbacks = [p for p in proposals if p.knob == "rollback"]
+    assert skipped == 0
+    assert [(p.step, p.evidence["to_step"]) for p in rollbacks] == [(40, 20)]
+    assert "validation loss damaged" in rollbacks[0].reason

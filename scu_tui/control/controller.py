@@ -333,6 +333,7 @@ class Controller(Memory):
             self._evals.pop()
         recent = [h[1] for h in self._history][-self.scu.control_frequency :]
         self._evals.append((step, float(val_loss), segment_stats(recent)[0]))
+        self._detector.validated(step, val_loss)
 
     def notify_spike(self, step: int) -> None:
         """A spike seen by the run (loss or gradient): no LR raise for ``cooldown`` steps."""

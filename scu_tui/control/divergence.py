@@ -20,13 +20,26 @@ losses: batches of different content differ several-fold in loss on their own.
 It goes back to the newest kept state whose level cannot be told from the best kept
 level (within one standard error of the difference): the last state before the damage,
 neither step 0 nor a state the damage had already reached. The states kept are the
-newest ones and the best one up to :data:`BEST_SPAN` steps old: damage that came early
-and stayed (a run whose loss rose in its first steps and held there) would otherwise push
-every state from before it out of the window, leaving nothing better to be judged against
-or to go back to. Not older: over a long run the level drifts with the stretch of data
-the batches come from, and the lowest of hundreds of levels is a lucky stretch, not a
-state the run can return to (the shipped demo over 3,000 steps went back 900 steps, and
-then twice more to one state whose level no LR reached again).
+newest ones, the newest validation pass's (below) and the best one up to
+:data:`BEST_SPAN` steps old: damage that came early and stayed (a run whose loss rose in
+its first steps and held there) would otherwise push every state from before it out of
+the window, leaving nothing better to be judged against or to go back to. Not older:
+over a long run the level drifts with the stretch of data the batches come from, and the
+lowest of hundreds of levels is a lucky stretch, not a state the run can return to (the
+shipped demo over 3,000 steps went back 900 steps, and then twice more to one state
+whose level no LR reached again).
+
+A validation pass is judged too, against the pass before it, whose state is kept for
+that comparison: damage when its loss rose by more than DAMAGE_MARGIN and by more than
+DAMAGE_Z times the run's own wander from pass to pass (:func:`pass_noise`, once
+MIN_NOISE_POINTS ratios of passes are known; the margin alone before: a healthy run's
+first passes fall), and the run goes back to that pass's state (once per state). The
+passes run on the same batches each time, so they carry none of the batch noise of the
+training losses, only the weights' own wander (the shipped demo at its tuned LR, 20
+steps apart: -5 % to +6 %); they see what the training losses cannot, such as a LR a few
+times too high whose losses look no worse than before (the completions task at 3x its
+tuned LR: the validation loss 1.35 at step 25, 1.71 at step 50, the training losses flat
+and noisy).
 
 The constants were chosen on the tuning tasks only (the demo at its tuned LR, where the
 detector must stay silent for the whole run, and demo-hot, the demo at 10x its LR, where
@@ -77,6 +90,8 @@ MIN_NOISE_POINTS = 4
 BEST_SPAN = NOISE_WINDOW
 #: Losses remembered: enough for every kept state's window and the recent level.
 HISTORY = 512
+#: Validation passes remembered (the newest one with a kept state is compared against).
+VAL_HISTORY = 8
 
 
 @dataclass(frozen=True)
@@ -101,6 +116,19 @@ def noise_of(losses: Sequence[float]) -> float:
     diffs = np.diff(data)
     mad = float(np.median(np.abs(diffs - np.median(diffs))))
     return MAD_TO_SIGMA * mad / math.sqrt(2.0)
+
+
+def pass_noise(passes: Sequence[float]) -> float:
+    """The run's own noise from one validation pass to the next: a robust standard
+    deviation of the log-ratios of consecutive passes (MAD about their median, so a steady
+    fall shifts them without widening them); nan with fewer than MIN_NOISE_POINTS ratios.
+    Each pass runs on the same batches, so this is the weights' own wander between passes
+    (the shipped demo at its tuned LR, 20 steps apart: -5 % to +6 %), not batch noise."""
+    data = np.asarray([x for x in passes if math.isfinite(x) and x > 0], dtype=np.float64)
+    if data.size < MIN_NOISE_POINTS + 1:
+        return math.nan
+    ratios = np.diff(np.log(data))
+    return MAD_TO_SIGMA * float(np.median(np.abs(ratios - np.median(ratios))))
 
 
 def level_of(losses: Sequence[float], noise: float) -> Level | None:
@@ -140,11 +168,18 @@ class Divergence:
     best: Level | None = None  # the best kept level (damage only)
     best_step: int | None = None
     grad_variability: float = math.nan  # robust variability of the recent gradient norms
+    validation: bool = False  # judged on two validation passes, not on training losses
 
     @property
     def what(self) -> str:
         if self.nonfinite or self.recent is None or self.best is None:
             return "Non-finite loss or gradients"
+        if self.validation:
+            rise = self.recent.median / self.best.median - 1 if self.best.median else math.nan
+            return (
+                f"Validation loss damaged: {self.recent.median:.4g}, {rise:+.0%} above "
+                f"{self.best.median:.4g} at step {self.best_step}"
+            )
         rise = self.recent.median / self.best.median - 1 if self.best.median else math.nan
         return (
             f"Loss damaged: median {self.recent.median:.4g} over the last {self.recent.points} "
@@ -163,6 +198,8 @@ class Divergence:
                 "best_step": self.best_step,
                 "grad_variability": self.grad_variability,
             }
+        if self.validation:
+            evidence["validation"] = True
         return evidence
 
 
@@ -192,31 +229,45 @@ class DivergenceDetector:
         self._states: dict[int, Level | None] = {}
         self._since = -1  # losses at or before this step do not count as recent
         self._streak = 0
+        #: (step, validation loss) of the newest passes
+        self._vals: deque[tuple[int, float]] = deque(maxlen=VAL_HISTORY)
+        #: kept states a validation rollback went back to (each at most once)
+        self._val_returns: set[int] = set()
+        self._pending: Divergence | None = None  # found by a pass, reported on the next step
 
     # --- the kept states ------------------------------------------------------------
 
     def due(self, step: int) -> bool:
-        """Whether the run should take a state now (on the cadence, once per step)."""
-        return step % self.every == 0 and step not in self._states
+        """Whether the run should take a state now (on the cadence, or at a validation
+        pass, once per step)."""
+        return (step % self.every == 0 or step == self._validated()) and step not in self._states
+
+    def _validated(self) -> int | None:
+        """The step of the newest validation pass (None: none yet)."""
+        return self._vals[-1][0] if self._vals else None
 
     def state_taken(self, step: int) -> list[int]:
-        """A state was taken at ``step``: returns the steps of the states to keep (the
-        newest ``keep``, or the newest ``keep - 1`` and the best one when it is older, up
-        to :data:`BEST_SPAN` steps); the run drops the others."""
+        """A state was taken at ``step``: returns the steps of the states to keep, ``keep``
+        at most: the best one, when it is older than the newest and at most
+        :data:`BEST_SPAN` steps old, the newest validation pass's, and the newest others;
+        the run drops the rest."""
         self._states[step] = None
         self._finalize()
         steps = sorted(self._states)
-        kept = set(steps[-self.keep :])
+        extras: list[int] = []
         best = self.best()
-        if (
-            best is not None
-            and best[0] not in kept
-            and step - best[0] <= BEST_SPAN
-            and self.keep > 1
-        ):
+        if best is not None and step - best[0] <= BEST_SPAN:
             # the best state stays (up to BEST_SPAN steps): damage that came early and
             # stayed still has a state from before it to be judged against and to go back to
-            kept = set(steps[-(self.keep - 1) :]) | {best[0]}
+            extras.append(best[0])
+        validated = self._validated()
+        if validated in self._states:  # the state the next pass is compared with
+            extras.append(validated)
+        kept = set(extras[: self.keep - 1])
+        for newest in reversed(steps):
+            if len(kept) >= self.keep:
+                break
+            kept.add(newest)
         for old in steps:
             if old not in kept:
                 del self._states[old]
@@ -254,6 +305,37 @@ class DivergenceDetector:
             return min(self._states) if self._states else None
         return max(s for s, lv in self._states.items() if lv is not None and as_good(lv, best[1]))
 
+    # --- validation passes -------------------------------------------------------------
+
+    def validated(self, step: int, val_loss: float) -> None:
+        """A validation pass at ``step``, judged against the pass before it when that pass's
+        state is kept (and was not gone back to already): damage when the loss rose by more
+        than :func:`pass_noise` allows. Reported on the next :meth:`observe` at or after
+        ``step``, with that state to go back to."""
+        while self._vals and self._vals[-1][0] >= step:  # a resume or a replay going back
+            self._vals.pop()
+        passes = [v for _, v in self._vals]
+        previous = self._vals[-1] if self._vals else None
+        self._vals.append((step, float(val_loss)))
+        if previous is None or previous[0] not in self._states or previous[0] in self._val_returns:
+            return
+        before, now = previous[1], float(val_loss)
+        if not (math.isfinite(before) and before > 0):
+            return
+        noise = pass_noise(passes)
+        allowed = max(math.log1p(DAMAGE_MARGIN), DAMAGE_Z * noise if math.isfinite(noise) else 0)
+        if math.isfinite(now) and now > 0 and not math.log(now / before) > allowed:
+            return
+        self._val_returns.add(previous[0])
+        self._pending = Divergence(
+            False,
+            previous[0],
+            Level(now, noise * before if math.isfinite(noise) else 0.0, 1),
+            Level(before, 0.0, 1),
+            previous[0],
+            validation=True,
+        )
+
     # --- every step -------------------------------------------------------------------
 
     def observe(
@@ -261,6 +343,7 @@ class DivergenceDetector:
     ) -> Divergence | None:
         while self._losses and self._losses[-1][0] >= step:  # a resume or a replay going back
             self._losses.pop()
+        pending, self._pending = self._pending, None
         if skipped or not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self._losses.append((step, math.inf, math.inf))
             self._finalize()
@@ -268,6 +351,9 @@ class DivergenceDetector:
             return Divergence(True, self.target())
         self._losses.append((step, float(loss), float(grad_norm)))
         self._finalize()
+        if pending is not None and pending.to_step in self._states:
+            self._streak, self._since = 0, step
+            return pending
         found = self._damage()
         if found is None:
             self._streak = 0
@@ -306,6 +392,8 @@ class DivergenceDetector:
         recent level starts again from the losses after it."""
         self._losses = deque((e for e in self._losses if e[0] <= step), maxlen=HISTORY)
         self._states = {s: lv for s, lv in self._states.items() if s <= step}
+        self._vals = deque((v for v in self._vals if v[0] <= step), maxlen=VAL_HISTORY)
+        self._pending = None
         self._since = step
         self._streak = 0
 
@@ -319,6 +407,9 @@ class DivergenceDetector:
             ],
             "since": self._since,
             "streak": self._streak,
+            "vals": [list(v) for v in self._vals],
+            "val_returns": sorted(self._val_returns),
+            "pending": _divergence_state(self._pending),
         }
 
     def load_state(self, data: Mapping[str, Any] | Sequence[Any]) -> None:
@@ -333,3 +424,25 @@ class DivergenceDetector:
         }
         self._since = int(data["since"])
         self._streak = int(data["streak"])
+        # saved before validation passes were judged: none remembered
+        self._vals = deque(
+            ((int(v[0]), float(v[1])) for v in data.get("vals", [])), maxlen=VAL_HISTORY
+        )
+        self._val_returns = {int(s) for s in data.get("val_returns", [])}
+        self._pending = _divergence_from(data.get("pending"))
+
+
+def _divergence_state(found: Divergence | None) -> list[float] | None:
+    """A pending validation finding as JSON data: [to_step, loss now, its noise, loss
+    before]."""
+    if found is None or found.recent is None or found.best is None or found.to_step is None:
+        return None
+    return [found.to_step, found.recent.median, found.recent.se, found.best.median]
+
+
+def _divergence_from(data: Sequence[float] | None) -> Divergence | None:
+    if data is None:
+        return None
+    to_step = int(data[0])
+    now, before = Level(float(data[1]), float(data[2]), 1), Level(float(data[3]), 0.0, 1)
+    return Divergence(False, to_step, now, before, to_step, validation=True)

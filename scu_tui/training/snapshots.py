@@ -1,4 +1,5 @@
-"""Good states kept in memory (the newest and the best), for a rollback to before damage.
+"""Good states kept in memory (the newest, the best, the newest validation pass's), for a
+rollback to before damage.
 
 LoRA state is small (a 4B model's r32 adapters with AdamW's two moments: about 0.8 GB),
 so a run can keep a few states a few steps apart instead of going back to a checkpoint
