@@ -124,11 +124,10 @@ def pass_noise(passes: Sequence[float]) -> float:
     fall shifts them without widening them); nan with fewer than MIN_NOISE_POINTS ratios.
     Each pass runs on the same batches, so this is the weights' own wander between passes
     (the shipped demo at its tuned LR, 20 steps apart: -5 % to +6 %), not batch noise."""
-    data = np.asarray([x for x in passes if math.isfinite(x) and x > 0], dtype=np.float64)
-    if data.size < MIN_NOISE_POINTS + 1:
+    logs = [math.log(x) for x in passes if math.isfinite(x) and x > 0]
+    if len(logs) < MIN_NOISE_POINTS + 1:
         return math.nan
-    ratios = np.diff(np.log(data))
-    return MAD_TO_SIGMA * float(np.median(np.abs(ratios - np.median(ratios))))
+    return math.sqrt(2.0) * noise_of(logs)  # a ratio of two passes: sqrt 2 of one's noise
 
 
 def level_of(losses: Sequence[float], noise: float) -> Level | None:
@@ -174,13 +173,12 @@ class Divergence:
     def what(self) -> str:
         if self.nonfinite or self.recent is None or self.best is None:
             return "Non-finite loss or gradients"
+        rise = self.recent.median / self.best.median - 1 if self.best.median else math.nan
         if self.validation:
-            rise = self.recent.median / self.best.median - 1 if self.best.median else math.nan
             return (
                 f"Validation loss damaged: {self.recent.median:.4g}, {rise:+.0%} above "
                 f"{self.best.median:.4g} at step {self.best_step}"
             )
-        rise = self.recent.median / self.best.median - 1 if self.best.median else math.nan
         return (
             f"Loss damaged: median {self.recent.median:.4g} over the last {self.recent.points} "
             f"steps, {rise:+.0%} above {self.best.median:.4g} at step {self.best_step} "
