@@ -272,7 +272,8 @@ class ScuSettings:
     snapshots_kept: int = setting(
         4,
         "good states kept in memory, the newest, the best and the newest validation "
-        "pass's (LoRA weights + optimizer state each)",
+        "pass's (LoRA weights + optimizer state each); the run's first state is kept "
+        "beside them for its first 50 steps",
         in_range(1, 64),
     )
     lr_search: bool = setting(

@@ -19,7 +19,9 @@ from scu_tui.config import ScuSettings, TrainingSettings
 from scu_tui.control.controller import Controller
 from scu_tui.control.divergence import (
     BEST_SPAN,
+    COLLAPSE,
     DAMAGE_Z,
+    START_SPAN,
     DivergenceDetector,
     level_of,
     noise_of,
@@ -138,9 +140,9 @@ def test_only_the_newest_states_are_kept_and_a_rollback_drops_the_later_ones() -
         detector.observe(step, 2.0, 1.0)
         if detector.due(step):
             kept = detector.state_taken(step)
-    assert kept == [20, 25, 30]
+    assert kept == [0, 20, 25, 30]  # the run's start beside the newest, for START_SPAN steps
     detector.rolled_back(25)
-    assert detector.kept() == [20, 25]
+    assert detector.kept() == [0, 20, 25]
     assert not detector.due(25) and detector.due(30)
 
 
@@ -232,7 +234,7 @@ def test_a_validation_pass_clearly_above_the_one_before_goes_back_to_that_pass()
     assert [(step, d.to_step, d.validation) for step, d in found] == [(50, 25, True)]
     assert "Validation loss damaged: 1.2, +20% above 1 at step 25" in found[0][1].what
     assert found[0][1].evidence()["validation"] is True
-    assert detector.kept() == [25, 40, 45]  # the pass before, and the newest two
+    assert detector.kept() == [0, 25, 40, 45]  # the start, the pass before, the newest two
 
 
 def test_a_validation_rise_within_the_margin_or_after_a_return_is_no_damage() -> None:
@@ -312,3 +314,105 @@ def test_a_rise_within_the_runs_own_pass_to_pass_wander_is_no_damage() -> None:
     found, _ = drive_with_passes({20: 1.5167, 40: 0.7932, 60: 0.7932 * 1.062}, 60)
     assert [(step, d.to_step) for step, d in found] == [(60, 40)]
     assert math.isnan(pass_noise([6.1637, 1.5167, 0.7932]))
+
+
+def drive_norms(loss_at, norm_at, steps: int, seed: int = 0, noise: float = 0.05):
+    """Feed the controller losses and gradient norms with batch noise; returns (step,
+    proposal) of the first rollback and the kept states then."""
+    rng = np.random.default_rng(seed)
+    controller = Controller(
+        ScuSettings(mode="auto", control_frequency=20),
+        TrainingSettings(learning_rate=1e-3, warmup_steps=0),
+    )
+    controller.snapshot_taken(0)
+    knobs = {"lr": 1e-3, "lr_multiplier": 1.0, "weight_decay": 0.0, "dropout": 0.0}
+    for step in range(1, steps + 1):
+        loss = loss_at(step) * (1 + noise * rng.standard_normal())
+        norm = norm_at(step) * math.exp(0.5 * rng.standard_normal())  # norms vary several-fold
+        controller.observe(step, loss, norm, 1e-3)
+        proposal = controller.check_divergence(step, knobs)
+        if proposal is not None:
+            return step, proposal
+        controller.decide(step, knobs)
+        if controller.snapshot_due(step):
+            controller.snapshot_taken(step)
+    return None, None
+
+
+def thrown_flat(step: int) -> float:
+    """json at 20x its tuned LR: the gradients blow up, then all but vanish by step 20."""
+    if step <= 4:
+        return 1.5
+    if step <= 10:
+        return 12.0
+    return 0.05
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_gradients_that_collapse_while_the_loss_stays_go_back_to_the_start(seed: int) -> None:
+    """The loss a little under where it started (4.6 -> 4.3) and never clearly worse than a
+    kept state: no damage rollback fires; the collapsed gradients send the run back to
+    step 0, with the damage cut."""
+    step, proposal = drive_norms(lambda s: 4.6 if s <= 10 else 4.3, thrown_flat, 60, seed)
+    assert proposal is not None and step is not None and step <= 40
+    assert proposal.rule == "rollback" and proposal.after == pytest.approx(0.25)
+    assert proposal.evidence["to_step"] == 0 and proposal.evidence["collapse"] is True
+    assert "gradients collapsed" in proposal.reason and "step 0" in proposal.reason
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_gradients_that_fall_with_the_loss_are_no_collapse(seed: int) -> None:
+    """A healthy fit: the loss falls 8x within 40 steps and the norms with it, as far (the
+    tuning tasks' healthy runs: the norms fell no further than the loss)."""
+
+    def loss(s: int) -> float:
+        return 0.4 + 3.6 * math.exp(-s / 10)
+
+    def norm(s: int) -> float:
+        return 2.0 * loss(s) / 4.0
+
+    step, proposal = drive_norms(loss, norm, 200, seed)
+    assert proposal is None, f"rolled back at step {step}: {proposal}"
+
+
+def test_collapse_is_judged_only_while_the_start_is_kept() -> None:
+    """Past START_SPAN the start goes, and a collapse then (as when a fit nears a perfect
+    loss late in a run) does not send the run back to its beginning."""
+    late = START_SPAN + 20
+
+    def norm(s: int) -> float:
+        return 1.0 if s < late else COLLAPSE / 20
+
+    step, proposal = drive_norms(lambda s: 3.0, norm, late + 40)
+    assert proposal is None, f"rolled back at step {step}: {proposal}"
+    detector = DivergenceDetector(keep=2, every=5)
+    detector.state_taken(0)
+    for step in range(1, START_SPAN + 11):
+        detector.observe(step, 3.0, 1.0)
+        if detector.due(step):
+            kept = detector.state_taken(step)
+            assert (0 in kept) == (step <= START_SPAN)
+            assert len(kept) <= 3
+
+
+def test_the_start_and_a_collapse_survive_json() -> None:
+    import json
+
+    first, second = DivergenceDetector(), DivergenceDetector()
+    first.state_taken(0)
+    for step in range(1, 13):
+        first.observe(step, 4.5, thrown_flat(step))
+        if first.due(step):
+            first.state_taken(step)
+    second.load_state(json.loads(json.dumps(first.state())))
+    found_a, found_b = [], []
+    for step in range(13, 40):
+        a = first.observe(step, 4.3, thrown_flat(step))
+        b = second.observe(step, 4.3, thrown_flat(step))
+        assert a == b
+        found_a += [a] if a is not None else []
+        found_b += [b] if b is not None else []
+        for d in (first, second):
+            if d.due(step):
+                d.state_taken(step)
+    assert found_a and found_a[0].collapse and found_a[0].to_step == 0

@@ -217,7 +217,8 @@ def check(settings: Settings, *, find_lr: bool = False, probe_mode: str = "auto"
                 else "--find-lr needs the model's weights: not run"
             )
     width = data.max_width or settings.data.max_seq_length
-    kept = settings.scu.snapshots_kept if settings.scu.enabled else 0
+    # the kept states, and the run's first one beside them for its first steps
+    kept = settings.scu.snapshots_kept + 1 if settings.scu.enabled else 0
     est = memory.estimate(
         model_facts,
         coeffs,

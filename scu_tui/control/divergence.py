@@ -41,6 +41,21 @@ times too high whose losses look no worse than before (the completions task at 3
 tuned LR: the validation loss 1.35 at step 25, 1.71 at step 50, the training losses flat
 and noisy).
 
+A run can also be damaged without its loss rising: a LR far too high in the first steps
+can throw the adapters somewhere flat, where the gradients all but vanish and the loss
+stays near where it started (the tuning task json at 20x its tuned LR, seed 0: the
+median gradient norm fell from 1.55 over the first 5 steps to 0.05-0.1 within 20 steps,
+and the loss from 4.58 to 4.3, where it stayed; from 10x the same run fell to 0.9). No
+kept state is clearly better to go back to, so the run keeps its *start* (the first
+state it took) for its first :data:`START_SPAN` steps, and the gradients have
+*collapsed* when, on :data:`CONFIRM` steps in a row, the median norm of the newest
+:data:`RECENT` steps has fallen to under :data:`COLLAPSE` of the first steps' by more
+than the loss has (norm ratio under COLLAPSE x loss ratio): the run goes back to its
+start. A healthy run's gradients fall no faster than its loss in that span: on the
+tuning tasks from 0.1x to 10x their tuned LR (seed 0) and at 20x where no collapse came
+(completions, seeds 0 and 1; json, seed 1), the norm ratio over the loss ratio stayed at
+1.08 or more over steps 15-50; the collapsed json run's fell to 0.02.
+
 The constants were chosen on the tuning tasks only (the demo at its tuned LR, where the
 detector must stay silent for the whole run, and demo-hot, the demo at 10x its LR, where
 it must fire) and checked on synthetic curves (tests/test_control_divergence.py).
@@ -88,6 +103,14 @@ MIN_NOISE_POINTS = 4
 #: old: the span the run's noise is measured over, within which levels are compared on
 #: like batches.
 BEST_SPAN = NOISE_WINDOW
+#: The run's first kept state stays for this many steps after it, as the state to go
+#: back to when the gradients collapse.
+START_SPAN = BEST_SPAN
+#: The gradients have collapsed when the newest RECENT steps' median norm is under this
+#: fraction of the first LEVEL_HALF steps' times the ratio of their median losses: the
+#: gradient fell ten times further than the loss did (json at 20x: the norm ratio over the
+#: loss ratio down to 0.02; the tuning tasks' healthy runs at 1.08 and more, above).
+COLLAPSE = 0.1
 #: Losses remembered: enough for every kept state's window and the recent level.
 HISTORY = 512
 #: Validation passes remembered (the newest one with a kept state is compared against).
@@ -168,12 +191,21 @@ class Divergence:
     best_step: int | None = None
     grad_variability: float = math.nan  # robust variability of the recent gradient norms
     validation: bool = False  # judged on two validation passes, not on training losses
+    collapse: bool = False  # the gradients collapsed (recent and best: gradient norms)
+    loss_ratio: float = math.nan  # collapse only: the recent loss over the first steps'
 
     @property
     def what(self) -> str:
         if self.nonfinite or self.recent is None or self.best is None:
             return "Non-finite loss or gradients"
         rise = self.recent.median / self.best.median - 1 if self.best.median else math.nan
+        if self.collapse:
+            return (
+                f"Gradients collapsed: median norm {self.recent.median:.2g} over the last "
+                f"{self.recent.points} steps, {rise + 1:.0%} of the first steps' "
+                f"{self.best.median:.2g}, while the loss is at {self.loss_ratio:.0%} of theirs: "
+                f"the run went somewhere flat, not down"
+            )
         if self.validation:
             return (
                 f"Validation loss damaged: {self.recent.median:.4g}, {rise:+.0%} above "
@@ -198,6 +230,8 @@ class Divergence:
             }
         if self.validation:
             evidence["validation"] = True
+        if self.collapse:
+            evidence |= {"collapse": True, "loss_ratio": self.loss_ratio}
         return evidence
 
 
@@ -232,6 +266,7 @@ class DivergenceDetector:
         #: kept states a validation rollback went back to (each at most once)
         self._val_returns: set[int] = set()
         self._pending: Divergence | None = None  # found by a pass, reported on the next step
+        self._start: int | None = None  # the first state the run took
 
     # --- the kept states ------------------------------------------------------------
 
@@ -250,6 +285,8 @@ class DivergenceDetector:
         :data:`BEST_SPAN` steps old, the newest validation pass's, and the newest others;
         the run drops the rest."""
         self._states[step] = None
+        if self._start is None:
+            self._start = step
         self._finalize()
         steps = sorted(self._states)
         extras: list[int] = []
@@ -266,10 +303,17 @@ class DivergenceDetector:
             if len(kept) >= self.keep:
                 break
             kept.add(newest)
+        if self._start_held(step):  # beside the others, for START_SPAN steps
+            kept.add(self._start)
         for old in steps:
             if old not in kept:
                 del self._states[old]
         return sorted(self._states)
+
+    def _start_held(self, step: int) -> bool:
+        """Whether the run's first state is still kept at ``step``."""
+        start = self._start
+        return start is not None and start in self._states and step - start <= START_SPAN
 
     def kept(self) -> list[int]:
         return sorted(self._states)
@@ -352,7 +396,7 @@ class DivergenceDetector:
         if pending is not None and pending.to_step in self._states:
             self._streak, self._since = 0, step
             return pending
-        found = self._damage()
+        found = self._damage() or self._collapse(step)
         if found is None:
             self._streak = 0
             return None
@@ -382,6 +426,37 @@ class DivergenceDetector:
             robust_variability([g for _, g in recent]),
         )
 
+    def _collapse(self, step: int) -> Divergence | None:
+        """The collapse test (None: not collapsed, too little data, or the start is gone)."""
+        start = self._start
+        if start is None or not self._start_held(step):
+            return None
+        first = [(x, g) for s, x, g in self._losses if start < s <= start + LEVEL_HALF]
+        recent = [
+            (x, g)
+            for s, x, g in self._losses
+            if s > max(self._since, start + LEVEL_HALF) and math.isfinite(x)
+        ][-RECENT:]
+        if len(first) < LEVEL_HALF or len(recent) < RECENT:
+            return None
+        loss0, norm0 = (float(np.median(v)) for v in zip(*first, strict=True))
+        loss, norm = (float(np.median(v)) for v in zip(*recent, strict=True))
+        if not (loss0 > 0 and norm0 > 0 and math.isfinite(loss0 * norm0)):
+            return None
+        loss_ratio = loss / loss0
+        if not norm < COLLAPSE * loss_ratio * norm0:
+            return None
+        return Divergence(
+            False,
+            start,
+            Level(norm, 0.0, len(recent)),
+            Level(norm0, 0.0, len(first)),
+            start,
+            robust_variability([g for _, g in recent]),
+            collapse=True,
+            loss_ratio=loss_ratio,
+        )
+
     def _noise(self) -> float:
         return noise_of([x for _, x, _ in self._losses][-NOISE_WINDOW:])
 
@@ -408,6 +483,7 @@ class DivergenceDetector:
             "vals": [list(v) for v in self._vals],
             "val_returns": sorted(self._val_returns),
             "pending": _divergence_state(self._pending),
+            "start": self._start,
         }
 
     def load_state(self, data: Mapping[str, Any] | Sequence[Any]) -> None:
@@ -428,6 +504,8 @@ class DivergenceDetector:
         )
         self._val_returns = {int(s) for s in data.get("val_returns", [])}
         self._pending = _divergence_from(data.get("pending"))
+        start = data.get("start")  # saved before the start was kept: none held
+        self._start = int(start) if start is not None else None
 
 
 def _divergence_state(found: Divergence | None) -> list[float] | None:

@@ -13,7 +13,10 @@ rollback             every step, not only at control steps    rollback       lr 
                      losses clearly above the best level at a
                      kept state (judged against the run's own
                      noise); back to the newest kept state as
-                     good as the best; at a control step also
+                     good as the best; or gradients collapsed
+                     in the first 50 steps (the median norm
+                     fell 10x further than the loss): back to
+                     the run's start; at a control step also
                      any non-finite value in the period
 search_lr            at the warm-up's last step (control.     rollback       lr x0.25
                      search): its last 5 steps' mean
