@@ -451,3 +451,19 @@ def test_the_optimizer_state_is_counted_for_each_optimizer(
     ((name, kept),) = [(n, gb) for n, gb in terms.items() if n.startswith("rollback states")]
     states = int(name.split("(")[1].rstrip(")"))
     assert kept == pytest.approx(states * (1 + copies) * terms["LoRA weights"], rel=1e-3)
+
+
+def test_the_runs_first_state_is_counted_beside_the_kept_ones(tmp_path: Path) -> None:
+    """The S-SCU keeps its `scu.snapshots_kept` states and, over the first steps, the run's
+    start beside them: the check counts one more state than the setting; none with the
+    S-SCU off."""
+    folder = config_folder(tmp_path / "demo-config", demo_config())
+    for kept, enabled in ((3, "true"), (3, "false")):
+        code, data, err = check(
+            "--preset", "demo", "--model", str(folder),
+            "--set", f"scu.snapshots_kept={kept}", "--set", f"scu.enabled={enabled}",
+        )  # fmt: skip
+        assert code == 0, err
+        assert data is not None
+        names = [t["name"] for t in data["memory"]["terms"] if t["name"].startswith("rollback")]
+        assert names == (["rollback states (4)"] if enabled == "true" else [])
