@@ -226,3 +226,41 @@ def test_a_checkpoint_saved_before_the_rollback_counters_were_resumes_with_none(
     resumed.rollbacks = 7  # replaced by the checkpoint's (none there: a fresh count)
     assert resumed.resume(saved, step=3) is None
     assert counters(resumed) == (0, 0, -1)
+
+
+class CollapseAt(RollBackAt):
+    """The guard's rollback for collapsed gradients (or, with ``collapse=False``, for
+    damage) at the given steps."""
+
+    def __init__(self, steps: set[int], collapse: bool) -> None:
+        super().__init__(steps)
+        self.collapse = collapse
+
+    def decide(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
+        proposal = super().decide(step, knobs)
+        if proposal is None:
+            return None
+        evidence = {"to_step": 0, "collapse": True} if self.collapse else {"to_step": 0}
+        return Proposal(**{**proposal.to_dict(), "evidence": evidence})
+
+
+class PausingRun(StandInRun):
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused_by: list[Decider] = []
+
+    def pause(self, by: Decider) -> None:
+        self.paused_by.append(by)
+
+
+@pytest.mark.parametrize("collapse", [True, False])
+def test_in_observe_mode_damage_pauses_and_a_collapse_is_only_logged(collapse: bool) -> None:
+    """Damage pauses an observe-mode run (nobody acts, and it may get worse); collapsed
+    gradients only log their rollback: the run is stuck, not getting worse, and an
+    unattended headless run must not wait for a person over it."""
+    run = PausingRun()
+    steering = Steering(CollapseAt({3}, collapse), run, Mode.OBSERVE, proposal_ttl=3)
+    train_on(steering, run, 5)
+    assert [d.outcome for d in run.of(DecisionEvent)] == ["observed"]
+    assert run.step == 5 and steering.rollbacks == 0  # never went back
+    assert run.paused_by == ([] if collapse else [Decider.GUARD])

@@ -237,7 +237,9 @@ class Steering:
         """Apply, queue or log a proposal by the mode. A blow-up or non-finite rollback
         (rule ``rollback``, the guard's or a control check's) acts at once in auto and ask
         modes and pauses the run in observe mode; every other proposal, an erratic-gradient
-        rollback included, follows the mode."""
+        rollback included, follows the mode. A rollback for collapsed gradients acts at once
+        too, but in observe mode is only logged: the run is stuck, not getting worse, so
+        pausing it would protect nothing."""
         urgent = proposal.rule == ROLLBACK
         asking = not urgent and self.mode == Mode.ASK
         expires = proposal.step + self.proposal_ttl if asking else None
@@ -247,7 +249,9 @@ class Steering:
             ProposalEvent(**proposal.to_dict(), analysis=proposal.step if analysed else -1)
         )
         if urgent:
-            if self.mode == Mode.OBSERVE:
+            if self.mode == Mode.OBSERVE and proposal.evidence.get("collapse"):
+                self._decide(proposal.id, Outcome.OBSERVED, Decider.GUARD)
+            elif self.mode == Mode.OBSERVE:
                 self._decide(proposal.id, Outcome.OBSERVED, Decider.GUARD)
                 self.run.pause(Decider.GUARD)
                 self.run.emit(
