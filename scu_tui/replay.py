@@ -63,15 +63,23 @@ def replay(run_dir: Path, settings: Settings) -> tuple[list[Proposal], int]:
             proposals = [p for p in proposals if p.step <= event.to_step or _led_to(p, event)]
         elif isinstance(event, StepEvent):
             controller.observe(
-                event.step, event.loss, event.grad_norm, event.lr, skipped=event.skipped
+                event.step,
+                event.loss,
+                event.grad_norm,
+                event.lr,
+                skipped=event.skipped,
+                alignment=event.alignment,
             )
             knobs["lr"] = event.lr
             knobs[Knob.WEIGHT_DECAY] = event.weight_decay
             knobs[Knob.DROPOUT] = event.dropout
             knobs[Knob.ACCUMULATION] = float(event.accumulation)
-            # as in the run: the divergence guard on every step, else the control check
-            proposal = controller.check_divergence(event.step, knobs) or controller.decide(
-                event.step, knobs
+            # as in the run: the divergence guard on every step, else the start-up search
+            # (and the settling after a rollback), else the control check
+            proposal = (
+                controller.check_divergence(event.step, knobs)
+                or controller.check_search(event.step, knobs)
+                or controller.decide(event.step, knobs)
             )
             if proposal is not None:
                 controller.record_outcome(proposal.id, Outcome.OBSERVED)

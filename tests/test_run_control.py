@@ -23,6 +23,7 @@ from helpers import StandInController
 from mlx.utils import tree_flatten, tree_unflatten
 
 from scu_tui.config import Settings
+from scu_tui.control.controller import GUARD_RULE, SEARCH_RULE, SETTLE_RULE
 from scu_tui.control.policy import Proposal, action_text
 from scu_tui.presets import load_preset
 from scu_tui.protocol import Command, Event, RefusedEvent, event_from_dict
@@ -371,8 +372,8 @@ def test_every_control_period_has_an_analysis_and_proposals_name_theirs(tmp_path
     for e in rec.events:
         if e["type"] == "analysis":
             latest = e
-        elif e["type"] == "proposal" and e["analysis"] == -1:  # the per-step guard's
-            assert e["rule"] == "rollback"
+        elif e["type"] == "proposal" and e["analysis"] == -1:  # a per-step rule's
+            assert e["rule"] in (GUARD_RULE, SEARCH_RULE, SETTLE_RULE)
         elif e["type"] == "proposal":
             assert latest["step"] == e["analysis"] == e["step"]
             assert (latest["proposal"], latest["rule"]) == (e["id"], e["rule"])
