@@ -54,13 +54,26 @@ def drive(curve, noise: float, seed: int, steps: int, frequency: int = 50):
     """Feed the controller as a run does; returns (step, proposal) of the first rollback
     and the detector's kept states at that time."""
     rng = np.random.default_rng(seed)
+    return feed(
+        lambda step: (
+            curve(step) * (1 + noise * rng.standard_normal()),
+            1.0 + 0.1 * rng.standard_normal(),
+        ),
+        steps,
+        frequency,
+    )
+
+
+def feed(loss_and_norm, steps: int, frequency: int):
+    """Each step's (loss, gradient norm) to a controller as a run gives them, the guard
+    checked on every step; returns (step, proposal) of the first rollback, or Nones."""
     scu = ScuSettings(mode="auto", control_frequency=frequency)
     controller = Controller(scu, TrainingSettings(learning_rate=1e-3, warmup_steps=0))
     controller.snapshot_taken(0)
     knobs = {"lr": 1e-3, "lr_multiplier": 1.0, "weight_decay": 0.0, "dropout": 0.0}
     for step in range(1, steps + 1):
-        loss = curve(step) * (1 + noise * rng.standard_normal())
-        controller.observe(step, loss, 1.0 + 0.1 * rng.standard_normal(), 1e-3)
+        loss, norm = loss_and_norm(step)
+        controller.observe(step, loss, norm, 1e-3)
         proposal = controller.check_divergence(step, knobs)
         if proposal is not None:
             return step, proposal
@@ -317,26 +330,17 @@ def test_a_rise_within_the_runs_own_pass_to_pass_wander_is_no_damage() -> None:
 
 
 def drive_norms(loss_at, norm_at, steps: int, seed: int = 0, noise: float = 0.05):
-    """Feed the controller losses and gradient norms with batch noise; returns (step,
-    proposal) of the first rollback and the kept states then."""
+    """Losses and gradient norms with batch noise (the norms vary several-fold from step to
+    step), at a control period of 20 steps."""
     rng = np.random.default_rng(seed)
-    controller = Controller(
-        ScuSettings(mode="auto", control_frequency=20),
-        TrainingSettings(learning_rate=1e-3, warmup_steps=0),
+    return feed(
+        lambda step: (
+            loss_at(step) * (1 + noise * rng.standard_normal()),
+            norm_at(step) * math.exp(0.5 * rng.standard_normal()),
+        ),
+        steps,
+        20,
     )
-    controller.snapshot_taken(0)
-    knobs = {"lr": 1e-3, "lr_multiplier": 1.0, "weight_decay": 0.0, "dropout": 0.0}
-    for step in range(1, steps + 1):
-        loss = loss_at(step) * (1 + noise * rng.standard_normal())
-        norm = norm_at(step) * math.exp(0.5 * rng.standard_normal())  # norms vary several-fold
-        controller.observe(step, loss, norm, 1e-3)
-        proposal = controller.check_divergence(step, knobs)
-        if proposal is not None:
-            return step, proposal
-        controller.decide(step, knobs)
-        if controller.snapshot_due(step):
-            controller.snapshot_taken(step)
-    return None, None
 
 
 def thrown_flat(step: int) -> float:
