@@ -249,16 +249,15 @@ class Steering:
             ProposalEvent(**proposal.to_dict(), analysis=proposal.step if analysed else -1)
         )
         if urgent:
-            if self.mode == Mode.OBSERVE and proposal.evidence.get("collapse"):
+            if self.mode == Mode.OBSERVE:
                 self._decide(proposal.id, Outcome.OBSERVED, Decider.GUARD)
-            elif self.mode == Mode.OBSERVE:
-                self._decide(proposal.id, Outcome.OBSERVED, Decider.GUARD)
-                self.run.pause(Decider.GUARD)
-                self.run.emit(
-                    MessageEvent(
-                        self.run.step, level=MessageLevel.WARNING, text=self.run.paused_hint()
+                if not proposal.evidence.get("collapse"):
+                    self.run.pause(Decider.GUARD)
+                    self.run.emit(
+                        MessageEvent(
+                            self.run.step, level=MessageLevel.WARNING, text=self.run.paused_hint()
+                        )
                     )
-                )
             else:
                 self._decide(proposal.id, Outcome.APPLIED, Decider.GUARD)
                 self._rollback(proposal, by=Decider.GUARD)
