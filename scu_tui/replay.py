@@ -74,13 +74,7 @@ def replay(run_dir: Path, settings: Settings) -> tuple[list[Proposal], int]:
             knobs[Knob.WEIGHT_DECAY] = event.weight_decay
             knobs[Knob.DROPOUT] = event.dropout
             knobs[Knob.ACCUMULATION] = float(event.accumulation)
-            # as in the run: the divergence guard on every step, else the start-up search
-            # (and the settling after a rollback), else the control check
-            proposal = (
-                controller.check_divergence(event.step, knobs)
-                or controller.check_search(event.step, knobs)
-                or controller.decide(event.step, knobs)
-            )
+            proposal, _ = controller.propose(event.step, knobs)  # as the run does
             if proposal is not None:
                 controller.record_outcome(proposal.id, Outcome.OBSERVED)
                 proposals.append(proposal)

@@ -68,6 +68,16 @@ def default_arms() -> list[str]:
     ]
 
 
+def seed_list(text: str) -> list[int]:
+    """`--seeds 3` is seeds 0, 1, 2; `--seeds 2,3` is those two (new seeds beside old runs)."""
+    try:
+        if "," in text:
+            return sorted({int(x) for x in text.split(",") if x.strip()})
+        return list(range(int(text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a count or a comma-separated list") from None
+
+
 def main() -> None:
     # the synthetic task's data is in memory: no hub look-ups (each one retries for ~30 s)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -77,7 +87,12 @@ def main() -> None:
         "--tasks", default=None, help=f"of: {', '.join(TASKS)} (default: the LoRA tasks)"
     )
     parser.add_argument("--split", choices=("tuning", "test", "all"), default="all")
-    parser.add_argument("--seeds", type=int, default=None, help="paired seeds (default 5)")
+    parser.add_argument(
+        "--seeds",
+        type=seed_list,
+        default=None,
+        help="paired seeds: a count (5: seeds 0-4, the default) or a list (2,3)",
+    )
     parser.add_argument("--factors", default=None, help="LR factors, e.g. 0.1,1,10")
     parser.add_argument("--arms", default=None, help=f"of: {', '.join(ARM_SPECS)}")
     parser.add_argument(
@@ -112,7 +127,7 @@ def main() -> None:
         args.tasks = args.tasks or ",".join(SMOKE_TASKS)
         args.arms = args.arms or SMOKE["arms"]
         args.factors = args.factors or SMOKE["factors"]
-        args.seeds = args.seeds or SMOKE["seeds"]
+        args.seeds = args.seeds or list(range(SMOKE["seeds"]))  # type: ignore[call-overload]
         args.steps = args.steps or ",".join(f"{t}={SMOKE['steps']}" for t in args.tasks.split(","))
         overrides = {**SMOKE["set"], **overrides}  # type: ignore[dict-item]
         args.no_write = True
@@ -133,7 +148,7 @@ def main() -> None:
         for item in filter(None, (x.strip() for x in args.steps.split(","))):
             name, _, value = item.partition("=")
             steps[name.strip()] = int(value)
-        seeds = list(range(args.seeds if args.seeds else (2 if args.quick else 5)))
+        seeds = args.seeds or list(range(2 if args.quick else 5))
         if args.long_demo:
             from bench.controller.long_run import long_demo
 

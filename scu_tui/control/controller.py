@@ -401,6 +401,16 @@ class Controller(Memory):
             alignments=[h[4] for h in self._history],
         )
 
+    def propose(self, step: int, knobs: Mapping[str, float]) -> tuple[Proposal | None, bool]:
+        """The step's one proposal, in the order the run and its replay share: the
+        divergence guard on every step, else the start-up search (and the settling after
+        a rollback), else the control check. The flag says whether it came from an
+        analysis (the control check's, in :attr:`last_analysis`)."""
+        early = self.check_divergence(step, knobs) or self.check_search(step, knobs)
+        if early is not None:
+            return early, False
+        return self.decide(step, knobs), True
+
     def check_divergence(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
         """The guard, on every step: a rollback with a lower LR when the newest step was
         non-finite or the loss is damaged (see :mod:`scu_tui.control.divergence`); its

@@ -123,41 +123,29 @@ class Steering:
         skipped: bool = False,
         alignment: float = math.nan,
     ) -> None:
-        """After each optimizer step (and its evaluation, if any): feed the controller; act
-        on the divergence guard, expire unanswered proposals, analyse."""
+        """After each optimizer step (and its evaluation, if any): expire unanswered
+        proposals, feed the controller, and open the step's one proposal (the guard's,
+        the search's or the analysis's: :meth:`Controller.propose`)."""
         if step > self._rolled_back_from >= 0 and not skipped:
             self.rollbacks_since_progress = 0  # further than before the last rollback
             self._rolled_back_from = -1
         if self.controller is None:
             return
-        tic = time.perf_counter()
-        self.controller.observe(step, loss, grad_norm, lr, skipped, alignment)
-        knobs = self.run.knob_values()
-        guard = self.controller.check_divergence(step, knobs)
-        self.seconds += time.perf_counter() - tic
-        if guard is not None:
-            self._open(guard, analysed=False)
-            return
         for record in self.book.pending():
             if record.expires_at is not None and step >= record.expires_at:
                 self._decide(record.id, Outcome.EXPIRED, Decider.TTL)
         tic = time.perf_counter()
-        search = self.controller.check_search(step, knobs)
+        self.controller.observe(step, loss, grad_norm, lr, skipped, alignment)
+        proposal, analysed = self.controller.propose(step, self.run.knob_values())
         self.seconds += time.perf_counter() - tic
         note, self.controller.search_note = self.controller.search_note, None
         if note:
             self.run.emit(MessageEvent(step, level=MessageLevel.INFO, text=note))
-        if search is not None:  # one proposal per step: the analysis waits for the next
-            self._open(search, analysed=False)
-            return
-        tic = time.perf_counter()
-        proposal = self.controller.decide(step, knobs)
-        self.seconds += time.perf_counter() - tic
         analysis = self.controller.last_analysis
-        if analysis is not None and analysis.step == step:
+        if analysed and analysis is not None and analysis.step == step:
             self.run.emit(AnalysisEvent(**_analysis_fields(analysis.to_dict())))
         if proposal is not None:
-            self._open(proposal)
+            self._open(proposal, analysed)
 
     def evaluated(self, step: int, val_loss: float, is_best: bool) -> None:
         """A validation pass: a new best is progress; the controller sees the loss."""
