@@ -30,7 +30,7 @@ from scu_tui.protocol import Mode
 EMBEDDED_DEMO = "@demo"
 
 FORMATS = ("auto", "text", "completions", "chat")
-SCHEDULES = ("constant", "cosine", "plateau")
+SCHEDULES = ("constant", "cosine", "plateau", "wsd")
 #: the names of ``scu_tui.training.optimizers.OPTIMIZERS`` (kept here: config imports no MLX)
 OPTIMIZERS = ("adamw", "schedule_free", "prodigy")
 FINE_TUNE_TYPES = ("lora", "dora", "full")  # as mlx-lm's fine_tune_type
@@ -215,7 +215,14 @@ class TrainingSettings:
         "adamw | schedule_free | prodigy (Prodigy sets its own step size)",
         one_of(*OPTIMIZERS),
     )
-    schedule: str = setting("cosine", "base schedule the S-SCU multiplies", one_of(*SCHEDULES))
+    schedule: str = setting(
+        "cosine",
+        "base schedule the S-SCU multiplies: constant | cosine | plateau | wsd",
+        one_of(*SCHEDULES),
+    )
+    decay_fraction: float = setting(
+        0.2, "wsd: the last fraction of max_steps over which the LR decays", at_least(0.0, 1.0)
+    )
     weight_decay: float = setting(0.0, "decoupled weight decay", at_least(0, 10))
     max_steps: int = setting(1000, "optimizer steps to train", count(1))
     warmup_steps: int = setting(0, "linear warm-up steps before the schedule", count(0))

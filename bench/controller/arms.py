@@ -39,6 +39,7 @@ ARM_SPECS: dict[str, Arm] = {
     "constant": Arm("constant", "c"),
     "cosine": Arm("warmup+cosine", "w", schedule="cosine"),
     "plateau": Arm("plateau", "p", schedule="plateau"),
+    "wsd": Arm("warmup+stable+decay", "l", schedule="wsd"),
     "scu": Arm("S-SCU auto", "S", scu=True),
     "placebo": Arm("placebo", "r", scu=True),
     # the optimizers a user could pick instead of a controller (need training.optimizer);
@@ -60,6 +61,7 @@ ARM_SPECS: dict[str, Arm] = {
     # measured, never a cell's best: the S-SCU riding cosine, other analysis periods
     # (test tasks), the S-SCU on the other optimizers (tuning tasks: choosing its base)
     "scu_cosine": Arm("S-SCU on cosine", "s", schedule="cosine", scu=True, judged=False),
+    "scu_wsd": Arm("S-SCU on wsd", "W", schedule="wsd", scu=True, judged=False),
     "scu_cf10": Arm(
         "S-SCU, control_frequency 10",
         "1",

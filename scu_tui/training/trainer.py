@@ -42,7 +42,7 @@ from scu_tui.training.model import set_lora_dropout
 from scu_tui.training.optimizers import make_optimizer
 
 STATE_VERSION = 1
-COSINE_FLOOR = 0.1  # cosine decays to 10 % of the base learning rate
+COSINE_FLOOR = 0.1  # cosine (and wsd's decay) end at 10 % of the base learning rate
 PLATEAU_FACTOR = 0.5  # plateau schedule: halve the rate ...
 PLATEAU_PATIENCE = 2  # ... after this many evaluations without a 0.1 % improvement
 PLATEAU_FLOOR = 0.01
@@ -134,6 +134,11 @@ class BaseSchedule:
             )
         if self.t.schedule == "plateau":
             return base * self.plateau_scale
+        if self.t.schedule == "wsd":  # warm-up, stable, decay: linear over the last steps
+            steps = round(self.t.decay_fraction * self.t.max_steps)
+            span = max(1, min(self.t.max_steps - warm, steps))
+            progress = min(1.0, max(0.0, (step - (self.t.max_steps - span)) / span))
+            return base * (1 - (1 - COSINE_FLOOR) * progress)
         return base
 
     def on_eval(self, val_loss: float) -> None:
