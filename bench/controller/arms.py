@@ -40,8 +40,10 @@ ARM_SPECS: dict[str, Arm] = {
     "cosine": Arm("warmup+cosine", "w", schedule="cosine"),
     "plateau": Arm("plateau", "p", schedule="plateau"),
     "wsd": Arm("warmup+stable+decay", "l", schedule="wsd"),
-    "scu": Arm("S-SCU auto", "S", scu=True),
-    "placebo": Arm("placebo", "r", scu=True),
+    # the S-SCU on the presets' base: held, then decayed over the run's last fifth (a lower
+    # mean gap than a constant base on the tuning tasks, seeds 0-3; docs/benchmarks.md)
+    "scu": Arm("S-SCU auto", "S", schedule="wsd", scu=True),
+    "placebo": Arm("placebo", "r", schedule="wsd", scu=True),
     # the optimizers a user could pick instead of a controller (need training.optimizer);
     # Schedule-Free gets its own base LR: its lr_scale, from `--sweep --arms schedule_free
     # --split tuning` (seed 0: lowest at 10x AdamW's base on demo-lora, json and sort-text,
@@ -61,7 +63,9 @@ ARM_SPECS: dict[str, Arm] = {
     # measured, never a cell's best: the S-SCU riding cosine, other analysis periods
     # (test tasks), the S-SCU on the other optimizers (tuning tasks: choosing its base)
     "scu_cosine": Arm("S-SCU on cosine", "s", schedule="cosine", scu=True, judged=False),
-    "scu_wsd": Arm("S-SCU on wsd", "W", schedule="wsd", scu=True, judged=False),
+    "scu_constant": Arm(
+        "S-SCU on a constant base", "K", schedule="constant", scu=True, judged=False
+    ),
     "scu_cf10": Arm(
         "S-SCU, control_frequency 10",
         "1",

@@ -296,12 +296,13 @@ def base_schedule_line(a: Analysis) -> str:
         parts.append(f"{t} {fmt(own)} vs {fmt(ride)}")
     own_all = 100 * a.overall_relative("scu")
     ride_all = 100 * a.overall_relative("scu_cosine")
-    better = "a constant base" if own_all <= ride_all else "riding warmup+cosine"
+    own_base = ARM_SPECS["scu"].schedule
+    better = f"its own base ({own_base})" if own_all <= ride_all else "riding warmup+cosine"
     return (
         f"**The base schedule under the S-SCU**: {better} does better (mean relative regret "
-        f"{own_all:.2f} % on a constant base against {ride_all:.2f} % riding cosine; mean "
-        f"regret per task, constant base vs cosine: {'; '.join(parts)}). The shipped presets "
-        "run the S-SCU on a constant base."
+        f"{own_all:.2f} % on {own_base} against {ride_all:.2f} % riding cosine; mean "
+        f"regret per task, {own_base} vs cosine: {'; '.join(parts)}). The shipped presets "
+        f"run the S-SCU on {own_base}."
     )
 
 
@@ -490,8 +491,9 @@ def render(a: Analysis, meta: dict[str, Any]) -> str:
         f"{a.seeds} (paired: each seed sees the same init and data order in every arm). "
         "All arms share the warm-up; constant / warmup+cosine / plateau run without a "
         "controller (and so without the divergence guard); the S-SCU runs in auto mode on "
-        "a constant base (it owns the decay: the S-SCU on cosine arm, when run, rides "
-        "warmup+cosine instead and is measured but never a cell's best); the placebo is the "
+        "the presets' base, wsd (held, then decayed over the run's last fifth; the S-SCU on "
+        "cosine and on a constant base, when run, are measured but never a cell's best); "
+        "the placebo is the "
         "same run with the same guard, but "
         "makes as many LR changes as the S-SCU applied in the paired cell, at random control "
         "steps, by random log-uniform factors in [0.5, 2], through the same proposal path. "
