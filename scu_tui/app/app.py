@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 from textual import work
 from textual.app import App
@@ -39,6 +39,7 @@ from scu_tui.app.feed import (
     EventFeed,
     RunState,
 )
+from scu_tui.app.host import TrainingRun
 from scu_tui.app.notices import Notices
 from scu_tui.app.screens import (
     ConfirmScreen,
@@ -57,7 +58,6 @@ from scu_tui.config import Settings
 from scu_tui.errors import UserError
 from scu_tui.presets import load_preset
 from scu_tui.protocol import (
-    Command,
     CommandKind,
     DoneEvent,
     Event,
@@ -74,7 +74,6 @@ from scu_tui.protocol import (
 )
 from scu_tui.remote.attach import RemoteRun
 from scu_tui.run import Run, load_run_settings
-from scu_tui.sinks import Sink
 from scu_tui.themes import DEFAULT_THEME, find_theme, textual_themes, theme_names
 
 #: After a hang-up and the run's end, how long the app may take to exit on its own.
@@ -129,18 +128,6 @@ class FramePacer:
             used = max(cpu - self._cpu_at, 0.0)
             self.interval = min(max(used / self.budget, self.shortest), self.longest)
         self._at, self._cpu_at = now, cpu
-
-
-class TrainingRun(Protocol):
-    """What the app needs of a run: a :class:`~scu_tui.run.Run` in this process, or a
-    :class:`~scu_tui.remote.attach.RemoteRun` that follows one in another (``attached``)."""
-
-    attached: bool
-
-    def add_sink(self, sink: Sink) -> None: ...
-    def execute(self) -> int: ...
-    def submit(self, command: Command) -> None: ...
-    def request_stop(self, reason: str = ...) -> None: ...
 
 
 RunFactory = Callable[..., TrainingRun]

@@ -40,7 +40,7 @@ from scu_tui.protocol import (
 )
 
 if TYPE_CHECKING:
-    from scu_tui.app.app import ScuApp
+    from scu_tui.app.host import AppHost
 
 #: A run's message levels as notification severities.
 SEVERITY: dict[MessageLevel, SeverityLevel] = {
@@ -55,7 +55,7 @@ ERROR_SECONDS, NOTE_SECONDS, END_SECONDS = 30.0, 5.0, 60.0
 class Notices(EventHandlers):
     """The app's reactions to events, one method per event type."""
 
-    def __init__(self, app: ScuApp) -> None:
+    def __init__(self, app: AppHost) -> None:
         self.app = app
 
     def react(self, event: Event) -> None:

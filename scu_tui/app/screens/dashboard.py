@@ -32,7 +32,7 @@ from scu_tui.app.widgets import (
 from scu_tui.protocol import NOT_RUNNING, Command, CommandKind, Mode, ProposalEvent
 
 if TYPE_CHECKING:
-    from scu_tui.app.app import ScuApp
+    from scu_tui.app.host import AppHost
 
 #: ``m`` cycles the S-SCU through these modes.
 MODE_CYCLE = (Mode.ASK, Mode.AUTO, Mode.OBSERVE)
@@ -120,9 +120,9 @@ class Dashboard(Screen[None]):
         self.set_class(event.size.height >= TALL_HEIGHT, "-tall")
 
     @property
-    def scu(self) -> ScuApp:
+    def scu(self) -> AppHost:
         """The app this screen belongs to (only a ScuApp pushes it)."""
-        return cast("ScuApp", self.app)
+        return cast("AppHost", self.app)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """A run that has ended (done, failed or lost) offers no key that steers it; only
@@ -167,7 +167,7 @@ class Dashboard(Screen[None]):
     def action_inspect(self, proposal_id: str) -> None:
         record = self.scu.state.record(proposal_id)
         if record is not None:
-            self.scu.push_screen(InspectorScreen(lambda: self.scu.state.record(proposal_id)))
+            self.app.push_screen(InspectorScreen(lambda: self.scu.state.record(proposal_id)))
 
     def submit(self, command: Command) -> bool:
         """Queue a command if a run is going; say so when it is not."""
@@ -231,21 +231,21 @@ class Dashboard(Screen[None]):
             self.scu.effect(CommandKind.MODE, f"mode→{target}…")
 
     def action_samples(self) -> None:
-        self.scu.push_screen(TextScreen("Samples", lambda: samples_text(self.scu.state)))
+        self.app.push_screen(TextScreen("Samples", lambda: samples_text(self.scu.state)))
 
     def action_comparison(self) -> None:
-        self.scu.push_screen(
+        self.app.push_screen(
             TextScreen("Did the fine-tune help?", lambda: comparison_text(self.scu.state))
         )
 
     def action_plots(self) -> None:
-        self.scu.push_screen(PlotsScreen(lambda: self.scu.state))
+        self.app.push_screen(PlotsScreen(lambda: self.scu.state))
 
     def action_help(self) -> None:
         bindings = [
             b for b in Dashboard.BINDINGS if isinstance(b, Binding) and self.offers(b.action)
         ]
-        self.scu.push_screen(
+        self.app.push_screen(
             HelpScreen(bindings, ATTACHED_NOTES if self.scu.attached else HELP_NOTES)
         )
 
@@ -253,7 +253,7 @@ class Dashboard(Screen[None]):
         if self.scu.state.done is not None or self.scu.training_run is None:
             self.scu.notify("The run has already ended", severity="warning")
             return
-        self.scu.push_screen(
+        self.app.push_screen(
             ConfirmScreen(
                 "Stop the run itself?\nIt saves a checkpoint and ends; resume it later with "
                 "--resume.",
