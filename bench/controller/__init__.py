@@ -14,11 +14,12 @@ learning rate at {0.1, 0.3, 1, 3, 10} x a tuned base, paired seeds:
 - ``synthetic`` and ``synthetic-long`` (on request): next-token prediction on a known
   order-2 Markov chain, learnt by a fresh n-gram MLP; extra tuning tasks, not LoRA.
 
-Arms are data (``arms.ARM_SPECS``, one entry each): ``constant``, ``cosine``, ``plateau``
-(no controller), ``scu`` (the S-SCU in auto mode on a constant base), ``placebo`` (as many
-random LR changes as the paired ``scu`` run), ``schedule_free`` and ``prodigy`` (other
-optimizers, when the product has ``training.optimizer``), and measured-only variants (the
-S-SCU on cosine, with other control frequencies, on the other optimizers).
+Arms are data (``arms.ARM_SPECS``, one entry each): ``constant``, ``cosine``, ``plateau``,
+``wsd`` (no controller), ``scu`` (the S-SCU in auto mode on the presets' base, ``wsd``),
+``placebo`` (as many random LR changes as the paired ``scu`` run), ``schedule_free`` and
+``prodigy`` (other optimizers, when the product has ``training.optimizer``), and
+measured-only variants (the S-SCU on cosine and on a constant base, with other control
+frequencies, on the other optimizers).
 
 Per task, the oracle is the lowest seed-mean final val loss of any arm at any LR; the
 report gives each arm's gap to it by LR, a headline over the test tasks and a verdict per
