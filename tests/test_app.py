@@ -25,7 +25,7 @@ from scu_tui.app.widgets import DecisionLog, Readout
 from scu_tui.config import Settings
 from scu_tui.control.policy import Proposal
 from scu_tui.presets import load_preset
-from scu_tui.protocol import DecisionEvent, Event, ProposalEvent, StepEvent
+from scu_tui.protocol import DecisionEvent, Event, KnobEvent, ProposalEvent, StepEvent
 from scu_tui.run import Run
 
 #: A fast refresh keeps the tests quick; the app is the same at any rate.
@@ -203,9 +203,14 @@ async def test_accepting_a_real_proposal_on_a_hot_run(tmp_path: Path) -> None:
     app = make_app(demo(**HOT, **{"training.max_steps": 2000}), output_dir=out)
     async with app.run_test(size=(80, 24)) as pilot:
         first = app.expect("proposal", askable)
+        # the user's knob change: the run goes on meanwhile, and at 30x the guard may roll
+        # back (and move the LR again) before the app is looked at
+        by_user = app.expect("knob", lambda e: isinstance(e, KnobEvent) and e.by == "user")
         proposal, _ = await answer(app, pilot, first, "a", "accepted", timeout=300)
         moved = "lr_multiplier" if proposal.knob == "rollback" else proposal.knob
-        assert app.state.knobs[moved] == pytest.approx(proposal.after)  # KnobEvent
+        change = await wait(by_user)
+        assert isinstance(change, KnobEvent)
+        assert change.knob == moved and change.after == pytest.approx(proposal.after)
         await quit_with_confirm(app, pilot)
     record = metrics(out)[proposal.id]
     assert record["outcome"] == "accepted" and record["by"] == "user"

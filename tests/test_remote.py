@@ -73,10 +73,12 @@ def test_remote_pause_resume_veto_save_and_stop(tmp_path: Path) -> None:
 
     assert two.request("resume")["ok"]
     wait_for_line(proc, "resumed at step")
-    wait_for_line(proc, "SCU Step")  # a proposal is pending (ask mode)
+    # a proposal waits (ask mode); an urgent rollback before it acts at once and waits for
+    # no one, so the line to wait for is the one that says a proposal waits
+    waiting = wait_for_line(proc, "  p", contains="waits for an answer").split()[0]
     pending = one.request("status")["pending"]
-    assert pending
-    assert one.request("veto", pending[0]["id"])["ok"]
+    assert waiting in [p["id"] for p in pending]
+    assert one.request("veto", waiting)["ok"]
     wait_for_line(proc, "SCU Step", contains="vetoed (by remote)")
     assert one.request("save")["ok"]
     saved = wait_for_line(proc, "save ")
