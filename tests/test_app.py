@@ -25,7 +25,7 @@ from scu_tui.app.widgets import DecisionLog, Readout
 from scu_tui.config import Settings
 from scu_tui.control.policy import Proposal
 from scu_tui.presets import load_preset
-from scu_tui.protocol import DecisionEvent, Event, KnobEvent, ProposalEvent, StepEvent
+from scu_tui.protocol import DecisionEvent, Event, KnobEvent, Outcome, ProposalEvent, StepEvent
 from scu_tui.run import Run
 
 #: A fast refresh keeps the tests quick; the app is the same at any rate.
@@ -194,19 +194,20 @@ def metrics(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.slow
 async def test_accepting_a_real_proposal_on_a_hot_run(tmp_path: Path) -> None:
-    """The real S-SCU on a 30x learning rate: its first askable proposal, accepted from the app.
+    """The real S-SCU on a 30x learning rate: a proposal that waits, accepted from the app.
 
     Marked slow because when that proposal comes depends on the policy's tuning (a few
-    seconds today; up to some hundreds of steps with earlier tunings).
+    seconds today; up to some hundreds of steps with earlier tunings). At 30x the guard
+    may roll back while a proposal waits, which cancels it (its knobs were reset): then
+    the next one that waits is answered.
     """
     out = tmp_path / "run"
     app = make_app(demo(**HOT, **{"training.max_steps": 2000}), output_dir=out)
     async with app.run_test(size=(80, 24)) as pilot:
-        first = app.expect("proposal", askable)
-        # the user's knob change: the run goes on meanwhile, and at 30x the guard may roll
-        # back (and move the LR again) before the app is looked at
+        # the user's knob change: the run goes on meanwhile, and the guard may move the LR
+        # again before the app is looked at
         by_user = app.expect("knob", lambda e: isinstance(e, KnobEvent) and e.by == "user")
-        proposal, _ = await answer(app, pilot, first, "a", "accepted", timeout=300)
+        proposal = await accept_a_waiting_proposal(app, pilot)
         moved = "lr_multiplier" if proposal.knob == "rollback" else proposal.knob
         change = await wait(by_user)
         assert isinstance(change, KnobEvent)
@@ -214,6 +215,31 @@ async def test_accepting_a_real_proposal_on_a_hot_run(tmp_path: Path) -> None:
         await quit_with_confirm(app, pilot)
     record = metrics(out)[proposal.id]
     assert record["outcome"] == "accepted" and record["by"] == "user"
+    assert record["before"] == pytest.approx(change.before)  # accepted from where it stood
+
+
+async def accept_a_waiting_proposal(app: ScuApp, pilot: Any, tries: int = 5) -> ProposalEvent:
+    """Press ``a`` on the proposal the banner offers; a rollback that cancels it first
+    (the decision says so) sends the test on to the next one that waits."""
+    for _ in range(tries):
+        await wait(app.drains(1))
+        await pilot.pause()
+        target = app.dashboard.answer_target()
+        if target is None:  # nothing waits now: the next askable proposal
+            await wait(app.expect("proposal", askable), 300)
+            continue
+        assert app.query_one("#banner").display
+        decided = app.expect("decision", lambda e, pid=target.id: e.id == pid)
+        await pilot.press("a")
+        decision: DecisionEvent = await wait(decided)
+        if decision.outcome == Outcome.CANCELLED:
+            continue
+        assert decision.outcome == "accepted" and decision.by == "user"
+        await wait(app.drains(1))
+        line = next(x for x in app.query_one(DecisionLog).lines if f" {target.id} " in x)
+        assert "accepted" in line
+        return target
+    raise AssertionError(f"no proposal could be accepted in {tries} tries")
 
 
 class EveryTenSteps(StandInController):

@@ -264,3 +264,92 @@ def test_in_observe_mode_damage_pauses_and_a_collapse_is_only_logged(collapse: b
     assert [d.outcome for d in run.of(DecisionEvent)] == ["observed"]
     assert run.step == 5 and steering.rollbacks == 0  # never went back
     assert run.paused_by == ([] if collapse else [Decider.GUARD])
+
+
+def test_accepting_a_proposal_whose_knob_moved_since_is_refused_and_leaves_it_waiting() -> None:
+    """The person set weight decay by hand after the proposal: its ``after`` was worked out
+    from the old value, so accepting it is refused with the value now, and nothing moves."""
+    steering, run = steer(Mode.ASK, {5}, last=6, ttl=10)
+    run.knobs["weight_decay"] = 0.05
+    steering.command(Command(CommandKind.ACCEPT, "s0005", by=Decider.USER))
+    (refused,) = run.of(RefusedEvent)
+    assert (refused.id, refused.command) == ("s0005", CommandKind.ACCEPT)
+    assert refused.reason.startswith("weight_decay is 0.05 now, not the 0 it was proposed from")
+    assert run.knobs["weight_decay"] == 0.05 and not run.of(DecisionEvent)
+    assert [r.id for r in steering.book.pending()] == ["s0005"]
+    steering.command(Command(CommandKind.VETO, "s0005", by=Decider.USER))  # still answerable
+    assert [(d.id, d.outcome) for d in run.of(DecisionEvent)] == [("s0005", "vetoed")]
+
+
+class ProposeThenRollback(StandInController):
+    """Proposes ``knob`` -> ``after`` at ``propose_at``, then the guard's rollback to
+    ``to_step`` (LR multiplier 1 -> 0.5) at ``roll_at``."""
+
+    def __init__(self, knob: Knob, after: float, propose_at: int, roll_at: int, to_step: int):
+        settings = Settings()
+        super().__init__(settings.scu, settings.training)
+        self.knob, self.after, self.propose_at = knob, after, propose_at
+        self.roll_at, self.to_step = roll_at, to_step
+
+    def decide(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
+        if step == self.propose_at:
+            before = float(knobs[self.knob])
+            return Proposal(
+                id=f"s{step:04d}",
+                step=step,
+                rule="scripted",
+                diagnosis="scripted",
+                knob=self.knob,
+                before=before,
+                after=self.after,
+                reason="Scripted change",
+                action=action_text(self.knob, before, self.after),
+            )
+        if step != self.roll_at:
+            return None
+        self.roll_at = -1
+        return Proposal(
+            id=f"r{step:04d}",
+            step=step,
+            rule=ROLLBACK,
+            diagnosis="scripted",
+            knob=ROLLBACK,
+            before=1.0,
+            after=0.5,
+            reason="Scripted rollback",
+            action="roll back",
+            evidence={"to_step": self.to_step},
+        )
+
+
+def roll_back_over(knob: Knob, after: float, propose_at: int) -> tuple[Steering, StandInRun]:
+    """Ask mode: the proposal waits; the guard goes back from step 7 to step 4."""
+    run = RollingBackRun()
+    controller = ProposeThenRollback(knob, after, propose_at, roll_at=7, to_step=4)
+    steering = Steering(controller, run, Mode.ASK, proposal_ttl=100)
+    train_on(steering, run, 7)
+    assert run.step == 4 and run.knobs["lr_multiplier"] == 0.5
+    return steering, run
+
+
+@pytest.mark.parametrize("propose_at", [2, 4, 6])
+def test_a_rollback_cancels_a_waiting_lr_proposal_it_made_stale(propose_at: int) -> None:
+    """An LR cut worked out from multiplier 1, made before the step the run returns to (2),
+    at it (4) or on the abandoned branch (6): the rollback cut the multiplier to 0.5, so
+    accepting it later would raise the LR. Cancelled, and a late accept is refused."""
+    steering, run = roll_back_over(Knob.LR_MULTIPLIER, 0.7, propose_at)
+    assert not steering.book.pending()
+    outcomes = [(d.id, d.outcome, d.by) for d in run.of(DecisionEvent)]
+    assert (f"s{propose_at:04d}", Outcome.CANCELLED, Decider.ROLLBACK) in outcomes
+    steering.command(Command(CommandKind.ACCEPT, f"s{propose_at:04d}", by=Decider.USER))
+    (refused,) = run.of(RefusedEvent)
+    assert refused.reason == "it was cancelled" and run.knobs["lr_multiplier"] == 0.5
+
+
+def test_a_waiting_proposal_on_a_knob_the_rollback_left_alone_survives_it() -> None:
+    """Weight decay proposed at step 2, before the step the run returns to: the rollback
+    did not touch it, so the proposal still waits, and accepting it does what it says."""
+    steering, run = roll_back_over(Knob.WEIGHT_DECAY, 0.02, 2)
+    assert [r.id for r in steering.book.pending()] == ["s0002"]
+    steering.command(Command(CommandKind.ACCEPT, "s0002", by=Decider.USER))
+    assert run.knobs["weight_decay"] == 0.02 and not run.of(RefusedEvent)

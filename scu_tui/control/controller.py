@@ -357,16 +357,21 @@ class Controller(Memory):
                 record.check = "done"
         for knob, moved in self._knob_moved_at.items():
             self._knob_moved_at[knob] = min(moved, step)
-        cancelled = [
+        undone = [
             r
             for r in self.book.on_branch_after(step)
             if r.id != keep and not self._led_here(r, step)
         ]
-        for record in cancelled:
+        return self.cancel(undone, step)
+
+    @staticmethod
+    def cancel(records: list[ProposalRecord], step: int) -> list[ProposalRecord]:
+        """Close ``records`` as cancelled by a rollback to ``step``; returns them."""
+        for record in records:
             record.outcome, record.by = Outcome.CANCELLED, Decider.ROLLBACK
             record.decided_step = step
             record.check = "done"
-        return cancelled
+        return records
 
     @staticmethod
     def _led_here(record: ProposalRecord, step: int) -> bool:

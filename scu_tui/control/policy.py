@@ -202,6 +202,15 @@ class Proposal:
     def to_dict(self) -> dict[str, Any]:
         return dict(json_safe(asdict(self)))
 
+    def moved_since(self, knobs: Mapping[str, float]) -> float | None:
+        """The knob's value now when it is no longer the ``before`` this proposal was
+        worked out from (a rollback's: the LR multiplier), else None: then its ``after``
+        would not be the change it says."""
+        now = knobs.get(str(LR if self.knob == ROLLBACK else self.knob))
+        if now is None or math.isclose(now, self.before, rel_tol=1e-6, abs_tol=1e-12):
+            return None
+        return float(now)
+
 
 @dataclass(frozen=True)
 class Knobs:

@@ -279,9 +279,27 @@ class Steering:
             self.run.emit(RefusedEvent(self.run.step, command=kind, reason=state, id=proposal_id))
             return
         if kind == CommandKind.ACCEPT:
+            moved = self._moved_since(record.proposal)
+            if moved:
+                self.run.emit(
+                    RefusedEvent(self.run.step, command=kind, reason=moved, id=proposal_id)
+                )
+                return
             self._apply(record.proposal, Outcome.ACCEPTED, by)
         else:
             self._decide(record.id, Outcome.VETOED, by)
+
+    def _moved_since(self, proposal: Proposal) -> str:
+        """Why accepting ``proposal`` now would not do what it says ('' when it would): its
+        knob was moved since it was proposed (by a person, say), so its ``after`` was
+        worked out from a value that no longer holds. A rollback is taken from any LR."""
+        now = None if proposal.knob is ROLLBACK else proposal.moved_since(self.run.knob_values())
+        if now is None:
+            return ""
+        return (
+            f"{proposal.knob} is {now:.4g} now, not the {proposal.before:.4g} it was "
+            "proposed from: veto it, or wait for the next proposal"
+        )
 
     def _decide(self, proposal_id: str, outcome: Outcome, by: Decider) -> None:
         """Record what became of a proposal (and of one it closes): book, event, metrics."""
@@ -311,8 +329,13 @@ class Steering:
         self.run.set_knob(Knob.LR_MULTIPLIER, proposal.after, by=by)
         assert self.controller is not None
         cancelled = self.controller.notify_rollback(to_step, keep=proposal.id)
+        # what still waits from before ``to_step`` keeps its branch, unless it would now
+        # move a knob the rollback just reset or cut from a value that no longer holds
+        knobs = self.run.knob_values()
+        stale = [r for r in self.book.pending() if r.proposal.moved_since(knobs) is not None]
+        cancelled += self.controller.cancel(stale, to_step)
         self.run.emit(RollbackEvent(from_step, to_step=to_step, reason=proposal.reason))
-        for record in cancelled:  # their branch is gone, and with it what they changed
+        for record in cancelled:  # their branch is gone, or the knob they would move
             self.run.emit(
                 DecisionEvent(to_step, id=record.id, outcome=Outcome.CANCELLED, by=Decider.ROLLBACK)
             )
