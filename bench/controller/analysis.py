@@ -66,6 +66,11 @@ class Result:
     cpu_seconds: float = 0.0  # the process's CPU time for the run (all its threads)
     #: applied LR moves (rollbacks with their cut included): (step, rule, LR multiplier after)
     lr_moves: list[tuple[int, str, float]] = field(default_factory=list)
+    #: the lowest gradient-collapse ratio the divergence detector judged before the run's
+    #: first rollback (:func:`scu_tui.control.divergence.collapse_ratio`; nan: none judged)
+    collapse_ratio: float = math.nan
+    #: rollbacks for collapsed gradients (of ``rollbacks``)
+    collapses: int = 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Result:

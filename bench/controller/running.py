@@ -21,6 +21,7 @@ from bench.controller.arms import ARM_SPECS, PlaceboController, applies, arm_set
 from bench.controller.report import pm, table
 from bench.controller.tasks import Task
 from scu_tui.config import Settings
+from scu_tui.control.divergence import LEVEL_HALF, RECENT, START_SPAN, collapse_ratio
 from scu_tui.control.policy import LR
 from scu_tui.protocol import (
     AnalysisEvent,
@@ -42,7 +43,7 @@ from scu_tui.run import Run
 class Recorder:
     """A sink that keeps what the benchmark scores (no step events)."""
 
-    KEEP = ("eval", "proposal", "decision", "rollback", "done", "message")
+    KEEP = ("eval", "proposal", "decision", "rollback", "done", "message", "step")
 
     def __init__(self) -> None:
         self.events: list[Event] = []
@@ -131,7 +132,34 @@ def run_one(
             for i in applied
             if proposals[i].knob in (LR, "rollback") and proposals[i].after != proposals[i].before
         ],
+        collapse_ratio=lowest_collapse_ratio(events),
+        collapses=sum(
+            1 for i in applied if proposals[i].evidence.get("collapse") and i in rule_of
+        ),
     )
+
+
+def lowest_collapse_ratio(events: list[Event]) -> float:
+    """The lowest :func:`collapse_ratio` over the steps the divergence detector judges a
+    collapse on (its first steps' window, then every full recent window while the start is
+    held), on the run's first branch: up to its first rollback (nan: none judged)."""
+    steps: list[tuple[int, float, float]] = []
+    for event in events:
+        if isinstance(event, RollbackEvent):
+            break
+        if isinstance(event, StepEvent) and not event.skipped:
+            steps.append((event.step, float(event.loss), float(event.grad_norm)))
+    first = [(x, g) for s, x, g in steps if 0 < s <= LEVEL_HALF]
+    ratios = []
+    for end in range(len(steps)):
+        step = steps[end][0]
+        if step > START_SPAN:
+            break
+        recent = [(x, g) for s, x, g in steps[: end + 1] if s > LEVEL_HALF][-RECENT:]
+        if len(first) == LEVEL_HALF and len(recent) == RECENT:
+            ratios.append(collapse_ratio(first, recent))
+    finite = [r for r in ratios if math.isfinite(r)]
+    return min(finite) if finite else math.nan
 
 
 class Tracer:
