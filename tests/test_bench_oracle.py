@@ -162,3 +162,24 @@ def test_a_trace_writes_each_step_and_what_the_controller_did() -> None:
         "  message at 6: search over",
         "  analysis at 20: unstable: 2 gradient spikes; not yet",
     ]
+
+
+def test_the_lowest_collapse_ratio_reads_the_first_branch_the_detector_judges() -> None:
+    """Gradients at a tenth of their start from step 6 while the loss holds: the ratio the
+    detector would judge is 0.1; a rollback before its first full window leaves nothing
+    judged (nan), and steps after the start's span do not count."""
+    from helpers import step_event
+
+    from bench.controller.running import lowest_collapse_ratio
+    from scu_tui.control.divergence import START_SPAN
+    from scu_tui.protocol import RollbackEvent
+
+    def norm(step: int) -> float:
+        return 2.0 if step <= 5 else 0.2
+
+    steps = [step_event(s, loss=4.0, grad=norm(s)) for s in range(1, 61)]
+    assert lowest_collapse_ratio(steps) == pytest.approx(0.1)
+    rolled = [*steps[:12], RollbackEvent(12, to_step=0, reason="test"), *steps]
+    assert math.isnan(lowest_collapse_ratio(rolled))
+    late = [step_event(s, loss=4.0, grad=2.0 if s <= START_SPAN else 0.01) for s in range(1, 99)]
+    assert lowest_collapse_ratio(late) == pytest.approx(1.0)

@@ -75,16 +75,18 @@ def test_gradient_variability_alone_does_not_roll_back_but_collapsed_gradients_d
     """At 30x the gradients are erratic (variability ~1, which v2 rolled back on), and the
     loss never sits clearly above a kept state's (the damage came in the first 5 steps,
     before the first kept state but the start): no damage rollback. But the gradients
-    collapse: a median norm of 2.3 over the first 5 steps, 0.15 over steps 31-40, while
-    the loss stays at ~90 % of theirs (validation 4.43 at step 100, against ~0.3 at the
-    tuned LR): one rollback, for that, to the run's start."""
+    collapse: a median norm of 2.3 over the first 5 steps, 0.68 over steps 12-21 and 0.15
+    by steps 31-40, while the loss stays at ~90-110 % of theirs (validation 4.43 at step
+    100, against ~0.3 at the tuned LR): rollbacks for that only, to the run's start, the
+    first by step 21. (Observe mode does not go back, so the collapse is reported again
+    on the losses after each report, while the start is kept.)"""
     proposals, _ = replay(as_run(tmp_path, HOT_OBSERVED), hot_settings())
     rollbacks = [p for p in proposals if p.knob == "rollback"]
-    assert len(rollbacks) == 1
-    (back,) = rollbacks
-    assert back.evidence["collapse"] is True and back.evidence["to_step"] == 0
-    assert back.step <= 50 and back.after == pytest.approx(0.25 * back.before)
-    assert "gradients collapsed" in back.reason and "loss damaged" not in back.reason
+    assert rollbacks and rollbacks[0].step <= 21
+    for back in rollbacks:
+        assert back.evidence["collapse"] is True and back.evidence["to_step"] == 0
+        assert back.step <= 50 and back.after == pytest.approx(0.25 * back.before)
+        assert "gradients collapsed" in back.reason and "loss damaged" not in back.reason
 
 
 def test_the_replayed_decisions_are_the_ones_the_live_run_logged(tmp_path: Path) -> None:

@@ -112,8 +112,8 @@ START_SPAN = BEST_SPAN
 #: gradient fell twice as far as the loss did. Read off the tuning tasks' runs without the
 #: S-SCU (60 steps, seeds 0-3, LR x0.1 to x30; the bench's ``collapse_ratio``): at x3 and
 #: below the lowest ratio over steps 15-50 was 1.06 and more in all 64 runs (LoRA's
-#: gradients grow as B leaves zero); at x10 and above 0.01-0.46 in all 64, runs whose
-#: validation loss at step 60 was still 39-96 % of the initial (x1: 8-24 %). 0.5 sits
+#: gradients grow as B leaves zero); at x10 and above 0.01-0.46 in all 48, runs whose
+#: validation loss at step 60 was still 39-96 % of the initial (x1: 8-44 %). 0.5 sits
 #: under the one and over the other. (0.1, read off one collapsed run, missed most.)
 COLLAPSE = 0.5
 #: Losses remembered: enough for every kept state's window and the recent level.
