@@ -163,18 +163,23 @@ class RollBackAt(StandInController):
         if step not in self.steps:
             return None
         self.made += 1
-        return Proposal(
-            id=f"r{step:04d}-{self.made}",
-            step=step,
-            rule=ROLLBACK,
-            diagnosis="scripted",
-            knob=ROLLBACK,
-            before=1.0,
-            after=0.5,
-            reason="Scripted rollback",
-            action="roll back",
-            evidence={"to_step": step - 1},
-        )
+        return scripted_rollback(f"r{step:04d}-{self.made}", step, to_step=step - 1)
+
+
+def scripted_rollback(proposal_id: str, step: int, to_step: int) -> Proposal:
+    """The guard's rollback to ``to_step`` with the LR multiplier 1 -> 0.5."""
+    return Proposal(
+        id=proposal_id,
+        step=step,
+        rule=ROLLBACK,
+        diagnosis="scripted",
+        knob=ROLLBACK,
+        before=1.0,
+        after=0.5,
+        reason="Scripted rollback",
+        action="roll back",
+        evidence={"to_step": to_step},
+    )
 
 
 class RollingBackRun(StandInRun):
@@ -308,18 +313,7 @@ class ProposeThenRollback(StandInController):
         if step != self.roll_at:
             return None
         self.roll_at = -1
-        return Proposal(
-            id=f"r{step:04d}",
-            step=step,
-            rule=ROLLBACK,
-            diagnosis="scripted",
-            knob=ROLLBACK,
-            before=1.0,
-            after=0.5,
-            reason="Scripted rollback",
-            action="roll back",
-            evidence={"to_step": self.to_step},
-        )
+        return scripted_rollback(f"r{step:04d}", step, self.to_step)
 
 
 def roll_back_over(knob: Knob, after: float, propose_at: int) -> tuple[Steering, StandInRun]:
