@@ -207,20 +207,30 @@ async def test_accepting_a_real_proposal_on_a_hot_run(tmp_path: Path) -> None:
         # the user's knob change: the run goes on meanwhile, and the guard may move the LR
         # again before the app is looked at
         by_user = app.expect("knob", lambda e: isinstance(e, KnobEvent) and e.by == "user")
-        proposal = await accept_a_waiting_proposal(app, pilot)
+        proposal, undone = await accept_a_waiting_proposal(app, pilot)
         moved = "lr_multiplier" if proposal.knob == "rollback" else proposal.knob
         change = await wait(by_user)
         assert isinstance(change, KnobEvent)
         assert change.knob == moved and change.after == pytest.approx(proposal.after)
         await quit_with_confirm(app, pilot)
+        # a rollback after the accept abandons the branch it was taken on: then it says so
+        was_undone = undone.done() and undone.exception() is None
     record = metrics(out)[proposal.id]
-    assert record["outcome"] == "accepted" and record["by"] == "user"
+    final = ("cancelled", "rollback") if was_undone else ("accepted", "user")
+    assert (record["outcome"], record["by"]) == final
     assert record["before"] == pytest.approx(change.before)  # accepted from where it stood
 
 
-async def accept_a_waiting_proposal(app: ScuApp, pilot: Any, tries: int = 5) -> ProposalEvent:
+def cancelled(proposal_id: str) -> Any:
+    return lambda e: e.id == proposal_id and e.outcome == Outcome.CANCELLED
+
+
+async def accept_a_waiting_proposal(
+    app: ScuApp, pilot: Any, tries: int = 5
+) -> tuple[ProposalEvent, asyncio.Future[Event]]:
     """Press ``a`` on the proposal the banner offers; a rollback that cancels it first
-    (the decision says so) sends the test on to the next one that waits."""
+    (the decision says so) sends the test on to the next one that waits. Returns the
+    accepted proposal and a future that is done if a later rollback cancelled it."""
     for _ in range(tries):
         await wait(app.drains(1))
         await pilot.pause()
@@ -230,6 +240,7 @@ async def accept_a_waiting_proposal(app: ScuApp, pilot: Any, tries: int = 5) -> 
             continue
         assert app.query_one("#banner").display
         decided = app.expect("decision", lambda e, pid=target.id: e.id == pid)
+        undone = app.expect("decision", cancelled(target.id))
         await pilot.press("a")
         decision: DecisionEvent = await wait(decided)
         if decision.outcome == Outcome.CANCELLED:
@@ -237,8 +248,8 @@ async def accept_a_waiting_proposal(app: ScuApp, pilot: Any, tries: int = 5) -> 
         assert decision.outcome == "accepted" and decision.by == "user"
         await wait(app.drains(1))
         line = next(x for x in app.query_one(DecisionLog).lines if f" {target.id} " in x)
-        assert "accepted" in line
-        return target
+        assert ("cancelled" if undone.done() else "accepted") in line
+        return target, undone
     raise AssertionError(f"no proposal could be accepted in {tries} tries")
 
 
