@@ -71,6 +71,10 @@ class Result:
     collapse_ratio: float = math.nan
     #: rollbacks for collapsed gradients (of ``rollbacks``)
     collapses: int = 0
+    #: the mean update alignment over the start-up search's first window and its longer
+    #: look (the steps after the warm-up), on the run's first branch (nan: too few steps)
+    first_window: float = math.nan
+    look_window: float = math.nan
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Result:

@@ -23,6 +23,7 @@ from bench.controller.tasks import Task
 from scu_tui.config import Settings
 from scu_tui.control.divergence import LEVEL_HALF, RECENT, START_SPAN, collapse_ratio
 from scu_tui.control.policy import LR
+from scu_tui.control.search import LOOK_WINDOW, WINDOW, window_start
 from scu_tui.protocol import (
     AnalysisEvent,
     DecisionEvent,
@@ -136,7 +137,23 @@ def run_one(
         collapses=sum(
             1 for i in applied if proposals[i].evidence.get("collapse") and i in rule_of
         ),
+        first_window=search_window(events, settings.training.warmup_steps, WINDOW),
+        look_window=search_window(events, settings.training.warmup_steps, LOOK_WINDOW),
     )
+
+
+def search_window(events: list[Event], warmup_steps: int, size: int) -> float:
+    """The mean update alignment over the ``size`` steps the start-up search judges first
+    (after the warm-up), on the run's first branch (nan: fewer steps than that)."""
+    start = window_start(warmup_steps, -1)
+    points: list[float] = []
+    for event in events:
+        if isinstance(event, RollbackEvent):
+            break
+        if isinstance(event, StepEvent) and not event.skipped and event.step > start:
+            points.append(float(event.alignment))
+    window = [a for a in points if math.isfinite(a)][:size]
+    return sum(window) / size if len(window) == size else math.nan
 
 
 def lowest_collapse_ratio(events: list[Event]) -> float:
