@@ -65,6 +65,7 @@ import numpy as np
 from scu_tui.config import ScuSettings, TrainingSettings
 from scu_tui.control.divergence import Divergence, DivergenceDetector, noise_of
 from scu_tui.control.policy import (
+    COLLAPSE_LR_FACTOR,
     DAMAGE_LR_FACTOR,
     LR,
     ROLLBACK,
@@ -425,12 +426,16 @@ class Controller(Memory):
             return None
         current = Knobs.from_mapping(knobs, self.training)
         before = current.lr_multiplier
+        if found.nonfinite:
+            factor = ROLLBACK_LR_FACTOR
+        else:
+            factor = COLLAPSE_LR_FACTOR if found.collapse else DAMAGE_LR_FACTOR
         where = f"step {found.to_step}" if found.to_step is not None else "the last checkpoint"
         what = found.what
         move = Move(
             GUARD_RULE,
             ROLLBACK,
-            before * (ROLLBACK_LR_FACTOR if found.nonfinite else DAMAGE_LR_FACTOR),
+            before * factor,
             -1,
             f"Divergence ({what[0].lower()}{what[1:]}) - rolling back to {where} with a lower LR",
             found.evidence(),

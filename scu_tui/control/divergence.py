@@ -51,11 +51,12 @@ state it took) for its first :data:`START_SPAN` steps, and the gradients have
 *collapsed* when, on :data:`CONFIRM` steps in a row, the median norm of the newest
 :data:`RECENT` steps has fallen to under :data:`COLLAPSE` of the first steps' by more
 than the loss has (norm ratio under COLLAPSE x loss ratio): the run goes back to its
-start. A healthy run's gradients fall no faster than its loss in that span (LoRA's grow
-as its B leaves zero): on the tuning tasks without the S-SCU, from 0.1x to 3x their tuned
-LR, the norm ratio over the loss ratio stayed at 1.06 or more over steps 15-50 in every
-run; from 10x up it fell to 0.01-0.46 in every run, each of them stuck at 39-96 % of its
-initial validation loss at step 60 (:data:`COLLAPSE`).
+start, with the LR x0.1 (``policy.COLLAPSE_LR_FACTOR``). A healthy run's gradients fall
+no faster than its loss in that span (LoRA's grow as its B leaves zero): on the tuning
+tasks without the S-SCU, from 0.1x to 3x their tuned LR, the norm ratio over the loss
+ratio stayed at 1.06 or more over steps 15-50 in every run; from 10x up it fell to
+0.01-0.46 in every run, each of them stuck at 39-96 % of its initial validation loss at
+step 60 (:data:`COLLAPSE`).
 
 The constants were chosen on the tuning tasks only (the demo at its tuned LR, where the
 detector must stay silent for the whole run, and demo-hot, the demo at 10x its LR, where
