@@ -23,7 +23,7 @@ from bench.controller.tasks import Task
 from scu_tui.config import Settings
 from scu_tui.control.divergence import LEVEL_HALF, RECENT, START_SPAN, collapse_ratio
 from scu_tui.control.policy import LR
-from scu_tui.control.search import LOOK_WINDOW, WINDOW, window_start
+from scu_tui.control.search import LOOK_WINDOW, WINDOW, window_mean, window_start
 from scu_tui.protocol import (
     AnalysisEvent,
     DecisionEvent,
@@ -145,15 +145,14 @@ def run_one(
 def search_window(events: list[Event], warmup_steps: int, size: int) -> float:
     """The mean update alignment over the ``size`` steps the start-up search judges first
     (after the warm-up), on the run's first branch (nan: fewer steps than that)."""
-    start = window_start(warmup_steps, -1)
-    points: list[float] = []
+    history: list[tuple[int, float]] = []
     for event in events:
         if isinstance(event, RollbackEvent):
             break
-        if isinstance(event, StepEvent) and not event.skipped and event.step > start:
-            points.append(float(event.alignment))
-    window = [a for a in points if math.isfinite(a)][:size]
-    return sum(window) / size if len(window) == size else math.nan
+        if isinstance(event, StepEvent) and not event.skipped:
+            history.append((event.step, float(event.alignment)))
+    found = window_mean(history, window_start(warmup_steps, -1), size)
+    return found[0] if isinstance(found, tuple) else math.nan
 
 
 def lowest_collapse_ratio(events: list[Event]) -> float:

@@ -164,8 +164,9 @@ DAMAGE_LR_FACTOR = 0.25
 #: 20x and 30x, the S-SCU arm, seeds 0-3 (the rule fired in 18 of 32 runs): x0.1 ended
 #: lower than x0.25 in 16 of the 18, mean final validation loss 1.019 against 1.475.
 COLLAPSE_LR_FACTOR = 0.1
-#: The deepest LR cut one rollback may make (the collapse's; a person's or a scripted one).
-MAX_ROLLBACK_CUT = 0.1
+#: The deepest LR cut one rollback may make (the guard's deepest; a person's or a scripted
+#: one is held to it too).
+MAX_ROLLBACK_CUT = min(COLLAPSE_LR_FACTOR, DAMAGE_LR_FACTOR, ROLLBACK_LR_FACTOR)
 WEIGHT_DECAY_FACTOR = 2.0
 #: First weight decay when it is 0, then doubled. AdamW's decay shrinks the adapters by
 #: lr x weight_decay per step: at 1e-3 x 0.01 that is 0.6 % over 600 steps, which did

@@ -120,7 +120,7 @@ def window_start(warmup_steps: int, last_move_step: int) -> int:
     return max(warmup_steps, last_move_step, EARLIEST)
 
 
-def _window(
+def window_mean(
     history: Iterable[tuple[int, float]], start: int, size: int = WINDOW, skip: int = 0
 ) -> SearchStep | tuple[float, int, int]:
     """The ``size`` finite alignments after ``start`` that follow the first ``skip``: (mean,
@@ -148,7 +148,7 @@ def search_step(
     (never both: the first window sets the direction; a raise is undone once, at the end).
     """
     history = list(history)
-    found = _window(history, start)
+    found = window_mean(history, start)
     if isinstance(found, SearchStep):
         return found
     mean, first, last = found
@@ -177,7 +177,7 @@ def _look(history: list[tuple[int, float]], start: int) -> SearchStep:
     the tuned LR: above LOOK a raise by NEAR_FACTOR (after which the search judges as
     after any raise), under OVERSHOOTING a halving (as after a first window that low),
     else the end."""
-    found = _window(history, start, LOOK_WINDOW)
+    found = window_mean(history, start, LOOK_WINDOW)
     if isinstance(found, SearchStep):
         return found
     mean, first, last = found
@@ -209,7 +209,7 @@ def _near(
     row): one window in a phase where the loss changes shape can read low at a LR that
     is still far too low, and the search's end is for good."""
     for judged in range(NEAR_CONFIRM):
-        found = _window(history, start, NEAR_WINDOW, judged * NEAR_WINDOW)
+        found = window_mean(history, start, NEAR_WINDOW, judged * NEAR_WINDOW)
         if isinstance(found, SearchStep):
             return found
         mean, first, last = found
@@ -261,7 +261,7 @@ def settle_step(history: Iterable[tuple[int, float]], start: int, cuts_made: int
     LR still too low)."""
     history = list(history)
     for judged in range(SETTLE_CONFIRM):
-        found = _window(history, start, WINDOW, judged * WINDOW)
+        found = window_mean(history, start, WINDOW, judged * WINDOW)
         if isinstance(found, SearchStep):
             return found
         mean, first, last = found
@@ -299,7 +299,7 @@ def warmup_step(history: Iterable[tuple[int, float]], warmup_steps: int) -> Sear
     window after :data:`EARLIEST` is not judged."""
     if warmup_steps < EARLIEST + WINDOW:
         return SearchStep("wait", "the warm-up is too short to judge")
-    found = _window(history, warmup_steps - WINDOW)
+    found = window_mean(history, warmup_steps - WINDOW)
     if isinstance(found, SearchStep):
         return SearchStep("wait", found.why)
     mean, first, last = found
