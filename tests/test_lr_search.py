@@ -166,17 +166,21 @@ def test_a_far_too_high_lr_is_halved_until_the_updates_stop_undoing_one_another(
     assert [p.rule for p in made] == [SEARCH_RULE, SEARCH_RULE]
     assert [p.step for p in made] == [15, 20] and [p.after for p in made] == [0.5, 0.25]
     assert "cutting it x0.5" in made[0].reason
-    assert "after 2 halvings" in (run.controller.search_note or "")
+    assert "after 2 cuts (LR x0.25 in all)" in (run.controller.search_note or "")
 
 
 def test_a_warm_up_whose_last_steps_overshoot_cuts_the_lr_at_its_end() -> None:
     """Its last steps run at half the LR and more: overshooting there is the clearest sign
-    of an LR far too high (after it, steps that large read as unrelated, near 0)."""
+    of an LR far too high (after it, steps that large read as unrelated, near 0). The cut
+    goes back to the run's start, past the kept states inside the ramp."""
     run = SearchRun(lambda step, m: -0.15 if step > 5 and m > 0.3 else 0.0)
     made = run.until(10, keep_states=True)
     assert [p.step for p in made] == [WARMUP] and made[0].knob == "rollback"
-    assert made[0].after == search.WARMUP_CUT  # a rollback may cut that deep
-    assert "cutting it x0.25" in made[0].reason and "steps 6-10" in made[0].reason
+    assert made[0].after == search.WARMUP_CUT == 0.1  # a rollback may cut that deep
+    assert run.controller.rollback_target() == 5  # a state inside the ramp is kept ...
+    assert made[0].evidence["to_step"] == 0  # ... and passed over for the start
+    assert "cutting it x0.1" in made[0].reason and "steps 6-10" in made[0].reason
+    assert "from the kept state of step 0" in made[0].reason
     # with no kept state to go back to, a cut in place moves at most x0.5 per action
     in_place = SearchRun(lambda step, m: -0.15 if step > 5 and m > 0.3 else 0.0)
     made = in_place.until(40)
@@ -273,6 +277,45 @@ def test_a_rollback_ends_the_search() -> None:
     c.notify_rollback(10)
     assert not c.searching and "rollback" in (c.search_note or "")
     assert run.until(40) == []
+
+
+def test_the_warm_up_s_cut_starts_the_search_again_from_the_run_s_start() -> None:
+    """x0.1 from a LR whose ramp overshoots can go too far (3x the tuned LR leaves 0.3x):
+    back at the start the search begins again, and raises a LR left too low as it would
+    at any start; the search state survives a checkpoint in between."""
+
+    def alignment(step: int, multiplier: float) -> float:
+        if multiplier > 0.5:
+            return -0.15 if step > 5 else 0.0  # far too high: the ramp overshoots
+        return 0.8 if multiplier < 0.15 else 0.05  # too low: aligned; else in range
+
+    run = SearchRun(alignment)
+    cut = run.until(WARMUP, keep_states=True)
+    assert [(p.knob, p.after, p.evidence["to_step"]) for p in cut] == [("rollback", 0.1, 0)]
+    c = run.controller
+    c.notify_rollback(0, keep=cut[0].id)
+    assert c.searching and c.search_note is None  # not ended by its own rollback
+    run.step = 0
+    saved = json.loads(json.dumps(c.state()))
+    run.controller = Controller(SCU, TRAINING_W)  # type: ignore[arg-type]
+    run.controller.load_state(saved)
+    made = run.until(60, keep_states=True)
+    assert [(p.step, p.rule, p.after) for p in made][:1] == [(15, SEARCH_RULE, 0.2)]
+    assert "doubling it" in made[0].reason
+    assert not run.controller.searching
+    assert "after 1 raise" in (run.controller.search_note or "")
+
+
+def test_the_guard_going_back_while_the_warm_up_s_cut_waits_ends_the_search() -> None:
+    """Only the warm-up's own cut, once answered, starts the search again: the guard's
+    rollback to the start while the cut still awaits a person's answer ends it, as any
+    other rollback does."""
+    run = SearchRun(lambda step, m: -0.15 if step > 5 else 0.0, outcome=None)
+    cut = run.until(WARMUP, keep_states=True)
+    assert [p.evidence.get("warmup") for p in cut] == [1]
+    run.controller.notify_rollback(0)
+    assert not run.controller.searching
+    assert "rollback" in (run.controller.search_note or "")
 
 
 def test_switched_off_it_never_proposes() -> None:
@@ -450,3 +493,4 @@ def test_a_warm_up_that_blows_up_is_cut_though_its_alignment_reads_near_zero() -
             made.append(p)
     assert [(p.step, p.knob, p.after) for p in made] == [(WARMUP, "rollback", search.WARMUP_CUT)]
     assert "the warm-up blew up" in made[0].reason and "alignment" not in made[0].evidence
+    assert made[0].evidence["to_step"] == 0  # the run's start, not the state at step 5

@@ -264,6 +264,9 @@ class Memory:
     #: after a damage rollback: (the step it went back to, proposals in the book then);
     #: (-1, 0) while no settling is under way
     _settle: tuple[int, int] = field(default=(-1, 0), metadata={OPTIONAL: True})
+    #: proposals in the book when the start-up LR search (re)started: the warm-up's cut,
+    #: back to the run's start, starts it again from the lower LR
+    _search_from: int = field(default=0, metadata={OPTIONAL: True})
 
 
 #: What :func:`_newest_answer` says while the newest move still awaits its answer.
@@ -343,15 +346,23 @@ class Controller(Memory):
     def notify_rollback(self, step: int, keep: str | None = None) -> list[ProposalRecord]:
         """Training went back to ``step``: forget the abandoned steps, no LR raise for a
         while, and cancel what the abandoned branch proposed or changed (the checkpoint
-        restored its knobs); ``keep`` is the rollback's own proposal. Returns the cancelled."""
+        restored its knobs); ``keep`` is the rollback's own proposal. Returns the cancelled.
+        A rollback ends the start-up search, except the search's own warm-up cut back to
+        the run's start: from there it begins again, at once."""
         self._rewind(step + 1)
         self._detector.rolled_back(step)
-        self._end_search(step, "a rollback went back to a state from before the damage")
-        if self.scu.lr_search:
-            self._settle = (step, len(self.book))
+        restart = self._warmup_cut_to(step)
+        if restart:
+            # back to the start with a LR certainly not too high: the search begins again
+            # from it, and raises it again if the cut went too far
+            self._search_from = len(self.book)
+        else:
+            self._end_search(step, "a rollback went back to a state from before the damage")
+            if self.scu.lr_search:
+                self._settle = (step, len(self.book))
         self._divergence = None
         self._last_step = step
-        self._no_raise_until = step + self.scu.cooldown
+        self._no_raise_until = step if restart else step + self.scu.cooldown
         self._streak = ("", 0)
         for record in self.book:
             if record.check == "checking":
@@ -364,6 +375,22 @@ class Controller(Memory):
             if r.id != keep and not self._led_here(r, step)
         ]
         return self.cancel(undone, step)
+
+    def _warmup_cut_to(self, step: int) -> bool:
+        """Whether a rollback to ``step`` is the search's warm-up cut (answered, so not the
+        guard's going back while the cut waits), back to the run's start, while the search
+        is still on."""
+        if not self.searching:
+            return False
+        made = self._search_moves()
+        if len(made) != 1 or made[0].outcome is None:
+            return False
+        evidence = made[0].proposal.evidence
+        return bool(evidence.get("warmup")) and evidence.get("to_step") == step
+
+    def _search_moves(self) -> list[ProposalRecord]:
+        """The start-up search's proposals since it (re)started."""
+        return [r for r in list(self.book)[self._search_from :] if r.proposal.rule == SEARCH_RULE]
 
     @staticmethod
     def cancel(records: list[ProposalRecord], step: int) -> list[ProposalRecord]:
@@ -450,13 +477,14 @@ class Controller(Memory):
         pointing the same way (see :mod:`scu_tui.control.search`), and after a damage
         rollback a halving while they still undo one another. Each follows the mode like
         any proposal; one not applied (vetoed, expired, only observed, cancelled by a
-        rollback) ends its search, and one still awaiting an answer holds it. Why a
-        search ended is left in :attr:`search_note`."""
+        rollback) ends its search, and one still awaiting an answer holds it; the warm-up's
+        cut, back to the run's start, starts it again. Why a search ended is left in
+        :attr:`search_note`."""
         if not self.scu.lr_search:
             return None
         if self._search_ended_at >= 0:
             return self._check_settle(step, knobs) if self._settle[0] >= 0 else None
-        made = [r for r in self.book if r.proposal.rule == SEARCH_RULE]
+        made = self._search_moves()
         answer = _newest_answer(made)
         if answer is not None:
             if answer != WAITS:
@@ -471,7 +499,8 @@ class Controller(Memory):
             if verdict.action != "cut_lr":
                 verdict = warmup_blowup(((h[0], h[1], h[2], h[4]) for h in self._history), step)
             if verdict.action == "cut_lr":
-                return self._search_move(step, knobs, verdict, WARMUP_CUT, 1)
+                start = self._detector.start(step)
+                return self._search_move(step, knobs, verdict, WARMUP_CUT, 1, start)
             return None
         start = window_start(self.training.warmup_steps, made[-1].applied_step if made else -1)
         raises = sum(1 for r in made if r.proposal.after > r.proposal.before)
@@ -496,18 +525,24 @@ class Controller(Memory):
         verdict: SearchStep,
         factor: float,
         number: int,
+        to_step: int | None = None,
     ) -> Proposal | None:
-        """The search's move by ``factor``: a raise in place; a cut as a rollback to the
-        newest kept state as good as the best (in place when there is none before now)."""
+        """The search's move by ``factor``: a raise in place; a cut as a rollback to
+        ``to_step`` when given (the warm-up's cut: the run's start), else to the newest
+        kept state as good as the best (in place when there is none before now)."""
         current = Knobs.from_mapping(knobs, self.training)
         before = current.lr_multiplier
         up = factor > 1
         evidence: dict[str, Any] = {**verdict.evidence(), "move": number}
+        if to_step is not None:  # the warm-up's cut, back to the run's start
+            evidence["warmup"] = 1
         knob: Target = LR
         undo = verdict.action == "undo"  # a raise taken back, in place
         if undo:
             evidence["undo"] = 1
-        target = None if up or undo else self._detector.target()
+        target = None
+        if not (up or undo):
+            target = to_step if to_step is not None else self._detector.target()
         if target is not None and target < step:
             # an LR too high since the warm-up may have done damage that a cut in place
             # would leave, and hide from the detector once its good states age out: go
@@ -572,7 +607,8 @@ class Controller(Memory):
             total = math.prod(p.after / p.before for p in taken)
             moved = f"after {ups} raise{'s' if ups != 1 else ''} (LR x{total:.3g} in all)"
         elif downs:
-            moved = f"after {downs} halving{'s' if downs != 1 else ''}"
+            total = math.prod(p.after / p.before for p in taken)
+            moved = f"after {downs} cut{'s' if downs != 1 else ''} (LR x{total:.3g} in all)"
         else:
             moved = "with no change"
         self.search_note = f"Start-up LR search over at step {step}, {moved}: {why}"

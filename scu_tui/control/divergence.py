@@ -338,6 +338,10 @@ class DivergenceDetector:
         start = self._start
         return start is not None and start in self._states and step - start <= START_SPAN
 
+    def start(self, step: int) -> int | None:
+        """The run's first state while it is still kept at ``step`` (None: gone, or none)."""
+        return self._start if self._start_held(step) else None
+
     def kept(self) -> list[int]:
         return sorted(self._states)
 

@@ -7,7 +7,9 @@ rule                 when (diagnosis + condition)             knob           mov
 ==================== ======================================== ============== =============
 rollback             every step, not only at control steps    rollback       lr x0.25
                                                                              (non-finite:
-                                                                             x0.5)
+                                                                             x0.5;
+                                                                             collapsed:
+                                                                             x0.1)
                      (control.divergence): a non-finite step,
                      or damage: the median of the newest 10
                      losses clearly above the best level at a
@@ -18,12 +20,13 @@ rollback             every step, not only at control steps    rollback       lr 
                      fell 10x further than the loss): back to
                      the run's start; at a control step also
                      any non-finite value in the period
-search_lr            at the warm-up's last step (control.     rollback       lr x0.25
+search_lr            at the warm-up's last step (control.     rollback       lr x0.1
                      search): its last 5 steps' mean
                      alignment under -0.05, or a gradient
                      spike in them, their median loss 5 %
                      above the 5 steps' before, alignment
-                     under 0.3
+                     under 0.3; back to the run's start,
+                     where the search begins again
                      then every step until it stops: a 5-step lr_multiplier  x2
                      window's mean alignment above 0.3;
                      first window under it, never moved: the  lr_multiplier  x1.5
@@ -80,6 +83,7 @@ from enum import StrEnum
 from typing import Any
 
 from scu_tui.config import ScuSettings, TrainingSettings
+from scu_tui.control.search import WARMUP_CUT
 from scu_tui.control.signals import VAL_RISE_FRACTION, Signals, json_safe
 from scu_tui.protocol import Knob, Rollback, Target, target
 
@@ -164,9 +168,9 @@ DAMAGE_LR_FACTOR = 0.25
 #: 20x and 30x, the S-SCU arm, seeds 0-3 (the rule fired in 18 of 32 runs): x0.1 ended
 #: lower than x0.25 in 16 of the 18, mean final validation loss 1.019 against 1.475.
 COLLAPSE_LR_FACTOR = 0.1
-#: The deepest LR cut one rollback may make (the guard's deepest; a person's or a scripted
-#: one is held to it too).
-MAX_ROLLBACK_CUT = min(COLLAPSE_LR_FACTOR, DAMAGE_LR_FACTOR, ROLLBACK_LR_FACTOR)
+#: The deepest LR cut one rollback may make (the guard's and the warm-up cut's deepest; a
+#: person's or a scripted one is held to it too).
+MAX_ROLLBACK_CUT = min(COLLAPSE_LR_FACTOR, DAMAGE_LR_FACTOR, ROLLBACK_LR_FACTOR, WARMUP_CUT)
 WEIGHT_DECAY_FACTOR = 2.0
 #: First weight decay when it is 0, then doubled. AdamW's decay shrinks the adapters by
 #: lr x weight_decay per step: at 1e-3 x 0.01 that is 0.6 % over 600 steps, which did
