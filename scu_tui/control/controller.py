@@ -603,11 +603,10 @@ class Controller(Memory):
         ]
         ups = sum(1 for p in taken if p.after > p.before)
         downs = len(taken) - ups
+        total = math.prod(p.after / p.before for p in taken)
         if ups:
-            total = math.prod(p.after / p.before for p in taken)
             moved = f"after {ups} raise{'s' if ups != 1 else ''} (LR x{total:.3g} in all)"
         elif downs:
-            total = math.prod(p.after / p.before for p in taken)
             moved = f"after {downs} cut{'s' if downs != 1 else ''} (LR x{total:.3g} in all)"
         else:
             moved = "with no change"
