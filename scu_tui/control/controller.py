@@ -344,7 +344,7 @@ class Controller(Memory):
 
     def _search_moves(self) -> list[ProposalRecord]:
         """The start-up search's proposals since it (re)started."""
-        return [r for r in list(self.book)[self._search_from :] if r.proposal.rule == SEARCH_RULE]
+        return self.book.of_rule(SEARCH_RULE, self._search_from)
 
     @staticmethod
     def cancel(records: list[ProposalRecord], step: int) -> list[ProposalRecord]:
@@ -516,7 +516,7 @@ class Controller(Memory):
 
     def _check_settle(self, step: int, knobs: Mapping[str, float]) -> Proposal | None:
         since, first = self._settle
-        made = [r for r in list(self.book)[first:] if r.proposal.rule == SETTLE_RULE]
+        made = self.book.of_rule(SETTLE_RULE, first)
         answer = _newest_answer(made)
         if answer is not None:
             if answer != WAITS:
@@ -552,9 +552,7 @@ class Controller(Memory):
         if self._search_ended_at >= 0 or not self.scu.lr_search:
             return
         self._search_ended_at = max(step, 0)
-        taken = [
-            r.proposal for r in self.book if r.proposal.rule == SEARCH_RULE and r.outcome in TAKEN
-        ]
+        taken = [r.proposal for r in self.book.of_rule(SEARCH_RULE) if r.outcome in TAKEN]
         ups = sum(1 for p in taken if p.after > p.before)
         downs = len(taken) - ups
         total = math.prod(p.after / p.before for p in taken)
@@ -728,7 +726,7 @@ class Controller(Memory):
     def _unproven(self, rule: str) -> str | None:
         """The rule's previous move is still being judged (one that did not help has
         backed its rule off already)."""
-        taken = [r for r in self.book if r.proposal.rule == rule and r.applied_step >= 0]
+        taken = [r for r in self.book.of_rule(rule) if r.applied_step >= 0]
         if taken and taken[-1].check == "checking":
             return f"the effect of {taken[-1].id} ({rule}) is still being judged"
         return None

@@ -9,6 +9,7 @@ Nothing else keeps a proposal's state.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -110,6 +111,14 @@ class ProposalBook:
             self.add(record)
         record.mode, record.expires_at = mode, expires_at
         return record
+
+    def of_rule(self, rule: str, first: int = 0) -> list[ProposalRecord]:
+        """The proposals of ``rule`` among those from the ``first``-th issued on."""
+        return [
+            r
+            for r in itertools.islice(self._records.values(), first, None)
+            if r.proposal.rule == rule
+        ]
 
     def pending(self) -> list[ProposalRecord]:
         """Proposals waiting for an answer, oldest first."""
