@@ -288,6 +288,13 @@ class ScuSettings:
         "after the warm-up, raise the LR every few steps while the updates keep pointing "
         "the same way, halve it while they undo one another (the start-up LR search)",
     )
+    lr_trial: bool = setting(
+        True,
+        "at the warm-up's end, train the next 20 steps twice from the same state on the "
+        "same batches, at the LR and at half of it, and go on with half only when its loss "
+        "is clearly lower (the LR trial; auto mode, one process, runs of 400 steps or more; "
+        "the repeated steps count against max_steps)",
+    )
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,7 @@ class CheckpointReason(StrEnum):
 
     START = "start"  # before the first step: the first rollback target
     ROLLBACK = "rollback"  # the state a rollback went back to (the branch the run is on)
+    TRIAL = "trial"  # the state an LR trial went on from (the branch that won it)
     SCHEDULE = "schedule"  # every training.save_every steps
     MEMORY = "memory"  # before stopping a run that is about to run out of memory
     USER = "user"  # a key, or a stop by a person

@@ -67,7 +67,7 @@ from scu_tui.training.snapshots import Snapshots
 if TYPE_CHECKING:  # the trainer imports MLX: only the types, here
     from scu_tui.check.watchdog import MemoryWatchdog
     from scu_tui.training.data import DataBundle
-    from scu_tui.training.trainer import Trainer
+    from scu_tui.training.trainer import StepResult, Trainer
 
 #: Training losses kept for the summary's final loss.
 RECENT_LOSSES = 100
@@ -150,6 +150,7 @@ class Run:
         self.paused = False
         self._notes: list[str] = []  # warnings from setup, emitted once the run has started
         self._stop: Decider | None = None  # who asked to stop: a person or a signal
+        self._stop_asked = False  # a stop waits in the command queue
         self._last_saved_step = -1
         self._rolled_back = False  # a rollback's state is not in a checkpoint yet
         self.loader: Loader = loader or MlxLmLoader()
@@ -198,6 +199,8 @@ class Run:
 
     def submit(self, command: Command) -> None:
         """Thread-safe: queue a command for the next gap between steps."""
+        if command.kind == CommandKind.STOP:
+            self._stop_asked = True  # for a long stretch of steps (the LR trial) to see
         self.commands.put(command)
 
     def status_snapshot(self) -> dict[str, Any]:
@@ -363,7 +366,10 @@ class Run:
                 self._handle_commands()
                 if self._stop:
                     break
-                self._one_step()
+                if self.steering.trial_due(one_process=self.peers is None):
+                    self._lr_trial()
+                else:
+                    self._one_step()
             if self._stop is None:
                 self._finish_checkpoint(CheckpointReason.FINAL)
                 if s.training.compare_at_end and self._real_model_and_data:
@@ -385,6 +391,23 @@ class Run:
             return self._done(RunStatus.FAILED, ExitCode.FAILED, message)
 
     def _one_step(self) -> None:
+        s = self.settings
+        result = self._train_and_report()
+        last = result.step == s.training.max_steps
+        if result.step % s.training.eval_every == 0 or last:
+            self._evaluate()
+        self.steering.step(
+            result.step, result.loss, result.grad_norm, result.lr, result.skipped, result.alignment
+        )
+        if self.controller is not None:
+            self._keep_state()
+        if self._rolled_back:  # the state it went back to, as the step ends
+            self.save_checkpoint(CheckpointReason.ROLLBACK)
+        elif result.step % s.training.save_every == 0 and not last:
+            self.save_checkpoint(CheckpointReason.SCHEDULE)
+
+    def _train_and_report(self) -> StepResult:
+        """One optimizer step, and its event (and warnings)."""
         import mlx.core as mx
 
         s, t = self.settings, self._trainer
@@ -425,18 +448,54 @@ class Run:
                     text="non-finite loss or gradient: the update was skipped",
                 )
             )
-        last = result.step == s.training.max_steps
-        if result.step % s.training.eval_every == 0 or last:
+        return result
+
+    def _lr_trial(self) -> None:
+        """The LR trial (:mod:`scu_tui.control.trial`): from the state of this step,
+        TRIAL_STEPS steps at the LR, then the same batches again from the same state at
+        FACTOR x the LR; the run goes on from the winning branch's last state, with both
+        branches' steps counted. Nothing else happens during it: no analysis, no kept
+        state, no checkpoint, and a validation pass due inside it runs once at its end, on
+        the state the run goes on from. A stop asked for during it abandons it, back to
+        where it began (a resumed run holds it again, the same way); the run then
+        checkpoints the state it goes on from. It is held between two steps, where the
+        run handles commands: a resumed run whose checkpoint is the state a trial was due
+        from holds it first."""
+        from scu_tui.control.trial import FACTOR, TRIAL_STEPS, judge
+        from scu_tui.training import snapshots as kept
+
+        s, t = self.settings, self._trainer
+        first, position, multiplier = t.step, t.stream.state(), t.knobs.lr_multiplier
+        start = kept.take(t)
+        branches: list[list[StepResult]] = []
+        current_end: kept.Snapshot | None = None
+        for factor in (1.0, FACTOR):
+            if branches:  # the same batches again, from the same state
+                current_end = kept.take(t)
+                kept.restore(t, start)
+                t.stream.load_state(position)
+                t.step = first + TRIAL_STEPS
+                t.set_knob(Knob.LR_MULTIPLIER, multiplier * factor)
+            steps: list[StepResult] = []
+            for _ in range(TRIAL_STEPS):
+                if self._stop_asked:
+                    kept.restore(t, start)
+                    t.stream.load_state(position)
+                    return
+                steps.append(self._train_and_report())
+            branches.append(steps)
+        current, tried = branches
+        verdict = judge([r.loss for r in current], [r.loss for r in tried])
+        if not verdict.tried_wins:
+            assert current_end is not None
+            kept.restore(t, current_end)
+        t.step = first + 2 * TRIAL_STEPS
+        t.set_knob(Knob.LR_MULTIPLIER, multiplier)  # the trial's move applies the lower one
+        self.steering.trial_done(first, verdict, tried if verdict.tried_wins else current)
+        every = s.training.eval_every
+        if (t.step // every) > (first // every):
             self._evaluate()
-        self.steering.step(
-            result.step, result.loss, result.grad_norm, result.lr, result.skipped, result.alignment
-        )
-        if self.controller is not None:
-            self._keep_state()
-        if self._rolled_back:  # the state it went back to, as the step ends
-            self.save_checkpoint(CheckpointReason.ROLLBACK)
-        elif result.step % s.training.save_every == 0 and not last:
-            self.save_checkpoint(CheckpointReason.SCHEDULE)
+        self.save_checkpoint(CheckpointReason.TRIAL)  # the state the run goes on from
 
     @contextlib.contextmanager
     def _together(self, op: str) -> Iterator[None]:

@@ -453,17 +453,22 @@ def test_the_optimizer_state_is_counted_for_each_optimizer(
     assert kept == pytest.approx(states * (1 + copies) * terms["LoRA weights"], rel=1e-3)
 
 
-def test_the_runs_first_state_is_counted_beside_the_kept_ones(tmp_path: Path) -> None:
+def test_the_first_state_and_the_trial_s_are_counted_beside_the_kept_ones(tmp_path: Path) -> None:
     """The S-SCU keeps its `scu.snapshots_kept` states and, over the first steps, the run's
     start beside them: the check counts one more state than the setting; none with the
-    S-SCU off."""
+    S-SCU off. The LR trial holds two more then (its start and its first branch's end)."""
     folder = config_folder(tmp_path / "demo-config", demo_config())
-    for kept, enabled in ((3, "true"), (3, "false")):
+    expected = {
+        ("true", "true"): ["rollback states (6)"],
+        ("true", "false"): ["rollback states (4)"],
+        ("false", "true"): [],
+    }
+    for (enabled, lr_trial), want in expected.items():
         code, data, err = check(
-            "--preset", "demo", "--model", str(folder),
-            "--set", f"scu.snapshots_kept={kept}", "--set", f"scu.enabled={enabled}",
+            "--preset", "demo", "--model", str(folder), "--set", "scu.snapshots_kept=3",
+            "--set", f"scu.enabled={enabled}", "--set", f"scu.lr_trial={lr_trial}",
         )  # fmt: skip
         assert code == 0, err
         assert data is not None
         names = [t["name"] for t in data["memory"]["terms"] if t["name"].startswith("rollback")]
-        assert names == (["rollback states (4)"] if enabled == "true" else [])
+        assert names == want

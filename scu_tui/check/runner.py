@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from scu_tui.config import Settings
+from scu_tui.control.trial import KEPT_STATES as TRIAL_KEPT_STATES
 from scu_tui.errors import UserError
 
 if TYPE_CHECKING:  # only the types: the report imports MLX, loaded on use
@@ -217,8 +218,11 @@ def check(settings: Settings, *, find_lr: bool = False, probe_mode: str = "auto"
                 else "--find-lr needs the model's weights: not run"
             )
     width = data.max_width or settings.data.max_seq_length
-    # the kept states, and the run's first one beside them for its first steps
+    # the kept states, and the run's first one beside them for its first steps (and the
+    # LR trial's two, held then too)
     kept = settings.scu.snapshots_kept + 1 if settings.scu.enabled else 0
+    if kept and settings.scu.lr_search and settings.scu.lr_trial:
+        kept += TRIAL_KEPT_STATES
     est = memory.estimate(
         model_facts,
         coeffs,

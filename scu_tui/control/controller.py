@@ -100,6 +100,8 @@ from scu_tui.control.search import (
 )
 from scu_tui.control.search import reason as search_reason
 from scu_tui.control.signals import MAD_TO_SIGMA, Signals, compute_signals, json_safe
+from scu_tui.control.trial import FACTOR as TRIAL_FACTOR
+from scu_tui.control.trial import TrialVerdict, room_for_trial
 from scu_tui.protocol import TAKEN, Decider, Outcome, Target
 
 OUTCOMES = tuple(Outcome)
@@ -111,6 +113,8 @@ GUARD_RULE = ROLLBACK
 SEARCH_RULE = "search_lr"
 #: ... and of its cuts after a damage rollback while the updates still overshoot.
 SETTLE_RULE = "settle_lr_after_rollback"
+#: The LR trial's move, when the lower LR won it (:mod:`scu_tui.control.trial`).
+TRIAL_RULE = "trial_lr"
 #: Consecutive checks with the same diagnosis before a rule acts (divergence: at once).
 HYSTERESIS_CHECKS = 2
 #: A vetoed or harmful rule is blocked for this many cooldowns (at least control periods),
@@ -568,6 +572,48 @@ class Controller(Memory):
     def searching(self) -> bool:
         """Whether the start-up LR search is still on."""
         return self.scu.lr_search and self._search_ended_at < 0
+
+    # --- the LR trial ---------------------------------------------------------------------
+
+    def trial_due(self, step: int, knobs: Mapping[str, float]) -> bool:
+        """Whether the run should try half its LR now (:mod:`scu_tui.control.trial`): once,
+        at the warm-up's end, before the start-up search's first window, unless the
+        warm-up's own check cut the LR there, and with room left in the run. The search
+        judges the LR by the updates' alignment; a LR a few times too high reads like a
+        tuned one there, and does its damage in the search's first steps."""
+        if not (self.scu.lr_search and self.scu.lr_trial) or self._trial_at >= 0:
+            return False
+        if step != window_start(self.training.warmup_steps, -1) or self.book.of_rule(SEARCH_RULE):
+            return False
+        if self.book.pending() or not room_for_trial(step, self.training.max_steps):
+            return False
+        current = Knobs.from_mapping(knobs, self.training)
+        before = current.lr_multiplier
+        tried = before * TRIAL_FACTOR
+        return bounded_value(LR, before, tried, current, self.scu) == tried  # within bounds
+
+    def trial_done(
+        self, first: int, step: int, verdict: TrialVerdict, knobs: Mapping[str, float]
+    ) -> Proposal | None:
+        """The trial from step ``first`` is over at ``step``: the move to the lower LR when
+        it won (to be applied: the run is on its branch), else None."""
+        self._trial_at = first
+        if not verdict.tried_wins:
+            return None
+        current = Knobs.from_mapping(knobs, self.training)
+        before = current.lr_multiplier
+        after = before * TRIAL_FACTOR
+        lr_before = current.lr
+        why = verdict.text(lr_before, lr_before * TRIAL_FACTOR)
+        evidence = {
+            "first_step": first,
+            "log_ratio": verdict.ratio,
+            "t": verdict.t,
+            "current_loss": verdict.current_loss,
+            "tried_loss": verdict.tried_loss,
+        }
+        move = Move(TRIAL_RULE, LR, after, -1, why, evidence, None)
+        return self._issue(step, move, Diagnosis.STATIONARY, before, after, None)
 
     # --- the kept good states -----------------------------------------------------------
 

@@ -62,6 +62,8 @@ class Memory:
     #: proposals in the book when the start-up LR search (re)started: the warm-up's cut,
     #: back to the run's start, starts it again from the lower LR
     _search_from: int = field(default=0, metadata={OPTIONAL: True})
+    #: the step the LR trial started from (-1: none yet)
+    _trial_at: int = field(default=-1, metadata={OPTIONAL: True})
 
     def memory_state(self) -> dict[str, Any]:
         """Every field as JSON data, under its name without the underscore."""

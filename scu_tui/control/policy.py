@@ -44,6 +44,13 @@ rollback             window (of the warm-up only its last)                   mos
                      whose mean alignment is under -0.05:
                      the steps still overshoot; two in range
                      in a row end it
+trial_lr             once, at the warm-up's end unless its    lr_multiplier  x0.5
+                     check cut the LR (control.trial): the
+                     next 20 steps trained twice from one
+                     state on the same batches, at the LR and
+                     at half; half clearly lower (mean log
+                     loss ratio under -0.05, t under -2): on
+                     from its branch
 cut_lr_degrading     degrading: significant loss rise         lr_multiplier  x0.5
 cut_lr_unstable      unstable: >= 2 spikes in the period, or  lr_multiplier  x0.7
                      high variability without improvement

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from scu_tui.control.controller import Controller
 from scu_tui.control.policy import ROLLBACK, Proposal
 from scu_tui.control.proposals import ProposalBook
+from scu_tui.control.trial import FACTOR as TRIAL_FACTOR
+from scu_tui.control.trial import TrialVerdict
 from scu_tui.protocol import (
     AnalysisEvent,
     Command,
@@ -50,6 +52,21 @@ STATE_KEY = "steering"
 
 class TrainingFailed(RuntimeError):
     """Training cannot go on (it keeps diverging); the message says what to change."""
+
+
+class StepRecord(Protocol):
+    """What the controller sees of one optimizer step (the trainer's ``StepResult``)."""
+
+    @property
+    def loss(self) -> float: ...
+    @property
+    def grad_norm(self) -> float: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def skipped(self) -> bool: ...
+    @property
+    def alignment(self) -> float: ...
 
 
 class SteeredRun(Protocol):
@@ -146,6 +163,35 @@ class Steering:
             self.run.emit(AnalysisEvent(**_analysis_fields(analysis.to_dict())))
         if proposal is not None:
             self._open(proposal, analysed)
+
+    def trial_due(self, one_process: bool) -> bool:
+        """Whether the run should hold its LR trial now (:mod:`scu_tui.control.trial`): in
+        auto mode only (it moves the LR on its own evidence; a person asked is not), and in
+        a run of one process."""
+        if self.controller is None or self.mode != Mode.AUTO or not one_process:
+            return False
+        return self.controller.trial_due(self.run.step, self.run.knob_values())
+
+    def trial_done(self, first: int, verdict: TrialVerdict, steps: Sequence[StepRecord]) -> None:
+        """The trial from step ``first`` is over and the run is on the winning branch's
+        state at the current LR: the controller sees that branch's steps (numbered as the
+        run's last ones), the log says what the trial found, and a lower LR that won is
+        applied as the trial's move."""
+        assert self.controller is not None
+        step = self.run.step
+        for i, r in enumerate(steps):
+            n = step - len(steps) + 1 + i
+            self.controller.observe(n, r.loss, r.grad_norm, r.lr, r.skipped, r.alignment)
+        knobs = self.run.knob_values()
+        lr = knobs["lr"]
+        self.run.emit(
+            MessageEvent(step, level=MessageLevel.INFO, text=verdict.text(lr, lr * TRIAL_FACTOR))
+        )
+        proposal = self.controller.trial_done(first, step, verdict, knobs)
+        if proposal is not None:
+            self.book.open(proposal, self.mode, None)
+            self.run.emit(ProposalEvent(**proposal.to_dict(), analysis=-1))
+            self._apply(proposal, Outcome.APPLIED, Decider.CONTROLLER)
 
     def evaluated(self, step: int, val_loss: float, is_best: bool) -> None:
         """A validation pass: a new best is progress; the controller sees the loss."""
