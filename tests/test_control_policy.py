@@ -181,6 +181,22 @@ def test_slow_improvement_raises_lr() -> None:
     assert p.evidence["relative_improvement"] < SCU.target_loss_improvement
 
 
+def test_no_lr_raise_the_run_has_no_room_to_judge_but_a_cut_still_comes() -> None:
+    """The slow run above, ending 30 steps after the analysis that raised its LR: too
+    soon for an effect check and a period at the LR it leaves, so the LR stays, and the
+    analysis says why. A cut near the end settles the run, and still comes."""
+    short = dataclasses.replace(TRAINING, max_steps=90)
+    run = Run(slow_loss, steady_grad, training=short)
+    assert run.until(60) == []
+    analysis = run.controller.last_analysis
+    assert analysis is not None and analysis.diagnosis == "slow"
+    assert "could not be judged and undone before the run's end (90)" in analysis.why
+    assert run.until(90) == []
+    room = dataclasses.replace(short, max_steps=100)
+    assert rules(Run(slow_loss, steady_grad, training=room).until(60)) == ["raise_lr_slow"]
+    assert rules(Run(rising_loss, steady_grad, training=short).until(60)) == ["cut_lr_degrading"]
+
+
 def test_degrading_loss_cuts_lr() -> None:
     p = Run(rising_loss, steady_grad).until(60)[0]
     assert (p.rule, p.diagnosis) == ("cut_lr_degrading", "degrading")

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from helpers import read_events, scu, scu_popen, step_losses, wait_for_line
 
+from scu_tui.control import trial
+
 pytestmark = pytest.mark.slow
 
 RUN_FILES = (
@@ -193,8 +195,13 @@ def test_the_shipped_demo_learns_and_the_scu_leaves_it_alone(tmp_path: Path) -> 
     events = read_events(out)
     evals = [e["val_loss"] for e in events if e["type"] == "eval"]
     assert evals[-1] < evals[0] / 5
+    # at the warm-up's end the run compares its LR with half on the same batches (the LR
+    # trial, 2 x 20 steps of the 800), and keeps its LR
+    trials = [e for e in events if e["type"] == "message" and "LR trial" in e["text"]]
+    assert len(trials) == 1 and "the LR stays" in trials[0]["text"]
     analyses = [e for e in events if e["type"] == "analysis"]
-    assert len(analyses) >= 800 // 20 - 1 and all(a["why"] for a in analyses)
+    periods = (800 - 2 * trial.TRIAL_STEPS) // 20
+    assert len(analyses) >= periods - 1 and all(a["why"] for a in analyses)
     assert not [e for e in events if e["type"] in ("proposal", "knob", "rollback")]
     assert "SCU Step" not in result.stdout
     assert events[-1]["type"] == "done" and events[-1]["status"] == "completed"

@@ -48,7 +48,9 @@ Memory of effects, so a long run neither flip-flops nor drifts:
   judged; a move with no measurable effect ("flat") backs its rule off like a veto (each
   strike doubles the wait), and only a move that helped clears the strikes;
 - a weight-decay or dropout move (:data:`MUST_HELP`) repeats only after one that helped:
-  one that did not retires its rule for the rest of the run.
+  one that did not retires its rule for the rest of the run;
+- an LR raise needs ``RAISE_ROOM_PERIODS`` periods before the run's end (its effect check
+  and a period at the LR the check leaves); a cut near the end still comes.
 """
 
 from __future__ import annotations
@@ -128,6 +130,9 @@ EFFECT_Z = 3.0
 EFFECT_MIN_POINTS = 8
 #: Standard error of a median, in standard deviations times 1/sqrt(n), for normal data.
 MEDIAN_SE_FACTOR = 1.2533
+#: Control periods an LR raise needs before the run's end: one for its effect check, one
+#: at the LR the check leaves.
+RAISE_ROOM_PERIODS = 2
 #: A knob moved one way is not moved back (except for safety) within this many periods.
 REVERSAL_PERIODS = 25
 #: The effect check: a move "helped" when its metric fell by more than HELP_Z standard
@@ -742,7 +747,19 @@ class Controller(Memory):
                 return judging
         if self._raise_blocked(move.knob, move.direction, step):
             return f"no LR raise until step {self._no_raise_until} (after a spike or rollback)"
+        if self._too_late_to_judge(move, step):
+            end = self.training.max_steps
+            return f"an LR raise now could not be judged and undone before the run's end ({end})"
         return None
+
+    def _too_late_to_judge(self, move: Move, step: int) -> bool:
+        """An LR raise needs a period for its effect check and one more at the LR the check
+        leaves: nearer the run's end it could only leave the final weights at a higher,
+        untested LR (a cut near the end is a settling, and stays allowed)."""
+        raise_lr = move.knob == LR and move.direction > 0 and move.effect_metric is not None
+        return raise_lr and step + RAISE_ROOM_PERIODS * self.scu.control_frequency > (
+            self.training.max_steps
+        )
 
     def _rule_blocked(self, rule: str, step: int) -> str | None:
         """Retired, backed off, or an earlier proposal of this rule still awaits its outcome."""
