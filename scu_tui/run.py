@@ -467,6 +467,7 @@ class Run:
         s, t = self.settings, self._trainer
         first, position, multiplier = t.step, t.stream.state(), t.knobs.lr_multiplier
         start = kept.take(t)
+        self.steering.trial_started(first)
         branches: list[list[StepResult]] = []
         current_end: kept.Snapshot | None = None
         for factor in (1.0, FACTOR):

@@ -197,7 +197,7 @@ def test_the_shipped_demo_learns_and_the_scu_leaves_it_alone(tmp_path: Path) -> 
     assert evals[-1] < evals[0] / 5
     # at the warm-up's end the run compares its LR with half on the same batches (the LR
     # trial, 2 x 20 steps of the 800), and keeps its LR
-    trials = [e for e in events if e["type"] == "message" and "LR trial" in e["text"]]
+    trials = [e for e in events if e["type"] == "message" and "LR trial:" in e["text"]]
     assert len(trials) == 1 and "the LR stays" in trials[0]["text"]
     analyses = [e for e in events if e["type"] == "analysis"]
     periods = (800 - 2 * trial.TRIAL_STEPS) // 20

@@ -146,7 +146,7 @@ def demo(**more: Any) -> Any:
 
 def trial_steps(events: list[dict[str, Any]]) -> tuple[int, int]:
     """The trial's first step (the state both branches start from) and its last."""
-    message = next(e for e in events if e["type"] == "message" and "LR trial" in e["text"])
+    message = next(e for e in events if e["type"] == "message" and "LR trial:" in e["text"])
     last = message["step"]
     return last - 2 * trial.TRIAL_STEPS, last
 
@@ -156,6 +156,11 @@ def trial_steps(events: list[dict[str, Any]]) -> tuple[int, int]:
 def test_a_real_run_holds_the_trial_and_counts_both_branches_steps(tmp_path: Path) -> None:
     events = train(demo(), tmp_path / "run")
     first, last = trial_steps(events)
+    # the log says, as it begins, what the next steps are
+    (begins,) = [e for e in events if e["type"] == "message" and "LR trial begins" in e["text"]]
+    assert begins["step"] == first
+    assert f"steps {first + 1}-{first + trial.TRIAL_STEPS} at LR" in begins["text"]
+    assert f"(steps {first + trial.TRIAL_STEPS + 1}-{last})" in begins["text"]
     steps = [e for e in events if e["type"] == "step"]
     assert [e["step"] for e in steps] == list(range(1, STEPS + 1))  # none twice, none lost
     lr = {e["step"]: e["lr"] for e in steps}
@@ -220,7 +225,7 @@ def test_the_run_goes_on_from_the_winning_branch_s_last_state(
     first, last = trial_steps(events)
     winner_end = last if tried_wins else first + trial.TRIAL_STEPS
     at = {e["step"]: w for e, w in zip(events, weights, strict=True) if e["type"] == "step"}
-    message = next(i for i, e in enumerate(events) if "LR trial" in e.get("text", ""))
+    message = next(i for i, e in enumerate(events) if "LR trial:" in e.get("text", ""))
     assert weights[message] == pytest.approx(at[winner_end], rel=1e-6)
     loser_end = first + trial.TRIAL_STEPS + last - winner_end
     assert weights[message] != pytest.approx(at[loser_end], rel=1e-6)
@@ -244,7 +249,7 @@ def test_a_run_stopped_inside_the_trial_resumes_to_the_same_run(tmp_path: Path) 
     reference = train(settings, tmp_path / "reference")
     first, _ = trial_steps(reference)
     stopped = train(settings, tmp_path / "run", stop_at=first + trial.TRIAL_STEPS + 3)
-    assert not [e for e in stopped if e["type"] == "message" and "LR trial" in e["text"]]
+    assert not [e for e in stopped if e["type"] == "message" and "LR trial:" in e["text"]]
     saved = [e["step"] for e in stopped if e["type"] == "checkpoint"]
     assert saved[-1] == first  # the state the trial began from
     resumed = train(settings, tmp_path / "run", resume=tmp_path / "run")

@@ -24,6 +24,7 @@ from scu_tui.control.policy import ROLLBACK, Proposal
 from scu_tui.control.proposals import ProposalBook
 from scu_tui.control.trial import FACTOR as TRIAL_FACTOR
 from scu_tui.control.trial import TrialVerdict
+from scu_tui.control.trial import announcement as trial_announcement
 from scu_tui.protocol import (
     AnalysisEvent,
     Command,
@@ -171,6 +172,11 @@ class Steering:
         if self.controller is None or self.mode != Mode.AUTO or not one_process:
             return False
         return self.controller.trial_due(self.run.step, self.run.knob_values())
+
+    def trial_started(self, first: int) -> None:
+        """A trial begins after step ``first``: the log says what its steps will be."""
+        text = trial_announcement(first, self.run.knob_values()["lr"])
+        self.run.emit(MessageEvent(first, level=MessageLevel.INFO, text=text))
 
     def trial_done(self, first: int, verdict: TrialVerdict, steps: Sequence[StepRecord]) -> None:
         """The trial from step ``first`` is over and the run is on the winning branch's

@@ -77,6 +77,17 @@ class TrialVerdict:
         return f"LR trial: the lower LR is not clearly better, the LR stays: {figures}"
 
 
+def announcement(first: int, lr: float) -> str:
+    """The line that says, as a trial begins after step ``first``, what the next steps are
+    (the loss of the second branch starts again from the first's starting point)."""
+    a, b = first + 1, first + TRIAL_STEPS
+    return (
+        f"LR trial begins: steps {a}-{b} at LR {lr:.3g}, then the same batches again from "
+        f"step {first}'s state at LR {lr * FACTOR:.3g} (steps {b + 1}-{b + TRIAL_STEPS}); "
+        "the run goes on with the lower LR only if its losses are clearly lower"
+    )
+
+
 def judge(current: Sequence[float], tried: Sequence[float]) -> TrialVerdict:
     """The verdict on two branches' step losses (same batches, same order). A non-finite
     loss in a branch loses it the trial (both: the current LR stays)."""
