@@ -386,6 +386,26 @@ class RollbackEvent(Event):
 
 
 @dataclass(frozen=True)
+class TrialEvent(Event):
+    """The LR trial is over at ``step``: from the state of step ``first``, the steps after
+    it trained at ``lr``, then the same batches again from that state at ``tried_lr``
+    (both branches' step events are in the log, in that order). The run goes on from the
+    winner's last state (``tried_wins``: the lower LR's), and the controller saw that
+    branch's steps as the trial's last ones. The figures are the verdict's
+    (:class:`~scu_tui.control.trial.TrialVerdict`)."""
+
+    type: ClassVar[str] = "trial"
+    first: int
+    lr: float
+    tried_lr: float
+    tried_wins: bool
+    current_loss: float
+    tried_loss: float
+    ratio: float
+    t: float
+
+
+@dataclass(frozen=True)
 class MessageEvent(Event):
     """A line for the person watching: a warning or a note."""
 
@@ -467,6 +487,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         DecisionEvent,
         AnalysisEvent,
         RollbackEvent,
+        TrialEvent,
         MessageEvent,
         RefusedEvent,
         DoneEvent,

@@ -15,6 +15,7 @@ from typing import TextIO
 from scu_tui.config import Settings
 from scu_tui.control.controller import Controller
 from scu_tui.control.policy import ROLLBACK, Proposal
+from scu_tui.control.trial import TrialVerdict
 from scu_tui.errors import UserError
 from scu_tui.protocol import (
     EvalEvent,
@@ -25,6 +26,7 @@ from scu_tui.protocol import (
     RollbackEvent,
     RunFile,
     StepEvent,
+    TrialEvent,
     event_from_dict,
     read_events,
 )
@@ -53,8 +55,22 @@ def replay(run_dir: Path, settings: Settings) -> tuple[list[Proposal], int]:
             continue
         events.append(event)
     good = len(events)
+    trials = {(e.first, e.step) for e in events if isinstance(e, TrialEvent)}
+    branches: list[StepEvent] = []  # the steps of a trial, held until its verdict
     for event in _as_the_run_saw_them(events):
-        if isinstance(event, KnobEvent):
+        if isinstance(event, StepEvent) and any(a < event.step <= b for a, b in trials):
+            # a trial's steps: the live controller saw none of them as they ran; a run
+            # stopped inside a trial and resumed trained them again from its start
+            branches = [e for e in branches if e.step < event.step] + [event]
+            continue
+        if isinstance(event, TrialEvent):
+            proposal = _trial_seen(controller, event, branches, knobs)
+            trials.discard((event.first, event.step))
+            branches = []
+            if proposal is not None:
+                controller.record_outcome(proposal.id, Outcome.OBSERVED)
+                proposals.append(proposal)
+        elif isinstance(event, KnobEvent):
             knobs[event.knob] = event.after
         elif isinstance(event, EvalEvent) and event.step > 0:
             controller.observe_eval(event.step, event.val_loss)
@@ -86,6 +102,26 @@ def replay(run_dir: Path, settings: Settings) -> tuple[list[Proposal], int]:
     return proposals, skipped
 
 
+def _trial_seen(
+    controller: Controller, event: TrialEvent, branches: list[StepEvent], knobs: dict[str, float]
+) -> Proposal | None:
+    """What the live controller saw of a trial: the winning branch's steps, numbered as
+    the trial's last ones, then the verdict (the lower LR's move when it won)."""
+    span = (event.step - event.first) // 2
+    start = event.step - span if event.tried_wins else event.first  # the winner's steps
+    ran = {e.step: e for e in branches}
+    for i in range(span):
+        e = ran.get(start + 1 + i)
+        if e is not None:
+            n = event.step - span + 1 + i
+            controller.observe(n, e.loss, e.grad_norm, e.lr, e.skipped, e.alignment)
+    knobs["lr"] = event.lr
+    verdict = TrialVerdict(
+        event.tried_wins, event.ratio, event.t, event.current_loss, event.tried_loss
+    )
+    return controller.trial_done(event.first, event.step, verdict, knobs)
+
+
 def _as_the_run_saw_them(events: list[Event]) -> list[Event]:
     """The events in the order the live controller saw them: a step's validation pass is
     written after its step but reaches the controller before it (the pass runs between
@@ -99,7 +135,7 @@ def _as_the_run_saw_them(events: list[Event]) -> list[Event]:
             ordered.insert(newest[1], event)
             newest = None
             continue
-        elif isinstance(event, RollbackEvent):
+        elif isinstance(event, (RollbackEvent, TrialEvent)):  # a pass after it came after it
             newest = None
         ordered.append(event)
     return ordered

@@ -205,6 +205,11 @@ def test_the_shipped_demo_learns_and_the_scu_leaves_it_alone(tmp_path: Path) -> 
     assert not [e for e in events if e["type"] in ("proposal", "knob", "rollback")]
     assert "SCU Step" not in result.stdout
     assert events[-1]["type"] == "done" and events[-1]["status"] == "completed"
+    # its replay sees the run the controller saw: the trial's second branch starting again
+    # from the trial's first state is not damage
+    replayed = scu("replay", str(out))
+    assert replayed.returncode == 0 and "SCU Step" not in replayed.stdout
+    assert "0 proposals on replay" in replayed.stdout
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from scu_tui.control import trial
 from scu_tui.control.controller import SEARCH_RULE, TRIAL_RULE
 from scu_tui.presets import load_preset
 from scu_tui.protocol import Outcome
+from scu_tui.replay import replay
 from tests.test_control_policy import SCU
 from tests.test_lr_search import TRAINING_W, WARMUP, SearchRun
 from tests.test_resume_with_scu import assert_same, timeline, train
@@ -146,9 +147,11 @@ def demo(**more: Any) -> Any:
 
 def trial_steps(events: list[dict[str, Any]]) -> tuple[int, int]:
     """The trial's first step (the state both branches start from) and its last."""
+    (event,) = [e for e in events if e["type"] == "trial"]
+    assert event["step"] == event["first"] + 2 * trial.TRIAL_STEPS
     message = next(e for e in events if e["type"] == "message" and "LR trial:" in e["text"])
-    last = message["step"]
-    return last - 2 * trial.TRIAL_STEPS, last
+    assert message["step"] == event["step"]  # the verdict, in words
+    return event["first"], event["step"]
 
 
 @pytest.mark.slow
@@ -230,6 +233,11 @@ def test_the_run_goes_on_from_the_winning_branch_s_last_state(
     loser_end = first + trial.TRIAL_STEPS + last - winner_end
     assert weights[message] != pytest.approx(at[loser_end], rel=1e-6)
     moves = [e for e in events if e["type"] == "proposal" and e["rule"] == TRIAL_RULE]
+    # a replay sees what the live controller saw: the winner's steps, then the verdict (the
+    # second branch starting again from the trial's first state is no damage)
+    replayed, _ = replay(tmp_path / "run", demo())
+    upto = [(p.step, p.rule) for p in replayed if p.step <= last]
+    assert upto == [(e["step"], e["rule"]) for e in moves]
     lr = {e["step"]: e["lr"] for e in events if e["type"] == "step"}
     if tried_wins:
         assert len(moves) == 1 and moves[0]["step"] == last
@@ -255,6 +263,9 @@ def test_a_run_stopped_inside_the_trial_resumes_to_the_same_run(tmp_path: Path) 
     resumed = train(settings, tmp_path / "run", resume=tmp_path / "run")
     upto = [e for e in timeline(stopped) if e[1] <= first]
     assert_same(upto + timeline(resumed), timeline(reference))
+    # its replay holds the abandoned steps of the first try as the live run did: none seen
+    seen = [(p.step, p.rule) for p in replay(tmp_path / "run", settings)[0]]
+    assert seen == [(p.step, p.rule) for p in replay(tmp_path / "reference", settings)[0]]
 
 
 @pytest.mark.slow

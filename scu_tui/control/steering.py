@@ -41,6 +41,7 @@ from scu_tui.protocol import (
     ProposalEvent,
     RefusedEvent,
     RollbackEvent,
+    TrialEvent,
 )
 
 #: A run that needs more than this many rollbacks with no progress in between has failed.
@@ -190,6 +191,19 @@ class Steering:
             self.controller.observe(n, r.loss, r.grad_norm, r.lr, r.skipped, r.alignment)
         knobs = self.run.knob_values()
         lr = knobs["lr"]
+        self.run.emit(
+            TrialEvent(
+                step,
+                first=first,
+                lr=lr,
+                tried_lr=lr * TRIAL_FACTOR,
+                tried_wins=verdict.tried_wins,
+                current_loss=verdict.current_loss,
+                tried_loss=verdict.tried_loss,
+                ratio=verdict.ratio,
+                t=verdict.t,
+            )
+        )
         self.run.emit(
             MessageEvent(step, level=MessageLevel.INFO, text=verdict.text(lr, lr * TRIAL_FACTOR))
         )
