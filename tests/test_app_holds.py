@@ -8,7 +8,7 @@ from helpers import StandInRun, start_event, step_event, until
 from scu_tui.app import ScuApp, make_app
 from scu_tui.app.widgets import DecisionLog
 from scu_tui.presets import load_preset
-from scu_tui.protocol import AnalysisEvent, DoneEvent, Event, RunStatus
+from scu_tui.protocol import AnalysisEvent, DoneEvent, Event, RunStatus, TrialEvent
 
 #: The keys that steer a live run (the footer's names for them).
 STEERING_KEYS = {"p", "a", "v", "s", "e", "m"}
@@ -84,6 +84,33 @@ async def test_each_period_that_changed_nothing_is_a_dim_line_in_the_log() -> No
         options = [log.get_option_at_index(i) for i in range(log.option_count)]
         assert all(option.disabled for option in options)  # dimmed, and a/v never pick one
         assert log.selected_id is None and the_app.dashboard.answer_target() is None
+
+
+class Trialling(StandInRun):
+    """Two trials' events (a run holds one): one that kept the LR, one the half won."""
+
+    def events(self) -> list[Event]:
+        events: list[Event] = [start_event(mode="auto", max_steps=100)]
+        events += [step_event(n) for n in range(1, 51)]
+        kept = dict(lr=1e-3, tried_lr=5e-4, current_loss=1.63, tried_loss=1.901, t=8.0)
+        events.append(TrialEvent(50, first=10, tried_wins=False, ratio=0.184, **kept))
+        events.append(TrialEvent(60, first=20, tried_wins=True, ratio=-0.2, **kept))
+        events.append(step_event(61))
+        return events
+
+
+async def test_a_trial_that_kept_the_lr_is_a_hold_line_with_its_figures() -> None:
+    """The LR trial's steps have no analysis: the log says what the trial found (a trial
+    the lower LR won is its proposal's line, not a hold)."""
+    the_app = app(Trialling)
+    async with the_app.run_test(size=(100, 24)):
+        await until(the_app, lambda: the_app.state.step == 61)
+        await the_app.drains(2)
+        log = the_app.query_one(DecisionLog)
+        assert log.lines == [
+            "    50 no change · LR trial: LR 0.0005 not clearly better than 0.001 on the same "
+            "batches (mean loss 1.901 against 1.63)"
+        ]
 
 
 @pytest.mark.parametrize("status", [RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.LOST])

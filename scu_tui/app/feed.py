@@ -46,6 +46,7 @@ from scu_tui.protocol import (
     SamplesEvent,
     StartEvent,
     StepEvent,
+    TrialEvent,
     handles,
 )
 
@@ -425,6 +426,20 @@ class RunState(EventHandlers):
             record = self.record(str(effect.get("id", "")))
             if record is not None:
                 record.effect = effect
+
+    @handles
+    def _on_trial(self, e: TrialEvent) -> None:
+        """An LR trial that kept the LR is a hold, with its figures (one the lower LR won
+        is the line of its proposal)."""
+        if e.tried_wins:
+            return
+        self.holds += 1
+        why = (
+            f"LR trial: LR {e.tried_lr:.3g} not clearly better than {e.lr:.3g} on the same "
+            f"batches (mean loss {e.tried_loss:.4g} against {e.current_loss:.4g})"
+        )
+        self.log.append(HoldRecord(f"hold{self.holds}", e.step, "", why))
+        self.decisions_version += 1
 
     @handles
     def _on_proposal(self, e: ProposalEvent) -> None:
