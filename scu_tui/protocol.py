@@ -386,6 +386,18 @@ class RollbackEvent(Event):
 
 
 @dataclass(frozen=True)
+class TrialStartEvent(Event):
+    """An LR trial begins after ``step``: ``steps`` steps at ``lr``, then the same batches
+    again from this step's state at ``tried_lr``. Its verdict is a :class:`TrialEvent`; a
+    run stopped before it abandoned the trial, back to this step's state."""
+
+    type: ClassVar[str] = "trial_start"
+    lr: float
+    tried_lr: float
+    steps: int
+
+
+@dataclass(frozen=True)
 class TrialEvent(Event):
     """The LR trial is over at ``step``: from the state of step ``first``, the steps after
     it trained at ``lr``, then the same batches again from that state at ``tried_lr``
@@ -487,6 +499,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         DecisionEvent,
         AnalysisEvent,
         RollbackEvent,
+        TrialStartEvent,
         TrialEvent,
         MessageEvent,
         RefusedEvent,

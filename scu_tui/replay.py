@@ -18,6 +18,7 @@ from scu_tui.control.policy import ROLLBACK, Proposal
 from scu_tui.control.trial import TrialVerdict
 from scu_tui.errors import UserError
 from scu_tui.protocol import (
+    DoneEvent,
     EvalEvent,
     Event,
     Knob,
@@ -25,11 +26,16 @@ from scu_tui.protocol import (
     Outcome,
     RollbackEvent,
     RunFile,
+    StartEvent,
     StepEvent,
     TrialEvent,
+    TrialStartEvent,
     event_from_dict,
     read_events,
 )
+
+#: The event types a replay reads (a damaged line of one of them is counted).
+READ = ("knob", "eval", "step", "rollback", "trial_start", "trial")
 
 
 def replay(run_dir: Path, settings: Settings) -> tuple[list[Proposal], int]:
@@ -50,23 +56,24 @@ def replay(run_dir: Path, settings: Settings) -> tuple[list[Proposal], int]:
     for data in lines:
         event = event_from_dict(data)
         if event is None:
-            if data.get("type") in ("knob", "eval", "step", "rollback"):  # what replay reads
+            if data.get("type") in READ:
                 malformed += 1
             continue
         events.append(event)
     good = len(events)
-    trials = {(e.first, e.step) for e in events if isinstance(e, TrialEvent)}
-    branches: list[StepEvent] = []  # the steps of a trial, held until its verdict
+    held: list[StepEvent] | None = None  # a trial's steps, both branches, until its verdict
     for event in _as_the_run_saw_them(events):
-        if isinstance(event, StepEvent) and any(a < event.step <= b for a, b in trials):
-            # a trial's steps: the live controller saw none of them as they ran; a run
-            # stopped inside a trial and resumed trained them again from its start
-            branches = [e for e in branches if e.step < event.step] + [event]
+        if isinstance(event, TrialStartEvent):
+            held = []
             continue
+        if held is not None and isinstance(event, StepEvent):
+            held.append(event)  # the live controller saw none of them as they ran
+            continue
+        if isinstance(event, (StartEvent, DoneEvent)):
+            held = None  # a run stopped inside a trial went back to its start: none seen
         if isinstance(event, TrialEvent):
-            proposal = _trial_seen(controller, event, branches, knobs)
-            trials.discard((event.first, event.step))
-            branches = []
+            proposal = _trial_seen(controller, event, held or [], knobs)
+            held = None
             if proposal is not None:
                 controller.record_outcome(proposal.id, Outcome.OBSERVED)
                 proposals.append(proposal)

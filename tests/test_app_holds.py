@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from helpers import StandInRun, start_event, step_event, until
 
 from scu_tui.app import ScuApp, make_app
+from scu_tui.app.feed import RunState
 from scu_tui.app.widgets import DecisionLog
 from scu_tui.presets import load_preset
 from scu_tui.protocol import AnalysisEvent, DoneEvent, Event, RunStatus, TrialEvent
@@ -97,6 +100,17 @@ class Trialling(StandInRun):
         events.append(TrialEvent(60, first=20, tried_wins=True, ratio=-0.2, **kept))
         events.append(step_event(61))
         return events
+
+
+def test_after_a_trial_the_app_reads_the_lr_the_run_goes_on_from() -> None:
+    """The last step event of a trial is the tried branch's, at half the LR."""
+    state = RunState()
+    for n in range(1, 51):
+        event = step_event(n)
+        state.handle(event if n <= 30 else dataclasses.replace(event, lr=5e-4))
+    assert state.lr == 5e-4
+    state.handle(Trialling().events()[-3])  # the trial that kept the LR
+    assert state.lr == state.knobs["lr"] == 1e-3
 
 
 async def test_a_trial_that_kept_the_lr_is_a_hold_line_with_its_figures() -> None:

@@ -430,7 +430,9 @@ class RunState(EventHandlers):
     @handles
     def _on_trial(self, e: TrialEvent) -> None:
         """An LR trial that kept the LR is a hold, with its figures (one the lower LR won
-        is the line of its proposal)."""
+        is the line of its proposal). The last step event was the tried branch's: the LR
+        the run goes on from is the trial's own (a half that won comes as its move)."""
+        self.lr = self.knobs["lr"] = e.lr
         if e.tried_wins:
             return
         self.holds += 1

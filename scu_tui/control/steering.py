@@ -23,7 +23,7 @@ from scu_tui.control.controller import Controller
 from scu_tui.control.policy import ROLLBACK, Proposal
 from scu_tui.control.proposals import ProposalBook
 from scu_tui.control.trial import FACTOR as TRIAL_FACTOR
-from scu_tui.control.trial import TrialVerdict
+from scu_tui.control.trial import TRIAL_STEPS, TrialVerdict
 from scu_tui.control.trial import announcement as trial_announcement
 from scu_tui.protocol import (
     AnalysisEvent,
@@ -42,6 +42,7 @@ from scu_tui.protocol import (
     RefusedEvent,
     RollbackEvent,
     TrialEvent,
+    TrialStartEvent,
 )
 
 #: A run that needs more than this many rollbacks with no progress in between has failed.
@@ -176,7 +177,10 @@ class Steering:
 
     def trial_started(self, first: int) -> None:
         """A trial begins after step ``first``: the log says what its steps will be."""
-        text = trial_announcement(first, self.run.knob_values()["lr"])
+        lr = self.run.knob_values()["lr"]
+        tried = lr * TRIAL_FACTOR
+        self.run.emit(TrialStartEvent(first, lr=lr, tried_lr=tried, steps=TRIAL_STEPS))
+        text = trial_announcement(first, lr)
         self.run.emit(MessageEvent(first, level=MessageLevel.INFO, text=text))
 
     def trial_done(self, first: int, verdict: TrialVerdict, steps: Sequence[StepRecord]) -> None:
