@@ -58,14 +58,19 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from scu_tui.config import ScuSettings, TrainingSettings
 from scu_tui.control.divergence import Divergence, DivergenceDetector, noise_of
+from scu_tui.control.effects import (
+    EFFECT_MIN_POINTS,
+    EFFECT_Z,
+    HELP_Z,
+    Effect,
+    segment_stats,
+)
 from scu_tui.control.memory import VAL_HISTORY, Memory
 from scu_tui.control.policy import (
     COLLAPSE_LR_FACTOR,
@@ -101,7 +106,7 @@ from scu_tui.control.search import (
     window_start,
 )
 from scu_tui.control.search import reason as search_reason
-from scu_tui.control.signals import MAD_TO_SIGMA, Signals, compute_signals, json_safe
+from scu_tui.control.signals import Signals, compute_signals, json_safe
 from scu_tui.control.trial import FACTOR as TRIAL_FACTOR
 from scu_tui.control.trial import TrialVerdict, room_for_trial
 from scu_tui.protocol import TAKEN, Decider, Outcome, Target
@@ -123,58 +128,17 @@ HYSTERESIS_CHECKS = 2
 #: doubled for each further strike, up to MAX_STRIKES.
 BACKOFF_COOLDOWNS = 2
 MAX_STRIKES = 4
-#: The effect check: a loss is "clearly worse" when its median rose by more than EFFECT_Z
-#: standard errors and by more than one period's target improvement.
-EFFECT_Z = 3.0
-#: Losses after an action needed before its effect is judged (and at least half a period).
-EFFECT_MIN_POINTS = 8
-#: Standard error of a median, in standard deviations times 1/sqrt(n), for normal data.
-MEDIAN_SE_FACTOR = 1.2533
 #: Control periods an LR raise needs before the run's end: one for its effect check, one
 #: at the LR the check leaves.
 RAISE_ROOM_PERIODS = 2
 #: A knob moved one way is not moved back (except for safety) within this many periods.
 REVERSAL_PERIODS = 25
-#: The effect check: a move "helped" when its metric fell by more than HELP_Z standard
-#: errors (and at all).
-HELP_Z = 2.0
 STATE_VERSION = 3
 #: Rules whose moves must show an effect: regularisation acts slowly and weakly on LoRA
 #: (on the demo, weight decay 0.01-0.1 changed the validation loss by less than its
 #: noise), so one such move whose effect check does not say "helped" retires its rule
 #: for the rest of the run, instead of driving its knob to the bound step by step.
 MUST_HELP = frozenset({"raise_weight_decay", "raise_dropout"})
-
-
-@dataclass(frozen=True)
-class Effect:
-    """The effect check's verdict on one applied action."""
-
-    worse: bool
-    before: float
-    after: float
-    what: str  # "Loss" | "Validation loss"
-    helped: bool = False
-
-    @property
-    def verdict(self) -> str:
-        """worse (reverted), helped (the rule may act again), flat (backed off)."""
-        return "worse" if self.worse else "helped" if self.helped else "flat"
-
-    def to_dict(self, step: int, metric: str | None) -> dict[str, Any]:
-        change = (self.after - self.before) / abs(self.before) if self.before else math.nan
-        return dict(
-            json_safe(
-                {
-                    "step": step,
-                    "metric": metric,
-                    "before": self.before,
-                    "after": self.after,
-                    "change": change,
-                    "verdict": self.verdict,
-                }
-            )
-        )
 
 
 @dataclass(frozen=True)
@@ -208,16 +172,6 @@ class Analysis:
             "validation": s["validation"],
             "effects": list(self.effects),
         }
-
-
-def segment_stats(values: Iterable[float]) -> tuple[float, float]:
-    """(median, standard error of the median) of the finite values."""
-    data = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
-    if data.size == 0:
-        return math.nan, math.nan
-    median = float(np.median(data))
-    mad = float(np.median(np.abs(data - median)))
-    return median, MEDIAN_SE_FACTOR * MAD_TO_SIGMA * mad / math.sqrt(data.size)
 
 
 def rounded(evidence: Mapping[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import numpy.typing as npt
 import pywt
 
 from scu_tui.config import ScuSettings
-from scu_tui.control.divergence import noise_of
+from scu_tui.control.divergence import MAD_TO_SIGMA, noise_of
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -51,8 +51,6 @@ MAX_TREND_POINTS = 1024
 SPIKE_MAD_K = 8.0
 #: MAD never counts as less than this fraction of the median (constant norms: no 0-width band).
 MAD_FLOOR_FRACTION = 0.01
-#: Scales a MAD to a standard deviation for normal data.
-MAD_TO_SIGMA = 1.4826
 #: Newest losses whose median is compared to the window median (blow-up check).
 BLOWUP_SPAN = 3
 #: Most recent validation passes used for the validation trend.
