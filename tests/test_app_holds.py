@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 from helpers import StandInRun, start_event, step_event, until
@@ -70,12 +71,17 @@ def app(run: type[StandInRun]) -> ScuApp:
     return make_app(settings, run_factory=run)
 
 
+async def decision_log(the_app: ScuApp, ready: Callable[[], bool]) -> DecisionLog:
+    """The app's S-SCU log, once ``ready`` holds and the views have drawn it."""
+    await until(the_app, ready)
+    await the_app.drains(2)
+    return the_app.query_one(DecisionLog)
+
+
 async def test_each_period_that_changed_nothing_is_a_dim_line_in_the_log() -> None:
     the_app = app(Holding)
     async with the_app.run_test(size=(80, 24)):
-        await until(the_app, lambda: the_app.state.holds == 3)
-        await the_app.drains(2)
-        log = the_app.query_one(DecisionLog)
+        log = await decision_log(the_app, lambda: the_app.state.holds == 3)
         assert log.lines == [
             "    20 no change · improving: loss 9.1% per 20 steps against a target of 1.0%; "
             "nothing to change",
@@ -118,9 +124,7 @@ async def test_a_trial_that_kept_the_lr_is_a_hold_line_with_its_figures() -> Non
     the lower LR won is its proposal's line, not a hold)."""
     the_app = app(Trialling)
     async with the_app.run_test(size=(100, 24)):
-        await until(the_app, lambda: the_app.state.step == 61)
-        await the_app.drains(2)
-        log = the_app.query_one(DecisionLog)
+        log = await decision_log(the_app, lambda: the_app.state.step == 61)
         assert log.lines == [
             "    50 no change · LR trial: LR 0.0005 not clearly better than 0.001 on the same "
             "batches (mean loss 1.901 against 1.63)"
