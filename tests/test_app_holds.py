@@ -119,6 +119,29 @@ def test_after_a_trial_the_app_reads_the_lr_the_run_goes_on_from() -> None:
     assert state.lr == state.knobs["lr"] == 1e-3
 
 
+@pytest.mark.parametrize("tried_wins", [False, True])
+def test_after_a_trial_the_charts_show_one_timeline(tried_wins: bool) -> None:
+    """Both branches' steps are in the log (steps 11-30 at the LR, 31-50 at half, on the
+    same batches); after the verdict the charts hold the winner's alone, at steps 31-50,
+    as the run and its controller number them, the way a rollback leaves one timeline."""
+    state = RunState()
+    for n in range(1, 51):
+        loss, lr = (3.0, 1e-3) if n <= 10 else (1.0 + n / 100, 1e-3) if n <= 30 else (2.0, 5e-4)
+        state.handle(dataclasses.replace(step_event(n, loss=loss), lr=lr))
+    kept = dict(lr=1e-3, tried_lr=5e-4, current_loss=1.2, tried_loss=2.0, t=8.0)
+    state.handle(TrialEvent(50, first=10, tried_wins=tried_wins, ratio=0.5, **kept))
+    steps = [*range(1, 11), *range(31, 51)]
+    winner = [2.0] * 20 if tried_wins else [1.0 + n / 100 for n in range(11, 31)]
+    assert list(state.loss_history) == list(zip(steps, [3.0] * 10 + winner, strict=True))
+    assert [s for s, _ in state.losses] == steps
+    assert state.lr_history.steps == steps
+    assert state.lr_history.values[-1] == (5e-4 if tried_wins else 1e-3)
+    assert state.loss == winner[-1]
+    assert state.best_train_loss == min(winner)
+    state.handle(step_event(51, loss=0.5))  # the run goes on from there
+    assert state.loss_history.steps[-2:] == [50, 51]
+
+
 async def test_a_trial_that_kept_the_lr_is_a_hold_line_with_its_figures() -> None:
     """The LR trial's steps have no analysis: the log says what the trial found (a trial
     the lower LR won is its proposal's line, not a hold)."""
