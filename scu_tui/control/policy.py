@@ -32,7 +32,7 @@ search_lr            at the warm-up's last step (control.     rollback       lr 
                      first window under it, never moved: the  lr_multiplier  x1.5
                      20 steps after the warm-up above 0.15
                      once raised, a 10-step window's mean     lr_multiplier  x1.5
-                     above 0.1; under -0.05 takes the last                   (undo)
+                     above 0.05; under -0.05 takes the last                  (undo)
                      raise back and ends it; two in range in
                      a row end it
                      never raised: under -0.05, or the 20-   (rollback)     x0.5
