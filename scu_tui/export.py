@@ -1,7 +1,8 @@
 """``scu-tui export DIR``: a run's metrics in files other tools read.
 
 ``metrics.csv`` has one row per optimizer step of the run's surviving timeline (what a
-rollback abandoned, or a killed process trained past its last checkpoint, is left out)
+rollback abandoned, the losing branch of an LR trial, or a killed process trained past its
+last checkpoint, is left out; an LR trial's winner stands at the trial's last steps)
 with the validation loss on the steps that evaluated; ``decisions.csv`` has one row per
 S-SCU proposal with what became of it. With ``--tensorboard`` (the ``tensorboard``
 extra), the same scalars go to TensorBoard event files, and each decision as text.
@@ -23,6 +24,7 @@ from scu_tui.protocol import (
     RunFile,
     StartEvent,
     StepEvent,
+    TrialEvent,
     event_from_dict,
     read_events,
 )
@@ -80,6 +82,13 @@ class Timeline:
             self.steps[0] = {"step": 0, "val_loss": event.val_loss}
         elif isinstance(event, RollbackEvent):
             self.cut_after(event.to_step)
+        elif isinstance(event, TrialEvent):  # one timeline: the winning branch's steps
+            kept: dict[int, dict[str, Any]] = {}
+            for s, row in self.steps.items():
+                n = event.kept_step(s)
+                if n is not None:
+                    kept[n] = {**row, "step": n}
+            self.steps = dict(sorted(kept.items()))
         elif isinstance(event, StartEvent) and event.resumed:
             self.cut_after(event.step)
         elif isinstance(event, ProposalEvent):

@@ -416,6 +416,17 @@ class TrialEvent(Event):
     ratio: float
     t: float
 
+    def kept_step(self, step: int) -> int | None:
+        """Where a step event logged before this verdict stands on the run's one timeline:
+        a step outside the trial where it is, the winner's at the trial's last step
+        numbers (as the run and its controller number them), the loser's nowhere (None)."""
+        if not self.first < step <= self.step:
+            return step
+        mid = self.first + (self.step - self.first) // 2
+        if (step > mid) != self.tried_wins:
+            return None
+        return step if self.tried_wins else step + (self.step - mid)
+
 
 @dataclass(frozen=True)
 class MessageEvent(Event):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import struct
 from pathlib import Path
@@ -42,6 +43,41 @@ def test_csv_has_one_row_per_surviving_step_and_every_decision(tmp_path: Path) -
     proposals = list(csv.DictReader(decisions.open()))
     assert proposals[0]["id"] == "p0001" and proposals[0]["outcome"] == "observed"
     assert "Erratic gradients" in proposals[0]["reason"]
+
+
+@pytest.mark.parametrize("tried_wins", [False, True])
+def test_after_an_lr_trial_the_csv_holds_the_winning_branch_alone(
+    tmp_path: Path, tried_wins: bool
+) -> None:
+    """Steps 11-30 at the LR, 31-50 the same batches at half: one row per step of the run's
+    one timeline, the winner's losses at steps 31-50 (as the run numbers them)."""
+    from helpers import step_event
+
+    from scu_tui.protocol import EvalEvent, TrialEvent
+
+    events = [
+        dataclasses.replace(step_event(n, loss=n / 100 + (1.0 if n > 30 else 0.0)), lr=lr)
+        for n in range(1, 51)
+        for lr in [1e-3 if n <= 30 else 5e-4]
+    ]
+    verdict = TrialEvent(
+        50, first=10, lr=1e-3, tried_lr=5e-4, tried_wins=tried_wins,
+        current_loss=0.2, tried_loss=1.4, ratio=1.0, t=9.0,
+    )  # fmt: skip
+    passed = EvalEvent(50, val_loss=0.5, best_val_loss=0.5, is_best=True, seconds=0.1)
+    events += [verdict, passed, step_event(51)]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "events.jsonl").write_text("".join(e.to_json() + "\n" for e in events))
+    metrics, _ = write_csv(run, tmp_path / "out")
+    rows = {int(r["step"]): r for r in csv.DictReader(metrics.open())}
+    assert sorted(rows) == [*range(1, 11), *range(31, 52)]
+    winner = [n / 100 + 1.0 for n in range(31, 51)] if tried_wins else [
+        n / 100 for n in range(11, 31)
+    ]
+    assert [float(rows[n]["loss"]) for n in range(31, 51)] == pytest.approx(winner)
+    assert float(rows[50]["lr"]) == (5e-4 if tried_wins else 1e-3)
+    assert float(rows[50]["val_loss"]) == 0.5
 
 
 def test_tensorboard_event_files_hold_the_scalars(tmp_path: Path) -> None:

@@ -154,27 +154,20 @@ class History:
             keep += 1
         del self.steps[keep:], self.values[keep:]
 
-    def keep_branch(self, first: int, last: int, second: bool) -> None:
-        """An LR trial from step ``first`` to ``last`` trained the same batches twice: the
-        first branch's points at steps ``first+1`` to ``mid``, the second's after them.
-        Keeps the winner's (``second``), numbered as the trial's last steps, as the run
-        and its controller number them."""
-        self.steps, self.values = _one_branch(list(self), first, last, second)
+    def keep_branch(self, trial: TrialEvent) -> None:
+        """An LR trial trained the same batches twice: keep the winner's points only."""
+        self.steps, self.values = _one_branch(list(self), trial)
 
 
 def _one_branch(
-    points: list[tuple[int, float]], first: int, last: int, second: bool
+    points: list[tuple[int, float]], trial: TrialEvent
 ) -> tuple[list[int], list[float]]:
-    """The points of an LR trial's winning branch, numbered as the trial's last steps (see
-    :meth:`History.keep_branch`); the points outside the trial stay as they are."""
-    mid = first + (last - first) // 2
-    shift = 0 if second else last - mid
-    kept = [
-        (s + shift if first < s <= mid else s, v)
-        for s, v in points
-        if not first < s <= last or (mid < s) == second
-    ]
-    kept.sort(key=lambda p: p[0])
+    """The points on the run's one timeline after an LR trial: the winning branch's at the
+    trial's last step numbers, the losing branch's gone (:meth:`TrialEvent.kept_step`)."""
+    kept = sorted(
+        ((n, v) for n, v in ((trial.kept_step(s), v) for s, v in points) if n is not None),
+        key=lambda p: p[0],
+    )
     return [s for s, _ in kept], [v for _, v in kept]
 
 
@@ -456,7 +449,7 @@ class RunState(EventHandlers):
         is the line of its proposal). The last step event was the tried branch's: the LR
         the run goes on from is the trial's own (a half that won comes as its move)."""
         self.lr = self.knobs["lr"] = e.lr
-        self._keep_branch(e.first, e.step, e.tried_wins)
+        self._keep_branch(e)
         if e.tried_wins:
             return
         self.holds += 1
@@ -511,12 +504,12 @@ class RunState(EventHandlers):
         self._cut_after(e.to_step)
         self.markers.append((e.to_step, "rollback"))
 
-    def _keep_branch(self, first: int, last: int, second: bool) -> None:
+    def _keep_branch(self, trial: TrialEvent) -> None:
         """One timeline after an LR trial, as after a rollback: the losing branch's points
         go from every view, the winner's stand at the steps the run numbers them (the
         trial's last ones; the steps before them were spent on the other branch)."""
         for series in (self.losses, self.grad_norms):
-            steps, values = _one_branch(list(series), first, last, second)
+            steps, values = _one_branch(list(series), trial)
             series.clear()
             series.extend(zip(steps, values, strict=True))
         histories = (
@@ -528,7 +521,7 @@ class RunState(EventHandlers):
             self.accumulation_history,
         )
         for history in histories:
-            history.keep_branch(first, last, second)
+            history.keep_branch(trial)
         self.best_train_loss = min(self.loss_history.values, default=math.nan)
         self.loss = self.losses[-1][1] if self.losses else math.nan
 
