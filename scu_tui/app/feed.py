@@ -504,6 +504,17 @@ class RunState(EventHandlers):
         self._cut_after(e.to_step)
         self.markers.append((e.to_step, "rollback"))
 
+    def _step_histories(self) -> tuple[History, ...]:
+        """The plots' series with a point per training step."""
+        return (
+            self.loss_history,
+            self.lr_history,
+            self.grad_history,
+            self.weight_decay_history,
+            self.dropout_history,
+            self.accumulation_history,
+        )
+
     def _keep_branch(self, trial: TrialEvent) -> None:
         """One timeline after an LR trial, as after a rollback: the losing branch's points
         go from every view, the winner's stand at the steps the run numbers them (the
@@ -512,15 +523,7 @@ class RunState(EventHandlers):
             steps, values = _one_branch(list(series), trial)
             series.clear()
             series.extend(zip(steps, values, strict=True))
-        histories = (
-            self.loss_history,
-            self.lr_history,
-            self.grad_history,
-            self.weight_decay_history,
-            self.dropout_history,
-            self.accumulation_history,
-        )
-        for history in histories:
+        for history in self._step_histories():
             history.keep_branch(trial)
         self.best_train_loss = min(self.loss_history.values, default=math.nan)
         self.loss = self.losses[-1][1] if self.losses else math.nan
@@ -533,16 +536,7 @@ class RunState(EventHandlers):
             kept = [(s, v) for s, v in series if s <= to_step]
             series.clear()
             series.extend(kept)
-        histories = (
-            self.loss_history,
-            self.val_history,
-            self.lr_history,
-            self.grad_history,
-            self.weight_decay_history,
-            self.dropout_history,
-            self.accumulation_history,
-        )
-        for history in histories:
+        for history in (*self._step_histories(), self.val_history):
             history.cut_after(to_step)
         marks = [m for m in self.markers if m[0] <= to_step]
         self.markers.clear()
