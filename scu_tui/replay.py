@@ -114,14 +114,10 @@ def _trial_seen(
 ) -> Proposal | None:
     """What the live controller saw of a trial: the winning branch's steps, numbered as
     the trial's last ones, then the verdict (the lower LR's move when it won)."""
-    span = (event.step - event.first) // 2
-    start = event.step - span if event.tried_wins else event.first  # the winner's steps
-    ran = {e.step: e for e in branches}
-    for i in range(span):
-        e = ran.get(start + 1 + i)
-        if e is not None:
-            n = event.step - span + 1 + i
-            controller.observe(n, e.loss, e.grad_norm, e.lr, e.skipped, e.alignment)
+    ran = {e.step: e for e in branches if event.first < e.step <= event.step}  # newest copy
+    seen = ((event.kept_step(s), e) for s, e in ran.items())
+    for n, e in sorted(((n, e) for n, e in seen if n is not None), key=lambda item: item[0]):
+        controller.observe(n, e.loss, e.grad_norm, e.lr, e.skipped, e.alignment)
     knobs["lr"] = event.lr
     verdict = TrialVerdict(
         event.tried_wins, event.ratio, event.t, event.current_loss, event.tried_loss
