@@ -195,12 +195,13 @@ class Steering:
             self.controller.observe(n, r.loss, r.grad_norm, r.lr, r.skipped, r.alignment)
         knobs = self.run.knob_values()
         lr = knobs["lr"]
+        tried = lr * TRIAL_FACTOR
         self.run.emit(
             TrialEvent(
                 step,
                 first=first,
                 lr=lr,
-                tried_lr=lr * TRIAL_FACTOR,
+                tried_lr=tried,
                 tried_wins=verdict.tried_wins,
                 current_loss=verdict.current_loss,
                 tried_loss=verdict.tried_loss,
@@ -209,7 +210,7 @@ class Steering:
             )
         )
         self.run.emit(
-            MessageEvent(step, level=MessageLevel.INFO, text=verdict.text(lr, lr * TRIAL_FACTOR))
+            MessageEvent(step, level=MessageLevel.INFO, text=verdict.text(lr, tried))
         )
         proposal = self.controller.trial_done(first, step, verdict, knobs)
         if proposal is not None:
