@@ -83,12 +83,8 @@ class Timeline:
         elif isinstance(event, RollbackEvent):
             self.cut_after(event.to_step)
         elif isinstance(event, TrialEvent):  # one timeline: the winning branch's steps
-            kept: dict[int, dict[str, Any]] = {}
-            for s, row in self.steps.items():
-                n = event.kept_step(s)
-                if n is not None:
-                    kept[n] = {**row, "step": n}
-            self.steps = dict(sorted(kept.items()))
+            kept = event.one_timeline(self.steps.items())
+            self.steps = {n: {**row, "step": n} for n, row in kept}
         elif isinstance(event, StartEvent) and event.resumed:
             self.cut_after(event.step)
         elif isinstance(event, ProposalEvent):

@@ -26,7 +26,7 @@ import json
 import math
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from enum import IntEnum, StrEnum
 from pathlib import Path
@@ -209,6 +209,10 @@ def _clean(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_clean(v) for v in value]
     return value
+
+
+#: Whatever a timeline holds per step (a value, a CSV row, a step event).
+_Item = TypeVar("_Item")
 
 
 @dataclass(frozen=True)
@@ -426,6 +430,12 @@ class TrialEvent(Event):
         if (step > mid) != self.tried_wins:
             return None
         return step if self.tried_wins else step + (self.step - mid)
+
+    def one_timeline(self, points: Iterable[tuple[int, _Item]]) -> list[tuple[int, _Item]]:
+        """``(step, item)`` pairs logged before this verdict, as the run's one timeline:
+        each at its :meth:`kept_step`, the losing branch's left out, in step order."""
+        kept = ((self.kept_step(step), item) for step, item in points)
+        return sorted(((n, item) for n, item in kept if n is not None), key=lambda pair: pair[0])
 
 
 @dataclass(frozen=True)

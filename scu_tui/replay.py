@@ -115,8 +115,7 @@ def _trial_seen(
     """What the live controller saw of a trial: the winning branch's steps, numbered as
     the trial's last ones, then the verdict (the lower LR's move when it won)."""
     ran = {e.step: e for e in branches if event.first < e.step <= event.step}  # newest copy
-    seen = ((event.kept_step(s), e) for s, e in ran.items())
-    for n, e in sorted(((n, e) for n, e in seen if n is not None), key=lambda item: item[0]):
+    for n, e in event.one_timeline(ran.items()):
         controller.observe(n, e.loss, e.grad_norm, e.lr, e.skipped, e.alignment)
     knobs["lr"] = event.lr
     verdict = TrialVerdict(

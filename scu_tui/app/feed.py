@@ -156,19 +156,8 @@ class History:
 
     def keep_branch(self, trial: TrialEvent) -> None:
         """An LR trial trained the same batches twice: keep the winner's points only."""
-        self.steps, self.values = _one_branch(list(self), trial)
-
-
-def _one_branch(
-    points: list[tuple[int, float]], trial: TrialEvent
-) -> tuple[list[int], list[float]]:
-    """The points on the run's one timeline after an LR trial: the winning branch's at the
-    trial's last step numbers, the losing branch's gone (:meth:`TrialEvent.kept_step`)."""
-    kept = sorted(
-        ((n, v) for n, v in ((trial.kept_step(s), v) for s, v in points) if n is not None),
-        key=lambda p: p[0],
-    )
-    return [s for s, _ in kept], [v for _, v in kept]
+        kept = trial.one_timeline(list(self))
+        self.steps, self.values = [s for s, _ in kept], [v for _, v in kept]
 
 
 @dataclass
@@ -520,9 +509,9 @@ class RunState(EventHandlers):
         go from every view, the winner's stand at the steps the run numbers them (the
         trial's last ones; the steps before them were spent on the other branch)."""
         for series in (self.losses, self.grad_norms):
-            steps, values = _one_branch(list(series), trial)
+            kept = trial.one_timeline(list(series))
             series.clear()
-            series.extend(zip(steps, values, strict=True))
+            series.extend(kept)
         for history in self._step_histories():
             history.keep_branch(trial)
         self.best_train_loss = min(self.loss_history.values, default=math.nan)

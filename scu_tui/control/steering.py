@@ -209,9 +209,7 @@ class Steering:
                 t=verdict.t,
             )
         )
-        self.run.emit(
-            MessageEvent(step, level=MessageLevel.INFO, text=verdict.text(lr, tried))
-        )
+        self.run.emit(MessageEvent(step, level=MessageLevel.INFO, text=verdict.text(lr, tried)))
         proposal = self.controller.trial_done(first, step, verdict, knobs)
         if proposal is not None:
             self.book.open(proposal, self.mode, None)
