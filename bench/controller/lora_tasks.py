@@ -14,6 +14,8 @@ the base is from the task. The data are written once into a cache folder (see
 - ``code-completions``: ``phi3-code``, completions with the loss on the body; functions
   of modules the base never read;
 - ``sort-text``: ``phi3-code``, text; sorting short lists of numbers, far from code.
+- ``atlas-text``: the demo's Qwen3, text in batches of 2; its own kinds of prose, about
+  countries and capitals it never read.
 """
 
 from __future__ import annotations
@@ -263,6 +265,66 @@ def sort_data(seed: int = 21) -> Splits:
     return {"train": [row() for _ in range(6000)], "valid": [row() for _ in range(128)]}
 
 
+# --- atlas-text: the demo's prose about countries the base never read ---------------------
+
+ATLAS_PARTS = [
+    "bal",
+    "bor",
+    "cal",
+    "dar",
+    "fen",
+    "gar",
+    "hal",
+    "kor",
+    "lun",
+    "mar",
+    "nor",
+    "pel",
+    "ros",
+    "sal",
+    "tor",
+    "val",
+    "wen",
+    "zan",
+    "ar",
+    "el",
+    "or",
+    "ul",
+]
+ATLAS_ENDS = ("ia", "land", "stan", "ova", "ar", "esh")
+
+
+def atlas_facts(count: int, rng: random.Random) -> list[build.Fact]:
+    """``count`` invented countries, each with an invented capital (names no real one has,
+    and none of the demo's)."""
+    taken = {name.lower() for pair in build.CAPITALS for name in pair}
+    facts: list[build.Fact] = []
+    while len(facts) < count:
+        country = "".join(rng.sample(ATLAS_PARTS, 2)) + rng.choice(ATLAS_ENDS)
+        city = "".join(rng.sample(ATLAS_PARTS, 2))
+        if country in taken or city in taken:
+            continue
+        taken |= {country, city}
+        facts.append(build.Fact("capital", country.capitalize(), city.capitalize()))
+    return facts
+
+
+def atlas_data(seed: int = 29) -> Splits:
+    """Prose documents in the demo base's own styles (lists, paragraphs, quizzes), where the
+    countries and capitals are new; opposites and sums are the ones the base read. Train
+    and validation documents differ, the facts are shared: what there is to learn is which
+    capital belongs to which new country, said the ways the base already knows."""
+    rng = random.Random(seed)
+    known = [f for f in build.all_facts() if f.kind != "capital"]
+    facts = atlas_facts(48, rng) + known
+    docs = build.prose_documents(facts, 900, seed)
+    rng.shuffle(docs)
+    return {
+        "train": [{"text": d} for d in docs[:800]],
+        "valid": [{"text": d} for d in docs[800:864]],
+    }
+
+
 #: task name -> the data maker and its version (a change of the maker bumps the version)
 DATA: dict[str, tuple[Callable[[], Splits], int]] = {
     "arith-chat": (arith_data, 1),
@@ -271,6 +333,7 @@ DATA: dict[str, tuple[Callable[[], Splits], int]] = {
     "docs-text": (docs_data, 1),
     "code-completions": (code_data, 2),
     "sort-text": (sort_data, 1),
+    "atlas-text": (atlas_data, 1),
 }
 
 
