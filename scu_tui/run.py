@@ -97,6 +97,7 @@ class Peers(Protocol):
 
     group: Any  # the ``mx.distributed.Group`` the trainer reduces over
     world_size: int
+    lost: bool  # a collective or the last word failed: a rank is gone
 
     def attach(self, trainer: Trainer, on_timeout: Callable[[str], None]) -> None: ...
 
@@ -866,6 +867,17 @@ class Run:
                 raise
         if self.peers is not None:
             self.peers.finish(code)  # every rank ends with this one
+            if self.peers.lost and status in (RunStatus.INTERRUPTED, RunStatus.STOPPED):
+                # A rank died as this one stopped: mlx.launch signals the others when one
+                # dies, and the signal can come before this rank's next collective fails.
+                # The ranks ignore a person's signals and wait for this rank's word, so a
+                # rank missing here was lost, whatever stopped this one. (A run that
+                # completed stays completed: its work is done and saved.)
+                status, code = RunStatus.FAILED, ExitCode.FAILED
+                message = "a rank was lost; the last checkpoint is kept (resume from it)"
+                self.status.status, self.status.message = status, message
+                with contextlib.suppress(OSError, RuntimeError):
+                    self._write_summary()
         farewell = self._farewell() if self.trainer is not None else {}
         done = DoneEvent(self.step, status=status, message=message, **farewell)
         if code == ExitCode.OK:
