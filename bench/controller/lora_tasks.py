@@ -295,8 +295,8 @@ ATLAS_ENDS = ("ia", "land", "stan", "ova", "ar", "esh")
 
 
 def atlas_facts(count: int, rng: random.Random) -> list[build.Fact]:
-    """``count`` invented countries, each with an invented capital (names no real one has,
-    and none of the demo's)."""
+    """``count`` invented countries, each with an invented capital: names made of
+    syllables, none of them the demo's, so the base never read them."""
     taken = {name.lower() for pair in build.CAPITALS for name in pair}
     facts: list[build.Fact] = []
     while len(facts) < count:
