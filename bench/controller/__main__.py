@@ -12,7 +12,6 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import bench.controller
 from bench.controller.analysis import analyse
@@ -27,7 +26,7 @@ from bench.controller.running import (
     sweep,
     trace_one,
 )
-from bench.controller.tasks import DEFAULT_TASKS, SMOKE_TASKS, TASKS, make_tasks
+from bench.controller.tasks import DEFAULT_TASKS, SMOKE_TASKS, TASKS, make_tasks, parse_set
 from bench.docs_section import write_section
 from scu_tui.config import all_keys
 
@@ -39,23 +38,6 @@ SMOKE = {
     "steps": 24,
     "set": {"training.eval_every": 8, "training.warmup_steps": 4},
 }
-
-
-def parse_set(items: Sequence[str]) -> dict[str, Any]:
-    """``--set key=value`` (the value read as TOML, else as a string) -> overrides."""
-    import tomllib
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or key.strip() not in all_keys():
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with a known settings key")
-        try:
-            value = tomllib.loads(f"v = {text.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = text.strip()
-        out[key.strip()] = value
-    return out
 
 
 def default_arms() -> list[str]:

@@ -29,9 +29,8 @@ import sys
 from collections.abc import Sequence
 
 import scu_tui  # noqa: F401  (before MLX: the system BLAS)
-from bench.controller.__main__ import parse_set
 from bench.controller.arms import arm_settings
-from bench.controller.tasks import DEFAULT_TASKS, TASKS, make_tasks
+from bench.controller.tasks import DEFAULT_TASKS, TASKS, make_tasks, parse_set
 from scu_tui.training.loader import MlxLmLoader
 from scu_tui.training.trainer import Trainer
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from scu_tui.config import Settings
+from scu_tui.config import Settings, all_keys
 from scu_tui.presets import load_preset
 from scu_tui.training.loader import Loaded, Loader, LoraInfo
 
@@ -494,6 +494,23 @@ TASKS: dict[str, tuple[Any, int, int, str]] = {
 DEFAULT_TASKS = tuple(k for k in TASKS if not k.startswith("synthetic"))
 #: ``--smoke``: one tuning and one test task, on two bases of other families.
 SMOKE_TASKS = ("sort-text", "sql")
+
+
+def parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """``--set key=value`` (the value read as TOML, else as a string) -> overrides."""
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key.strip() not in all_keys():
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with a known settings key")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        out[key.strip()] = value
+    return out
 
 
 def make_tasks(
