@@ -11,7 +11,15 @@ from scu_tui.control.controller import REVERSAL_PERIODS, Controller
 from scu_tui.control.policy import Diagnosis, Proposal
 from scu_tui.control.signals import update_alignment
 from scu_tui.protocol import Outcome
-from tests.test_control_policy import NOISE, SCU, TRAINING, apply, knobs, steady_grad
+from tests.test_control_policy import (
+    NOISE,
+    SCU,
+    TRAINING,
+    apply,
+    erratic_grad,
+    knobs,
+    steady_grad,
+)
 
 ALIGN_NOISE: list[float] = np.random.default_rng(5).standard_normal(4000).tolist()
 Curve = Callable[[int], float]
@@ -21,10 +29,15 @@ class AlignedRun:
     """A synthetic run that also reports an alignment per step; answers ``applied``."""
 
     def __init__(
-        self, loss: Curve, alignment: Curve, outcome: Outcome | None = Outcome.APPLIED
+        self,
+        loss: Curve,
+        alignment: Curve,
+        outcome: Outcome | None = Outcome.APPLIED,
+        grad: Curve = steady_grad,
     ) -> None:
         self.controller = Controller(SCU, TRAINING)
         self.loss, self.alignment, self.outcome = loss, alignment, outcome
+        self.grad = grad
         self.knobs = knobs()
         self.step = 0
 
@@ -32,7 +45,7 @@ class AlignedRun:
         made = []
         for step in range(self.step + 1, last + 1):
             c = self.controller
-            loss, grad, lr = self.loss(step), steady_grad(step), self.knobs["lr"]
+            loss, grad, lr = self.loss(step), self.grad(step), self.knobs["lr"]
             c.observe(step, loss, grad, lr, False, self.alignment(step))
             p = c.check_divergence(step, self.knobs) or c.decide(step, self.knobs)
             if p is not None:
@@ -136,3 +149,14 @@ def test_a_move_without_measurable_effect_backs_its_rule_off() -> None:
     assert "settle_lr_overshoot" not in [p.rule for p in made]
     assert run.controller.last_analysis is not None
     assert "backed off" in run.controller.last_analysis.why
+
+
+def test_variable_gradients_with_steps_too_short_are_noise_not_a_lr_too_high() -> None:
+    """Norms spread over two orders of magnitude on a flat loss read as unstable and cut the
+    LR; with the updates still pointing along the momentum (the LR is too low) the same
+    spread is the batches' noise, and the LR is not cut."""
+    cut = AlignedRun(flat_loss, around_zero, grad=erratic_grad).until(60)
+    assert cut and cut[0].rule == "cut_lr_unstable" and cut[0].after < cut[0].before
+    kept = AlignedRun(flat_loss, aligned, grad=erratic_grad).until(60)
+    assert all(p.knob != "lr_multiplier" or p.after > p.before for p in kept)
+    assert "cut_lr_unstable" not in [p.rule for p in kept]

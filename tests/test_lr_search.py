@@ -466,6 +466,41 @@ def test_a_spike_ends_the_search_s_raises_not_its_cuts() -> None:
     assert [(p.step, p.knob) for p in made] == [(WARMUP, "rollback")]
 
 
+def test_a_spike_inside_the_warm_up_does_not_end_the_search() -> None:
+    """The warm-up's gradient norms ramp with its LR, and in small batches one batch's norm
+    can be several times another's: a spike there blocks no raise of the search, which
+    doubles as if there had been none. The same spike after the warm-up ends it."""
+    calm = SearchRun(falls_with_lr).until(60)
+    inside = SearchRun(falls_with_lr)
+    inside.until(WARMUP - 2)
+    inside.controller.notify_spike(WARMUP - 2)
+    made = inside.until(60)
+    assert [(p.step, p.after) for p in made] == [(p.step, p.after) for p in calm] != []
+    after = SearchRun(falls_with_lr)
+    after.until(WARMUP + 1)
+    after.controller.notify_spike(WARMUP + 1)
+    assert after.until(60) == []
+
+
+def test_a_spike_after_the_warm_up_is_kept_in_the_saved_state() -> None:
+    """Exact resume: a search resumed inside a spike's cool-down ends as the uninterrupted
+    one does; a state saved before the field existed holds no spike, and raises."""
+    run = SearchRun(falls_with_lr)
+    run.until(12)
+    run.controller.notify_spike(12)
+    saved = json.loads(json.dumps(run.controller.state()))
+    assert saved["spike_after_warmup"] == 12
+    resumed = SearchRun(falls_with_lr)
+    resumed.controller.load_state(saved)
+    resumed.step = 12
+    assert resumed.until(60) == run.until(60) == []
+    del saved["spike_after_warmup"]
+    older = SearchRun(falls_with_lr)
+    older.controller.load_state(saved)
+    older.step = 12
+    assert [p.after for p in older.until(60)] == [2.0, 4.0]
+
+
 def test_a_warm_up_that_blows_up_is_cut_though_its_alignment_reads_near_zero() -> None:
     """Steps so large they are unrelated read near 0 in alignment; their gradients blow up
     and the loss climbs. A spike in the warm-up's last window with its loss above the

@@ -257,8 +257,11 @@ class Controller(Memory):
         self._detector.validated(step, val_loss)
 
     def notify_spike(self, step: int) -> None:
-        """A spike seen by the run (loss or gradient): no LR raise for ``cooldown`` steps."""
+        """A spike seen by the run (loss or gradient): no LR raise for ``cooldown`` steps. One
+        after the warm-up also ends the start-up search's raises (:meth:`check_search`)."""
         self._no_raise_until = max(self._no_raise_until, step + self.scu.cooldown)
+        if step > self.training.warmup_steps:
+            self._spike_after_warmup = max(self._spike_after_warmup, step)
 
     def notify_rollback(self, step: int, keep: str | None = None) -> list[ProposalRecord]:
         """Training went back to ``step``: forget the abandoned steps, no LR raise for a
@@ -429,7 +432,7 @@ class Controller(Memory):
         if verdict.action == "end":
             self._end_search(step, verdict.why)
             return None
-        if verdict.factor > 1 and self._raise_blocked(LR, 1, step):
+        if verdict.factor > 1 and self._spike_blocks_search(step):
             # a spike says nothing against a cut; against a raise it does, for good
             self._end_search(step, "a gradient spike was seen")
             return None
@@ -747,6 +750,13 @@ class Controller(Memory):
         if taken and taken[-1].check == "checking":
             return f"the effect of {taken[-1].id} ({rule}) is still being judged"
         return None
+
+    def _spike_blocks_search(self, step: int) -> bool:
+        """A raise by the search is blocked by a gradient spike after the warm-up within the
+        cool-down; one inside the warm-up is not held against it: the warm-up's norms ramp
+        with its LR, and in small batches one batch's norm can be several times another's."""
+        spike = self._spike_after_warmup
+        return self._raise_blocked(LR, 1, step) and spike >= 0 and step < spike + self.scu.cooldown
 
     def _raise_blocked(self, knob: str, direction: int, step: int) -> bool:
         return knob == LR and direction > 0 and step < self._no_raise_until

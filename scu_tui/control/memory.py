@@ -48,6 +48,9 @@ class Memory:
     _strikes: dict[str, int] = field(default_factory=dict)
     _last_proposed: dict[str, int] = field(default_factory=dict)
     _no_raise_until: int = -1
+    #: the step of the newest gradient spike after the warm-up (-1: none); only such a
+    #: spike ends the start-up search (the warm-up's norms ramp with its LR)
+    _spike_after_warmup: int = field(default=-1, metadata={OPTIONAL: True})
     #: knob -> (direction, step) of its newest taken move, for the reversal lock
     _knob_direction: dict[str, tuple[int, int]] = field(
         default_factory=dict, metadata={OPTIONAL: True}

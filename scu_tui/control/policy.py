@@ -53,7 +53,9 @@ trial_lr             once, at the warm-up's end unless its    lr_multiplier  x0.
                      from its branch
 cut_lr_degrading     degrading: significant loss rise         lr_multiplier  x0.5
 cut_lr_unstable      unstable: >= 2 spikes in the period, or  lr_multiplier  x0.7
-                     high variability without improvement
+                     high variability without improvement;
+                     not while the alignment says the steps
+                     are too short (small batches' noise)
 raise_weight_decay   overfitting, weight decay below its max  weight_decay   x2 (from 0.1)
 raise_dropout        overfitting, weight decay at its max     dropout        +0.05
 raise_lr_aligned     too_low_lr: the gradient keeps pointing  lr_multiplier  x1.5 (x2
@@ -289,7 +291,12 @@ def is_diverging(s: Signals) -> bool:
 
 
 def is_unstable(s: Signals) -> bool:
+    """Spikes or high variability without improvement, unless the alignment says the steps
+    are too short: then the norms' spread is the batch's noise, not a LR too high (in
+    batches of 2 one batch's gradient norm can be several times another's at any LR)."""
     g = s.gradients
+    if steps_too_short(s):
+        return False
     return g.recent_spikes >= UNSTABLE_SPIKES or (
         g.variability > HIGH_VARIABILITY and not s.trend.improving
     )
