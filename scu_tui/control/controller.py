@@ -276,6 +276,9 @@ class Controller(Memory):
             # back to the start with a LR certainly not too high: the search begins again
             # from it, and raises it again if the cut went too far
             self._search_from = len(self.book)
+        elif self._settle_cut_to(step):
+            # the settling's own cut from a kept state: it goes on, its cuts still counted
+            self._settle = (step, self._settle[1])
         else:
             self._end_search(step, "a rollback went back to a state from before the damage")
             if self.scu.lr_search:
@@ -307,6 +310,15 @@ class Controller(Memory):
             return False
         evidence = made[0].proposal.evidence
         return bool(evidence.get("warmup")) and evidence.get("to_step") == step
+
+    def _settle_cut_to(self, step: int) -> bool:
+        """Whether a rollback to ``step`` is the settling's own cut, from a kept state."""
+        if self._settle[0] < 0:
+            return False
+        made = self.book.of_rule(SETTLE_RULE, self._settle[1])
+        if not made or made[-1].outcome is None or made[-1].proposal.knob != ROLLBACK:
+            return False
+        return made[-1].proposal.evidence.get("to_step") == step
 
     def _search_moves(self) -> list[ProposalRecord]:
         """The start-up search's proposals since it (re)started."""
@@ -503,8 +515,27 @@ class Controller(Memory):
             self._end_settle(step, len(made), f"the LR is at its bound ({current.lr:.3g})")
             return None
         evidence = {**verdict.evidence(), "rolled_back_to": since}
-        move = Move(SETTLE_RULE, LR, after, -1, settle_reason(verdict), evidence, None)
+        knob: Target = LR
+        why = settle_reason(verdict)
+        target = self._settle_target(step)
+        if target is not None:
+            # the steps that overshoot did damage of their own, too little for the damage
+            # check in small batches' noise: go back to the newest kept state before it
+            knob, evidence["to_step"] = ROLLBACK, target
+            why += f" from the kept state of step {target}"
+        move = Move(SETTLE_RULE, knob, after, -1, why, evidence, None)
         return self._issue(step, move, Diagnosis.STATIONARY, before, after, None)
+
+    def _settle_target(self, step: int) -> int | None:
+        """The kept state a settling's halving goes back to: the newest as good as the best,
+        when a kept state after it has a level and so is worse (the overshooting steps did
+        damage since); None (a halving in place) when none shows any."""
+        target = self._detector.target()
+        if target is None or target >= step:
+            return None
+        levels = self._detector.levels()
+        worse = any(s > target and level is not None for s, level in levels.items())
+        return target if worse else None
 
     def _end_settle(self, step: int, cuts: int, why: str) -> None:
         self._settle = (-1, 0)

@@ -39,11 +39,14 @@ search_lr            at the warm-up's last step (control.     rollback       lr 
                      step look under it (a rollback when a
                      kept state is older); the first window
                      (or the 20-step look) in range ends it
-settle_lr_after_      after a damage rollback, each 5-step     lr_multiplier  x0.5 (at
+settle_lr_after_      after a damage rollback, each 5-step     (rollback)     x0.5 (at
 rollback             window (of the warm-up only its last)                   most 3)
                      whose mean alignment is under -0.05:
-                     the steps still overshoot; two in range
-                     in a row end it
+                     the steps still overshoot; back to the
+                     newest kept state as good as the best
+                     when a newer one's level is worse (in
+                     place when none); two in range in a row
+                     end it
 trial_lr             once, at the warm-up's end unless its    lr_multiplier  x0.5
                      check cut the LR (control.trial): the
                      next 20 steps trained twice from one
