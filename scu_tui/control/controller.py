@@ -200,6 +200,17 @@ def _newest_answer(made: list[ProposalRecord]) -> str | None:
     return WAITS if newest.outcome is None else f"{newest.id} was {newest.outcome}"
 
 
+def _answered_rollback_to(record: ProposalRecord, step: int) -> bool:
+    """Whether ``record`` is an answered rollback proposal back to ``step`` (the search's
+    warm-up cut, the settling's cut from a kept state)."""
+    proposal = record.proposal
+    return (
+        record.outcome is not None
+        and proposal.knob == ROLLBACK
+        and proposal.evidence.get("to_step") == step
+    )
+
+
 class Controller(Memory):
     """Watches a run step by step and proposes at most one bounded change per control period."""
 
@@ -306,19 +317,16 @@ class Controller(Memory):
         if not self.searching:
             return False
         made = self._search_moves()
-        if len(made) != 1 or made[0].outcome is None:
+        if len(made) != 1 or not made[0].proposal.evidence.get("warmup"):
             return False
-        evidence = made[0].proposal.evidence
-        return bool(evidence.get("warmup")) and evidence.get("to_step") == step
+        return _answered_rollback_to(made[0], step)
 
     def _settle_cut_to(self, step: int) -> bool:
         """Whether a rollback to ``step`` is the settling's own cut, from a kept state."""
         if self._settle[0] < 0:
             return False
         made = self.book.of_rule(SETTLE_RULE, self._settle[1])
-        if not made or made[-1].outcome is None or made[-1].proposal.knob != ROLLBACK:
-            return False
-        return made[-1].proposal.evidence.get("to_step") == step
+        return bool(made) and _answered_rollback_to(made[-1], step)
 
     def _search_moves(self) -> list[ProposalRecord]:
         """The start-up search's proposals since it (re)started."""
