@@ -171,6 +171,20 @@ def test_a_first_window_in_range_then_overshooting_steps_halve_the_lr_after_the_
     assert not run.controller.searching
 
 
+def test_a_look_whose_steps_undo_one_another_on_balance_halves_the_lr() -> None:
+    """A few times too high, read near zero: the first 5 steps (-0.03) are not under
+    OVERSHOOTING, but over the 20-step look a negative mean says the steps, on balance,
+    undo one another, and the LR is halved; a look at +0.01 is in range."""
+    run = SearchRun(lambda step, m: -0.03 if m >= 1 else 0.05)
+    made = run.until(60)
+    assert [(p.step, p.after) for p in made] == [(30, 0.5)]
+    assert "(alignment -0.03 over steps 11-30)" in made[0].reason
+    assert not run.controller.searching
+    level = SearchRun(lambda step, m: 0.01)
+    assert level.until(60) == []
+    assert "with no change" in (level.controller.search_note or "")
+
+
 def test_a_far_too_high_lr_is_halved_until_the_updates_stop_undoing_one_another() -> None:
     run = SearchRun(lambda step, m: -0.2 if m > 0.3 and step > WARMUP else 0.02)
     made = run.until(60)
