@@ -36,7 +36,7 @@ search_lr            at the warm-up's last step (control.     rollback       lr 
                      raise back and ends it; two in range in
                      a row end it
                      never raised: under -0.05, or the 20-   (rollback)     x0.5
-                     step look under it (a rollback when a
+                     step look under 0 (a rollback when a
                      kept state is older); the first window
                      (or the 20-step look) in range ends it
 settle_lr_after_      after a damage rollback, each 5-step     (rollback)     x0.5 (at
